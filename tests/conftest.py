@@ -1,0 +1,85 @@
+"""Shared helpers: run autolog_mlflow.py as a user would, then inspect the store it wrote."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "autolog_mlflow.py"
+SMALL_GRID = '{"n_estimators": [10, 20], "max_depth": [null, 3]}'  # 4 quick candidates
+
+sys.path.insert(0, str(ROOT))
+
+
+def run_script(workdir, *args, env=None, timeout=600):
+    """Run the script in `workdir` (so its default store lands there) and wait for it."""
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=workdir,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@dataclass
+class ScriptRun:
+    """A finished run of the script: its output, its JSON report and a client on its store."""
+
+    workdir: Path
+    result: subprocess.CompletedProcess
+
+    @property
+    def tracking_uri(self):
+        return f"sqlite:///{self.workdir / 'mlflow.db'}"
+
+    @property
+    def client(self):
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    @property
+    def report(self):
+        return json.loads(self.result.stdout)
+
+    @property
+    def run(self):
+        return self.client.get_run(self.report["run_id"])
+
+    def child_runs(self):
+        return self.client.search_runs(
+            [self.run.info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{self.run.info.run_id}'",
+        )
+
+    def logged_models(self):
+        return self.client.search_logged_models(
+            [self.run.info.experiment_id],
+            filter_string=f"source_run_id = '{self.run.info.run_id}'",
+        )
+
+
+def finished_run(workdir, *args):
+    result = run_script(workdir, "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return ScriptRun(workdir, result)
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """The script with all its defaults, on a fresh SQLite store in an empty folder."""
+    return finished_run(tmp_path_factory.mktemp("default"))
+
+
+@pytest.fixture(scope="session")
+def second_default_run(default_run):
+    """The same command again, in the same folder: a second process, the store now warm."""
+    return finished_run(default_run.workdir)

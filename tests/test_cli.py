@@ -1,0 +1,94 @@
+"""The command line: documented defaults, and bad input rejected before any run exists."""
+
+import pytest
+from conftest import run_script
+from mlflow import MlflowClient
+
+import autolog_mlflow
+
+OPTIONS = [
+    "--tracking-uri", "--experiment-name", "--run-name", "--data", "--target", "--test-size",
+    "--param-grid", "--cv", "--n-jobs", "--seed", "--max-tuning-runs", "--json",
+]  # fmt: skip
+
+
+def test_help_documents_every_option_and_its_default(tmp_path):
+    result = run_script(tmp_path, "--help")
+    assert result.returncode == 0
+    help_text = " ".join(result.stdout.split())
+    for option in OPTIONS:
+        assert option in help_text
+    for default in ["sqlite:///mlflow.db", "autolog_mlflow", "rf-grid-search", "(default: 5)",
+                    "(default: 0.25)", "(default: 42)", "(default: -1)", "(default: all)"]:  # fmt: skip
+        assert default in help_text, default
+
+
+def test_defaults_are_the_configuration_at_the_top_of_the_script(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = autolog_mlflow.parse_args([])
+    assert args.tracking_uri == "sqlite:///mlflow.db"
+    assert args.experiment_name == autolog_mlflow.EXPERIMENT_NAME
+    assert args.param_grid == autolog_mlflow.PARAM_GRID
+    assert (args.cv, args.test_size, args.seed) == (5, 0.25, 42)
+    assert (args.n_jobs, args.max_tuning_runs, args.json) == (-1, "all", False)
+    assert args.data is None and args.target is None
+
+
+def test_tracking_uri_defaults_to_the_environment_variable(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    assert autolog_mlflow.parse_args([]).tracking_uri == "sqlite:///elsewhere.db"
+
+
+def test_max_tuning_runs_takes_a_count_or_all():
+    assert autolog_mlflow.parse_args(["--max-tuning-runs", "3"]).max_tuning_runs == 3
+    assert autolog_mlflow.parse_args(["--max-tuning-runs", "all"]).max_tuning_runs == "all"
+
+
+def write_csv(folder, text):
+    (folder / "data.csv").write_text(text)
+    return ["--data", "data.csv"]
+
+
+BAD_INPUTS = {
+    "grid not JSON": (["--param-grid", "{n_estimators: [10]}"], "not valid JSON"),
+    "grid not an object": (["--param-grid", "[10, 20]"], "JSON object"),
+    "grid empty": (["--param-grid", "{}"], "non-empty JSON object"),
+    "grid with an empty list": (["--param-grid", '{"max_depth": []}'], "non-empty list"),
+    "grid with a scalar": (["--param-grid", '{"max_depth": 3}'], "non-empty list"),
+    "unknown hyperparameter": (["--param-grid", '{"depth": [3]}'], "valid ones: bootstrap"),
+    "cv below 2": (["--cv", "1"], "--cv must be between 2 and"),
+    "cv above the smallest class": (["--cv", "500"], "--cv must be between 2 and"),
+    "test size zero": (["--test-size", "0"], "--test-size must be between 0 and 1"),
+    "test size one": (["--test-size", "1.5"], "--test-size must be between 0 and 1"),
+    "max tuning runs zero": (["--max-tuning-runs", "0"], "positive integer or 'all'"),
+    "data without target": (["--data", "x.csv"], "--data and --target go together"),
+    "data missing": (["--data", "nope.csv", "--target", "y"], "cannot read --data nope.csv"),
+}
+BAD_CSVS = {
+    "target not a column": ("a,b\n1,0\n2,1\n", "y", "'y' is not a column"),
+    "text feature": ("a,b,y\n1,x,0\n2,z,1\n", "y", "must be numeric; encode or drop: b"),
+    "missing values": ("a,y\n1,0\n,1\n3,0\n", "y", "missing values in a"),
+    "one class": ("a,y\n1,0\n2,0\n3,0\n", "y", "single class"),
+}
+
+
+def assert_rejected_before_any_run(result, workdir, message):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    store = workdir / "mlflow.db"
+    if store.exists():
+        client = MlflowClient(f"sqlite:///{store}")
+        assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_argument_is_rejected_in_one_line_with_exit_2(tmp_path, args, message):
+    assert_rejected_before_any_run(run_script(tmp_path, *args), tmp_path, message)
+
+
+@pytest.mark.parametrize("csv, target, message", BAD_CSVS.values(), ids=BAD_CSVS.keys())
+def test_bad_csv_is_rejected_in_one_line_with_exit_2(tmp_path, csv, target, message):
+    result = run_script(tmp_path, *write_csv(tmp_path, csv), "--target", target)
+    assert_rejected_before_any_run(result, tmp_path, message)

@@ -1,0 +1,223 @@
+"""What one run of the script leaves in the tracking store, checked with MLflow's own client."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from conftest import ROOT, SMALL_GRID, finished_run, run_script
+from sklearn.datasets import load_iris
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.metrics import accuracy_score
+
+import autolog_mlflow
+
+DEFAULT_GRID = autolog_mlflow.PARAM_GRID
+DEFAULT_CANDIDATES = np.prod([len(values) for values in DEFAULT_GRID.values()])
+
+
+def pinned_requirements():
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    return {line for line in lines if line and not line.startswith("#")}
+
+
+def held_out_split():
+    """The default split, made by the script's own data functions."""
+    args = autolog_mlflow.parse_args([])
+    return autolog_mlflow.split_data(*autolog_mlflow.load_data(args), args)
+
+
+def test_default_grid_has_at_least_nine_candidates_over_two_hyperparameters():
+    assert len(DEFAULT_GRID) >= 2 and DEFAULT_CANDIDATES >= 9
+
+
+def test_parent_run_is_finished_under_the_default_experiment(default_run):
+    run = default_run.run
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == autolog_mlflow.RUN_NAME
+    experiment = default_run.client.get_experiment(run.info.experiment_id)
+    assert experiment.name == autolog_mlflow.EXPERIMENT_NAME
+    assert (default_run.workdir / "mlflow.db").is_file()
+
+
+def test_autologging_records_the_search_parameters_and_the_best_ones(default_run):
+    params = default_run.run.data.params
+    for name in DEFAULT_GRID:
+        assert params[f"best_{name}"] in {str(value) for value in DEFAULT_GRID[name]}
+    assert params["cv"] == str(autolog_mlflow.CV_FOLDS)
+    assert "RandomForestClassifier" in params["estimator"]
+
+
+def test_autologging_records_cv_and_training_metrics(default_run):
+    metrics = default_run.run.data.metrics
+    assert 0.5 < metrics["best_cv_score"] <= 1
+    for name in ["training_accuracy_score", "training_f1_score", "training_roc_auc"]:
+        assert 0.5 < metrics[name] <= 1
+
+
+def test_held_out_test_metrics_are_logged_in_the_run(default_run):
+    metrics = default_run.run.data.metrics
+    for name in ["accuracy_score_X_test", "f1_score_X_test", "roc_auc_score_X_test"]:
+        assert 0.5 < metrics[name] <= 1, name
+
+
+def test_run_artifacts_include_cv_results_estimator_and_confusion_matrix(default_run):
+    artifacts = {
+        item.path for item in default_run.client.list_artifacts(default_run.run.info.run_id)
+    }
+    assert {"cv_results.csv", "estimator.html", "training_confusion_matrix.png"} <= artifacts
+    assert "run_config.json" in artifacts
+
+
+def test_run_records_its_configuration_and_package_versions(default_run):
+    path = mlflow.artifacts.download_artifacts(
+        run_id=default_run.run.info.run_id,
+        artifact_path="run_config.json",
+        tracking_uri=default_run.tracking_uri,
+    )
+    recorded = json.load(open(path))
+    assert recorded["configuration"]["cv"] == autolog_mlflow.CV_FOLDS
+    assert recorded["configuration"]["param_grid"] == DEFAULT_GRID
+    assert recorded["environment"]["mlflow"] == mlflow.__version__
+
+
+def test_training_dataset_digest_is_recorded(default_run):
+    inputs = default_run.run.inputs.dataset_inputs
+    contexts = {
+        tag.value for item in inputs for tag in item.tags if tag.key == "mlflow.data.context"
+    }
+    assert "train" in contexts
+    assert all(item.dataset.digest for item in inputs)
+
+
+def test_one_child_run_per_candidate_named_after_its_hyperparameters(default_run):
+    children = default_run.child_runs()
+    assert len(children) == DEFAULT_CANDIDATES
+    names = {child.info.run_name for child in children}
+    assert len(names) == DEFAULT_CANDIDATES
+    for child in children:
+        expected = " ".join(f"{key}={child.data.params[key]}" for key in sorted(DEFAULT_GRID))
+        assert child.info.run_name == expected
+        assert {"mean_test_score", "std_test_score", "rank_test_score"} <= set(child.data.metrics)
+
+
+def test_best_model_is_logged_once_ready_with_signature_and_pinned_requirements(default_run):
+    models = default_run.logged_models()
+    assert [(model.name, str(model.status)) for model in models] == [("best_estimator", "READY")]
+    model_dir = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=models[0].artifact_location, tracking_uri=default_run.tracking_uri
+        )
+    )
+    mlmodel = (model_dir / "MLmodel").read_text()
+    assert "signature:" in mlmodel and "saved_input_example_info" in mlmodel
+    logged = set((model_dir / "requirements.txt").read_text().split())
+    assert pinned_requirements() <= logged
+
+
+def test_best_model_reloads_and_predicts_like_a_fresh_fit(default_run):
+    X_train, X_test, y_train, y_test = held_out_split()
+    params = default_run.run.data.params
+    best = {
+        key: None if params[f"best_{key}"] == "None" else int(params[f"best_{key}"])
+        for key in DEFAULT_GRID
+    }
+    expected = (
+        RandomForestClassifier(random_state=autolog_mlflow.SEED, **best)
+        .fit(X_train, y_train)
+        .predict(X_test)
+    )
+
+    mlflow.set_tracking_uri(default_run.tracking_uri)
+    uri = default_run.logged_models()[0].model_uri
+    assert np.array_equal(mlflow.sklearn.load_model(uri).predict(X_test), expected)
+    assert np.array_equal(np.asarray(mlflow.pyfunc.load_model(uri).predict(X_test)), expected)
+    assert default_run.run.data.metrics["accuracy_score_X_test"] == accuracy_score(y_test, expected)
+
+
+def test_json_report_matches_the_store(default_run):
+    report, run = default_run.report, default_run.run
+    assert report["run_id"] == run.info.run_id and report["status"] == run.info.status
+    assert report["params"] == run.data.params
+    assert report["metrics"] == run.data.metrics
+    assert {model["uri"] for model in report["logged_models"]} == {
+        model.model_uri for model in default_run.logged_models()
+    }
+    assert {child["name"] for child in report["child_runs"]} == {
+        child.info.run_name for child in default_run.child_runs()
+    }
+    assert [child["rank"] for child in report["child_runs"]] == sorted(
+        child["rank"] for child in report["child_runs"]
+    )
+    assert report["browse"]["ui_command"] == "mlflow ui"
+    assert report["browse"]["run_url"].endswith(
+        f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    )
+
+
+def test_text_report_shows_run_models_leaderboard_and_how_to_browse(tmp_path):
+    result = run_script(tmp_path, "--param-grid", SMALL_GRID, "--cv", "3")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for heading in [
+        "Parameters:",
+        "Metrics:",
+        "Artifacts:",
+        "Logged models",
+        "Child runs",
+        "Held-out test metrics",
+        "Browse this run:",
+    ]:
+        assert heading in out
+    assert "models:/m-" in out and "[READY]" in out
+    assert "mlflow ui" in out and "http://127.0.0.1:5000/#/experiments/" in out
+
+
+def test_two_runs_give_identical_results(default_run, second_default_run):
+    first, second = default_run.run, second_default_run.run
+    assert first.info.run_id != second.info.run_id
+    timing = ("fit_time", "score_time")
+    for run in (first, second):
+        assert run.info.status == "FINISHED"
+    assert first.data.params == second.data.params
+    assert first.data.metrics == second.data.metrics
+    scores = [
+        {
+            child.info.run_name: {
+                k: v for k, v in child.data.metrics.items() if not k.endswith(timing)
+            }
+            for child in run.child_runs()
+        }
+        for run in (default_run, second_default_run)
+    ]
+    assert scores[0] == scores[1]
+
+
+def test_own_csv_with_a_multiclass_text_target(tmp_path):
+    iris = load_iris(as_frame=True)
+    frame = iris.data.assign(species=iris.target_names[iris.target])
+    frame.to_csv(tmp_path / "iris.csv", index=False)
+
+    run = finished_run(
+        tmp_path,
+        "--data",
+        "iris.csv",
+        "--target",
+        "species",
+        "--param-grid",
+        SMALL_GRID,
+        "--cv",
+        "3",
+    )
+
+    assert run.run.info.status == "FINISHED"
+    assert len(run.child_runs()) == 4
+    metrics = run.run.data.metrics
+    assert 0.8 < metrics["accuracy_score_X_test"] <= 1
+    assert "f1_score_X_test" in metrics and "roc_auc_score_X_test" not in metrics
+    assert [str(model.status) for model in run.logged_models()] == ["READY"]
+    features = pd.read_csv(tmp_path / "iris.csv").drop(columns="species")
+    mlflow.set_tracking_uri(run.tracking_uri)
+    model = mlflow.sklearn.load_model(run.logged_models()[0].model_uri)
+    assert set(model.predict(features)) <= set(iris.target_names)
