@@ -10,31 +10,45 @@ environment, and the test ROC AUC.
 Then it reads the run back *from the tracking store* -- proof of what was logged, not what we
 think we logged -- checks that everything expected is there, and prints a report: run ID and
 status, params, metrics, artifacts, logged models, the child runs as a leaderboard, and how to
-browse the run in the MLflow UI.
+browse the run in the MLflow UI. A run that is missing anything ends FAILED.
 
 Run it:
 
     python autolog_mlflow.py                          # default store: ./mlflow.db
     python autolog_mlflow.py --cv 3 --param-grid '{"n_estimators": [50, 100], "max_depth": [null, 5]}'
     python autolog_mlflow.py --data my.csv --target label
+    python autolog_mlflow.py --tracking-uri http://127.0.0.1:5000
     python autolog_mlflow.py --json                   # the report as one JSON document
     mlflow ui                                         # same folder: browse and compare runs
 
-Exit codes: 0 success, 2 bad input, 1 any other failure.
+Exit codes: 0 success, 2 bad input (nothing logged), 1 any other failure, 130 Ctrl-C and
+143 SIGTERM (the run ends KILLED).
 """
 
 import argparse
+import contextlib
+import fcntl
 import json
 import logging
 import os
+import re
+import signal
 import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
 import warnings
 from importlib.metadata import version
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import mlflow
+import mlflow.data
 import mlflow.sklearn
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from sklearn import metrics  # look functions up at call time: see score_on_test_split()
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import RandomForestClassifier
@@ -54,10 +68,29 @@ MAX_TUNING_RUNS = "all"  # child runs to log: the top N candidates, or all of th
 # need not infer them (a subprocess per model, seconds) and cannot get them wrong.
 MODEL_PACKAGES = ["mlflow", "scikit-learn", "numpy", "pandas", "scipy", "cloudpickle"]
 UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+RESCUE_DIR = "autolog_mlflow-rescue"  # where a failed run's model and CV results are kept
+SERVER_CHECK_TIMEOUT = 5  # seconds to wait for a tracking server's /health
+MLFLOW_SETTINGS = {  # environment variables; the user's own values win
+    # MLflow retries a failing HTTP call for minutes (7 tries, backoff up to 120 s): a lost
+    # server fails the run in seconds instead. (A slow answer still has MLflow's 120 s.)
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    # MLflow prints run URLs on stdout, passwords included; the report gives them redacted.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+STORE_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks"}
 
 
 class BadInput(Exception):
-    """A problem with the user's input: exit 2 with a one-line message."""
+    """A problem with the user's input, found before any run exists: exit 2."""
+
+
+class Unreachable(Exception):
+    """The tracking server does not answer: exit 1 before any run exists."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stop like Ctrl-C, so the run ends KILLED instead of staying RUNNING."""
 
 
 # %% Command line
@@ -108,6 +141,9 @@ def parse_args(argv=None):
     return args
 
 
+EXAMPLE_GRID = '\'{"n_estimators": [50, 100], "max_depth": [null, 5]}\''
+
+
 def parse_param_grid(text):
     try:
         grid = json.loads(text)
@@ -126,10 +162,12 @@ def parse_param_grid(text):
             raise argparse.ArgumentTypeError(
                 f"{name!r} needs a non-empty list of values, e.g. {EXAMPLE_GRID}"
             )
+        for value in values:
+            try:  # scikit-learn's own check, which would otherwise fail inside the run
+                RandomForestClassifier(**{name: value})._validate_params()
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(str(e).replace("\n", " "))
     return grid
-
-
-EXAMPLE_GRID = '\'{"n_estimators": [50, 100], "max_depth": [null, 5]}\''
 
 
 def parse_max_tuning_runs(text):
@@ -148,8 +186,7 @@ def parse_max_tuning_runs(text):
 def load_data(args):
     """Return the features and target: the user's CSV, or the bundled breast-cancer set."""
     if args.data is None:
-        X, y = load_breast_cancer(return_X_y=True, as_frame=True)
-        return X, y
+        return load_breast_cancer(return_X_y=True, as_frame=True)
     try:
         frame = pd.read_csv(args.data)
     except (OSError, ValueError) as e:
@@ -191,19 +228,164 @@ def split_data(X, y, args):
     return X_train, X_test, y_train, y_test
 
 
+# %% The tracking store: checked before any run exists
+def redact(text, uri):
+    """`text` with the password of `uri` (if it has one) replaced by ***."""
+    password = urlparse(uri).password
+    if password:
+        text = text.replace(password, "***").replace(unquote(password), "***")
+    return text
+
+
+def check_uri_form(uri):
+    """Catch malformed URIs that MLflow would answer with a misleading error."""
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+")[0]
+    hint = "e.g. sqlite:///mlflow.db or http://127.0.0.1:5000"
+    if scheme and scheme not in STORE_SCHEMES:
+        if parsed.path.isdigit():  # host:port, no scheme
+            hint = f"did you mean http://{uri}?"
+        raise BadInput(f"--tracking-uri {redact(uri, uri)} has an unknown scheme; {hint}")
+    if scheme == "sqlite" and (parsed.netloc or parsed.path in ("", "/")):
+        raise BadInput(
+            f"--tracking-uri {uri} is not a SQLite file URI: use three slashes before a "
+            "relative path (sqlite:///mlflow.db) and four before an absolute one"
+        )
+    if scheme in ("http", "https") and not parsed.hostname:
+        raise BadInput(f"--tracking-uri {redact(uri, uri)} names no host; {hint}")
+
+
+def check_server_answers(uri):
+    parsed = urlparse(uri)
+    port = f":{parsed.port}" if parsed.port else ""
+    health = f"{parsed.scheme}://{parsed.hostname}{port}{parsed.path.rstrip('/')}/health"
+    try:
+        urllib.request.urlopen(health, timeout=SERVER_CHECK_TIMEOUT).close()
+    except urllib.error.HTTPError:
+        return  # it answers; authentication and the rest are MLflow's to report
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError):
+            reason = f"no answer within {SERVER_CHECK_TIMEOUT} s"
+        raise Unreachable(f"cannot reach the tracking server {redact(uri, uri)}: {reason}")
+
+
+def sqlite_path(uri):
+    return Path(urlparse(uri).path[1:]) if uri.startswith("sqlite:///") else None
+
+
+def require_writable(folder, what):
+    """Fail fast where MLflow would retry for minutes: try to write in `folder`."""
+    folder = Path(folder).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise BadInput(
+            f"cannot write the {what} in {folder} ({e.strerror}); run from a writable folder "
+            "or choose another --tracking-uri"
+        )
+
+
+@contextlib.contextmanager
+def store_lock(uri):
+    """Let one process at a time create a SQLite store and the experiment in it.
+
+    Concurrent first runs on a fresh SQLite file race in MLflow's schema migrations (and in
+    creating the experiment); an exclusive lock on the database file serialises them.
+    """
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    with open(path, "a") as handle:  # creates the file: an empty file is an empty database
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def open_experiment(client, name):
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        with contextlib.suppress(MlflowException):  # another process created it meanwhile
+            client.create_experiment(name)
+        experiment = client.get_experiment_by_name(name)
+    if experiment.lifecycle_stage == "deleted":
+        raise BadInput(
+            f"experiment {name!r} is deleted; restore it (mlflow experiments restore "
+            f"--experiment-id {experiment.experiment_id}) or choose another --experiment-name"
+        )
+    return experiment
+
+
+def prepare_tracking(args):
+    """Check the store and open the experiment, so that bad input never leaves a run behind."""
+    uri = args.tracking_uri
+    check_uri_form(uri)
+    if uri.startswith(("http://", "https://")):
+        check_server_answers(uri)
+    if sqlite_path(uri):
+        require_writable(sqlite_path(uri).parent, "tracking store")
+    mlflow.set_tracking_uri(uri)
+    with store_lock(uri):
+        client = MlflowClient()  # creates the store's tables if they are missing
+        experiment = open_experiment(client, args.experiment_name)
+    location = urlparse(experiment.artifact_location)
+    if location.scheme in ("", "file"):
+        require_writable(location.path, "run artifacts")
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    return client
+
+
 # %% The search, under autologging
+class MlflowWarnings(logging.Handler):
+    """Collects MLflow's warnings: autologging reports its failures only as warnings."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        message = record.getMessage()
+        # We log with cloudpickle on purpose (the README says why and when that is safe).
+        if not message.startswith("Saving scikit-learn models in the pickle"):
+            self.messages.append(message)
+
+    def raise_if_any(self):
+        if self.messages:
+            raise RuntimeError(f"MLflow reported a problem: {self.messages[0]}")
+
+
 def enable_autologging(args):
     # Log the best model ourselves (log_best_model): autologging would log two models and
     # infer each one's requirements in a subprocess.
     mlflow.sklearn.autolog(
         log_models=False,
         max_tuning_runs=None if args.max_tuning_runs == "all" else args.max_tuning_runs,
-        silent=True,
     )
     # Known, harmless noise: scikit-learn 1.9 deprecates an argument name that autologging's
     # log_loss call uses; MLflow hints that integer predictions cannot hold missing values.
     warnings.filterwarnings("ignore", message=".*`y_pred` was renamed", category=FutureWarning)
     warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+
+
+def register_datasets(X_train, X_test):
+    """Record the training and test data sets (with digests) before autologging does.
+
+    Autologging records them after the search, but MLflow first checks whether a data set is
+    known, then inserts it: concurrent runs on the same data collide, and autologging drops
+    the loser's logging with a warning. Recorded here first, with a retry, the rows exist.
+    """
+    for context, X in [("train", X_train), ("eval", X_test)]:
+        dataset = mlflow.data.from_pandas(X)  # as autologging makes it: same name and digest
+        for attempt in range(3):
+            try:
+                mlflow.log_input(dataset, context=context)
+                break
+            except MlflowException:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5)
 
 
 def run_search(X_train, y_train, args):
@@ -234,55 +416,98 @@ def score_on_test_split(search, X_test, y_test):
         metrics.f1_score(y_test, y_pred, average="macro")
 
 
+def model_options(X_train):
+    """How the best model is saved: cloudpickle, an input example, the installed versions."""
+    return {
+        "serialization_format": "cloudpickle",
+        "input_example": X_train.head(5),  # the signature is inferred from it
+        "pip_requirements": [f"{package}=={version(package)}" for package in MODEL_PACKAGES],
+    }
+
+
 def log_best_model(search, X_train):
-    """Log the refitted best estimator once, with a signature, an input example, exact pins."""
-    requirements = [f"{package}=={version(package)}" for package in MODEL_PACKAGES]
-    return mlflow.sklearn.log_model(
-        search.best_estimator_,
-        name="best_estimator",
-        serialization_format="cloudpickle",
-        input_example=X_train.head(5),  # the signature is inferred from it
-        pip_requirements=requirements,
+    """Log the refitted best estimator once, as a LoggedModel of the run."""
+    mlflow.sklearn.log_model(
+        search.best_estimator_, name="best_estimator", **model_options(X_train)
     )
 
 
 def log_configuration(args):
     """Record what the run ran with: the effective configuration and package versions."""
-    configuration = {key: value for key, value in vars(args).items() if key != "tracking_uri"}
+    configuration = vars(args) | {"tracking_uri": redact(args.tracking_uri, args.tracking_uri)}
     environment = {"python": sys.version.split()[0]}
     environment |= {package: version(package) for package in MODEL_PACKAGES}
     mlflow.log_dict({"configuration": configuration, "environment": environment}, "run_config.json")
 
 
-def name_child_runs(client, run_id, experiment_id, param_grid):
+def name_child_runs(client, run_id, param_grid):
     """Rename each child run after its hyperparameters, e.g. `max_depth=5 n_estimators=100`."""
-    for child in find_child_runs(client, run_id, experiment_id):
+    for child in find_child_runs(client, client.get_run(run_id)):
         name = " ".join(f"{key}={child.data.params[key]}" for key in sorted(param_grid))
         client.update_run(child.info.run_id, name=name)
 
 
-def find_child_runs(client, run_id, experiment_id):
+def find_child_runs(client, run):
     return client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
+        [run.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",
         max_results=10_000,
     )
 
 
-# %% Read the run back from the store
+@contextlib.contextmanager
+def tracked_run(run_name):
+    """A run that always ends: FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM.
+
+    (`mlflow.start_run` as a context manager would mark an interrupted run FAILED.)
+    """
+    run = mlflow.start_run(run_name=run_name)
+    try:
+        yield run
+    except BaseException as e:
+        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        e.add_note(end_run(run.info.run_id, status))
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def end_run(run_id, status):
+    """End the active run with `status`; say what happened, even if the store is gone."""
+    try:
+        mlflow.end_run(status)
+    except Exception as e:
+        return f"run {run_id} could not be marked {status}: {first_line(e)}"
+    return f"run {run_id} ended {status}"
+
+
+@contextlib.contextmanager
+def rescued_on_failure(search, X_train, run_id):
+    """If logging fails after the search, keep its results on disk: nothing is lost."""
+    try:
+        yield
+    except Exception as e:
+        folder = Path(RESCUE_DIR, run_id).absolute()
+        folder.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(search.cv_results_).to_csv(folder / "cv_results.csv", index=False)
+        mlflow.sklearn.save_model(
+            search.best_estimator_, folder / "best_model", **model_options(X_train)
+        )
+        e.add_note(f"the best model and cv_results are saved in {folder}")
+        raise
+
+
+# %% Read the run back from the store, and check it is complete
 def read_run_back(client, run_id):
     """Everything the store holds about the run, as plain data for the report."""
     run = client.get_run(run_id)
-    experiment_id = run.info.experiment_id
-    children = find_child_runs(client, run_id, experiment_id)
     models = client.search_logged_models(
-        [experiment_id], filter_string=f"source_run_id = '{run_id}'"
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
     )
     return {
         "run_id": run_id,
         "run_name": run.info.run_name,
         "status": run.info.status,
-        "experiment_id": experiment_id,
+        "experiment_id": run.info.experiment_id,
         "params": dict(sorted(run.data.params.items())),
         "metrics": dict(sorted(run.data.metrics.items())),
         "artifacts": list_artifacts(client, run_id),
@@ -292,6 +517,7 @@ def read_run_back(client, run_id):
                 "model_id": model.model_id,
                 "uri": model.model_uri,
                 "status": str(model.status),
+                "files": [item.path for item in client.list_logged_model_artifacts(model.model_id)],
             }
             for model in models
         ],
@@ -304,7 +530,7 @@ def read_run_back(client, run_id):
                     "mean_test_score": child.data.metrics["mean_test_score"],
                     "std_test_score": child.data.metrics["std_test_score"],
                 }
-                for child in children
+                for child in find_child_runs(client, run)
             ),
             key=lambda child: (child["rank"], child["name"]),
         ),
@@ -322,14 +548,48 @@ def list_artifacts(client, run_id, path=None):
     return paths
 
 
+def require_complete(report, args, search):
+    """Never trust autologging blindly: it drops what it fails to log with only a warning."""
+    binary = len(search.classes_) == 2
+    candidates = len(search.cv_results_["params"])
+    expected = {
+        "params": [f"best_{name}" for name in args.param_grid] + ["cv", "param_grid"],
+        "metrics": ["best_cv_score", "training_score", "accuracy_score_X_test", "f1_score_X_test"]
+        + (["roc_auc_score_X_test"] if binary else []),
+        "artifacts": ["cv_results.csv", "estimator.html", "training_confusion_matrix.png"]
+        + ["run_config.json"],
+    }
+    missing = [
+        f"{kind[:-1]} {name}" for kind, names in expected.items() for name in names
+        if name not in report[kind]
+    ]  # fmt: skip
+    child_runs = (
+        candidates if args.max_tuning_runs == "all" else min(candidates, args.max_tuning_runs)
+    )
+    if len(report["child_runs"]) != child_runs:
+        missing.append(f"child runs ({len(report['child_runs'])} of {child_runs})")
+    models = report["logged_models"]
+    if [model["name"] for model in models] != ["best_estimator"]:
+        missing.append("the one logged model best_estimator")
+    for model in models:
+        if model["status"] != "READY" or not {"MLmodel", "model.pkl"} <= set(model["files"]):
+            missing.append(f"model {model['name']} is {model['status']}, files {model['files']}")
+    if missing:
+        raise RuntimeError(f"the run is incomplete: missing {'; '.join(missing)}")
+
+
 # %% Report
 def browse_hints(tracking_uri, report):
     run_path = f"#/experiments/{report['experiment_id']}/runs/{report['run_id']}"
     if tracking_uri.startswith(("http://", "https://")):
-        return {"ui_command": None, "run_url": f"{tracking_uri.rstrip('/')}/{run_path}"}
+        parsed = urlparse(tracking_uri)
+        server = parsed._replace(
+            netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")
+        )
+        return {"ui_command": None, "run_url": f"{server.geturl().rstrip('/')}/{run_path}"}
     command = "mlflow ui"
     if tracking_uri != DEFAULT_TRACKING_URI:
-        command += f" --backend-store-uri '{tracking_uri}'"
+        command += f" --backend-store-uri '{redact(tracking_uri, tracking_uri)}'"
     return {"ui_command": command, "run_url": f"{UI_URL}/{run_path}"}
 
 
@@ -361,29 +621,68 @@ def print_report(report):
     print(f"  {report['browse']['run_url']}")
 
 
+def progress(message):
+    print(message, file=sys.stderr, flush=True)  # stderr: stdout is the report
+
+
 # %% Main flow
+def run_experiment(args, data, client, mlflow_warnings):
+    """The search and everything logged about it, in one run; returns the report."""
+    X_train, X_test, y_train, y_test = data
+    enable_autologging(args)
+    with tracked_run(args.run_name) as run:
+        run_id = run.info.run_id
+        progress(f"run {run_id}: searching {search_size(args)} with {args.cv}-fold CV ...")
+        register_datasets(X_train, X_test)
+        search = run_search(X_train, y_train, args)
+        with rescued_on_failure(search, X_train, run_id):
+            score_on_test_split(search, X_test, y_test)
+            mlflow_warnings.raise_if_any()
+            progress("logging the best model and checking what the store holds ...")
+            log_best_model(search, X_train)
+            log_configuration(args)
+            name_child_runs(client, run_id, args.param_grid)
+            report = read_run_back(client, run_id)
+            require_complete(report, args, search)
+            mlflow_warnings.raise_if_any()
+    report["status"] = client.get_run(run_id).info.status
+    report["browse"] = browse_hints(args.tracking_uri, report)
+    return report
+
+
+def search_size(args):
+    candidates = 1
+    for values in args.param_grid.values():
+        candidates *= len(values)
+    return f"{candidates} candidates"
+
+
 def main(argv=None):
     args = parse_args(argv)
+    for name, value in MLFLOW_SETTINGS.items():
+        os.environ.setdefault(name, value)
+    # MLflow's warnings are collected, to fail the run on them, instead of printed.
+    mlflow_warnings = MlflowWarnings()
+    logging.getLogger("mlflow").handlers = [mlflow_warnings]
+    signal.signal(signal.SIGTERM, raise_terminated)
+
+    def fail(message, code):
+        print(f"autolog_mlflow.py: error: {redact(message, args.tracking_uri)}", file=sys.stderr)
+        return code
+
     try:
-        X, y = load_data(args)
-        X_train, X_test, y_train, y_test = split_data(X, y, args)
+        data = split_data(*load_data(args), args)
+        client = prepare_tracking(args)
+        report = run_experiment(args, data, client, mlflow_warnings)
     except BadInput as e:
-        print(f"autolog_mlflow.py: error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e), 2)
+    except Terminated as e:
+        return fail(with_notes("stopped by SIGTERM", e), 143)
+    except KeyboardInterrupt as e:
+        return fail(with_notes("interrupted", e), 130)
+    except Exception as e:
+        return fail(with_notes(first_line(e), e), 1)
 
-    mlflow.set_tracking_uri(args.tracking_uri)
-    experiment_id = mlflow.set_experiment(args.experiment_name).experiment_id
-    client = MlflowClient()
-    enable_autologging(args)
-    with mlflow.start_run(run_name=args.run_name) as run:
-        search = run_search(X_train, y_train, args)
-        score_on_test_split(search, X_test, y_test)
-        log_best_model(search, X_train)
-        log_configuration(args)
-        name_child_runs(client, run.info.run_id, experiment_id, args.param_grid)
-
-    report = read_run_back(client, run.info.run_id)
-    report["browse"] = browse_hints(args.tracking_uri, report)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -391,12 +690,23 @@ def main(argv=None):
     return 0
 
 
-def hide_pickle_warning(record):
-    # We log with cloudpickle on purpose (the README says why and when that is safe); MLflow
-    # would repeat its caution on every run.
-    return not record.getMessage().startswith("Saving scikit-learn models in the pickle")
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def with_notes(message, error):
+    return "; ".join([message, *getattr(error, "__notes__", [])])
+
+
+def first_line(error):
+    """The gist of an error, on one line."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else type(error).__name__
+    if "Max retries exceeded" in text:  # requests' long story of a server that is gone
+        cause = re.search(r"\[Errno \d+\] [^\"')]+", text)
+        text = f"lost the tracking server ({cause.group(0) if cause else 'no answer'})"
+    return text
 
 
 if __name__ == "__main__":
-    logging.getLogger("mlflow.sklearn").addFilter(hide_pickle_warning)
     sys.exit(main())

@@ -17,14 +17,17 @@ SMALL_GRID = '{"n_estimators": [10, 20], "max_depth": [null, 3]}'  # 4 quick can
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the script and the UI helpers
 
 
-def run_script(workdir, *args, env=None, timeout=600):
+def script_env():
+    """The environment for the script: ours, less MLflow settings (tests set a tracking URI)."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+
+
+def run_script(workdir, *args, timeout=600):
     """Run the script in `workdir` (so its default store lands there) and wait for it."""
-    environ = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    environ.update(env or {})
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args],
         cwd=workdir,
-        env=environ,
+        env=script_env(),
         capture_output=True,
         text=True,
         timeout=timeout,

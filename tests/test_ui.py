@@ -3,7 +3,7 @@
 import pytest
 from mlflow_ui import (
     browser_page,
-    mlflow_ui,
+    mlflow_server,
     open_artifacts_tab,
     open_compare_page,
     open_run_page,
@@ -13,8 +13,11 @@ from mlflow_ui import (
 @pytest.fixture(scope="module")
 def page_on_ui(default_run):
     """A browser page and the base URL of `mlflow ui` serving the default run's store."""
-    with mlflow_ui(default_run.tracking_uri, default_run.workdir) as url, browser_page() as page:
-        yield page, url
+    with (
+        mlflow_server(default_run.tracking_uri, default_run.workdir) as server,
+        browser_page() as page,
+    ):
+        yield page, server.url
 
 
 def test_run_page_shows_run_id_status_best_params_and_named_child_runs(default_run, page_on_ui):
@@ -47,4 +50,3 @@ def test_compare_page_plots_child_runs_against_the_cv_score(default_run, page_on
     plot = page.locator(".js-plotly-plot").first.inner_text()
     assert "mean_test_score" in plot and "max_depth" in plot and "n_estimators" in plot
     assert all(child["name"] in text for child in report["child_runs"])
-

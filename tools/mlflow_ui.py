@@ -1,6 +1,6 @@
-"""Drive the real MLflow UI: start `mlflow ui` on 127.0.0.1, open pages in headless Chromium.
+"""Run real MLflow servers on 127.0.0.1 and drive the real UI in headless Chromium.
 
-Shared by tools/screenshots.py (which makes the README's pictures) and tests/test_ui.py.
+Shared by tools/screenshots.py (which makes the README's pictures) and the tests.
 """
 
 import contextlib
@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from urllib.parse import quote
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright cannot download its own browsers here
@@ -42,31 +43,43 @@ def free_port():
         return sock.getsockname()[1]
 
 
-@contextlib.contextmanager
-def mlflow_ui(tracking_uri, workdir):
-    """Serve `tracking_uri` with `mlflow ui` on a free port of 127.0.0.1; yield its base URL."""
-    port = free_port()
-    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = open(os.path.join(workdir, "mlflow-ui.log"), "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so its workers stop with it
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(url, server)
-        yield url
-    finally:
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+
+    def stop(self, sig=signal.SIGTERM):
+        """Stop the server and its workers: the whole process group it leads."""
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
+            os.killpg(self.process.pid, sig)
         try:
-            server.wait(timeout=15)
+            self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_store_uri, workdir, command="ui", extra_args=(), env=None):
+    """Run `mlflow ui` (or `mlflow server`) on a free port of 127.0.0.1; yield a Server.
+
+    One worker and no job execution: ready in seconds, in 2 processes instead of 15.
+    """
+    port = free_port()
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"} | (env or {})
+    with open(os.path.join(workdir, f"mlflow-{command}-{port}.log"), "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", command, "--backend-store-uri", backend_store_uri,
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *extra_args],
+            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so its workers stop with it
+        )  # fmt: skip
+        server = Server(f"http://127.0.0.1:{port}", process)
+        try:
+            wait_until_healthy(server.url, process)
+            yield server
+        finally:
+            server.stop()
 
 
 def wait_until_healthy(url, server):

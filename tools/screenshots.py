@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from mlflow_ui import browser_page, mlflow_ui, open_compare_page, open_run_page
+from mlflow_ui import browser_page, mlflow_server, open_compare_page, open_run_page
 
 ROOT = Path(__file__).resolve().parent.parent
 SCORE = "mean_test_score"
@@ -43,11 +43,11 @@ def main():
         assert MlflowClient(tracking_uri).get_run(run_id).info.status == "FINISHED"
 
         print("starting mlflow ui and headless Chromium ...", flush=True)
-        with mlflow_ui(tracking_uri, workdir) as url, browser_page() as page:
-            open_run_page(page, url, experiment_id, run_id, child_names)
+        with mlflow_server(tracking_uri, workdir) as server, browser_page() as page:
+            open_run_page(page, server.url, experiment_id, run_id, child_names)
             time.sleep(SETTLE_SECONDS)
             page.screenshot(path=ROOT / "pic1.png")
-            open_compare_page(page, url, experiment_id, children, SCORE)
+            open_compare_page(page, server.url, experiment_id, children, SCORE)
             time.sleep(SETTLE_SECONDS)
             page.screenshot(path=ROOT / "pic2.png")
     print(f"wrote {ROOT / 'pic1.png'} and {ROOT / 'pic2.png'}")

@@ -1,0 +1,277 @@
+"""Fail fast, fail clearly, lose nothing: every fault here is provoked for real."""
+
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+from conftest import SCRIPT, SMALL_GRID, run_script, script_env
+from mlflow import MlflowClient
+from mlflow_ui import free_port, mlflow_server
+
+QUICK = ["--param-grid", SMALL_GRID, "--cv", "3", "--n-jobs", "1"]
+
+
+def start_script(workdir, *args):
+    """Start the script and wait until it has created its run; return (process, run_id)."""
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=workdir, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    line = process.stderr.readline()  # "run <id>: searching ..."
+    assert line.startswith("run "), line + process.stderr.read()
+    return process, line.split()[1].rstrip(":")
+
+
+def one_line_error(result):
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1 or lines[0].startswith("run "), result.stderr
+    return lines[-1]
+
+
+def run_status(workdir, run_id):
+    return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_run(run_id).info.status
+
+
+def timed(function, *args):
+    start = time.monotonic()
+    result = function(*args)
+    return result, time.monotonic() - start
+
+
+def parent_runs(tracking_uri):
+    """The parent runs in the default experiment of a store."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("autolog_mlflow")
+    return client.search_runs(
+        [experiment.experiment_id], filter_string="tags.mlflow.runName = 'rf-grid-search'"
+    )
+
+
+# --- An unreachable tracking server ---------------------------------------------------------
+
+
+def test_closed_port_fails_within_seconds_naming_uri_and_cause(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    result, seconds = timed(run_script, tmp_path, "--tracking-uri", uri)
+    assert result.returncode == 1
+    error = one_line_error(result)
+    assert uri in error and "Connection refused" in error
+    assert seconds < 15
+
+
+def test_server_that_never_answers_fails_within_15_seconds(tmp_path):
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        uri = "http://127.0.0.1:{}".format(silent.getsockname()[1])
+        result, seconds = timed(run_script, tmp_path, "--tracking-uri", uri)
+    assert result.returncode == 1
+    assert "no answer within" in one_line_error(result)
+    assert seconds < 15
+
+
+def test_password_in_tracking_uri_is_never_printed(tmp_path):
+    uri = f"http://alice:s3cret-pw@127.0.0.1:{free_port()}"
+    result = run_script(tmp_path, "--tracking-uri", uri)
+    assert result.returncode == 1
+    assert "s3cret-pw" not in result.stdout + result.stderr
+    assert "http://alice:***@127.0.0.1" in result.stderr
+
+
+# --- Bad input about the store: rejected before any run, exit 2 ------------------------------
+
+
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("htp://127.0.0.1:5000", "unknown scheme"),
+        ("localhost:5000", "did you mean http://localhost:5000?"),
+        ("sqlite://mlflow.db", "three slashes"),
+        ("http://:5000", "names no host"),
+    ],
+)
+def test_malformed_tracking_uri_is_rejected_with_a_hint(tmp_path, uri, message):
+    result = run_script(tmp_path, "--tracking-uri", uri)
+    assert result.returncode == 2
+    assert message in one_line_error(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_deleted_experiment_is_rejected_with_how_to_restore_it(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("old")
+    client.delete_experiment(experiment_id)
+    result = run_script(tmp_path, "--experiment-name", "old")
+    assert result.returncode == 2
+    assert f"mlflow experiments restore --experiment-id {experiment_id}" in one_line_error(result)
+    assert client.search_runs([experiment_id]) == []
+
+
+def run_in_mount_namespace(workdir, shell_setup, *args):
+    """Run the script in a private mount namespace, after `shell_setup` (e.g. a read-only
+    bind mount), so that the fault is real for root too and nothing outside changes."""
+    command = f'{shell_setup} && cd "$PWD" && exec {sys.executable} {SCRIPT} ' + " ".join(
+        map(repr, args)
+    )
+    return subprocess.run(
+        ["unshare", "--map-root-user", "--mount", "sh", "-c", command],
+        cwd=workdir, env=script_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_read_only_working_folder_is_rejected_at_once(tmp_path):
+    result, seconds = timed(
+        run_in_mount_namespace, tmp_path, "mount --bind . . && mount -o remount,ro,bind . ."
+    )
+    assert result.returncode == 2
+    assert "cannot write the tracking store" in one_line_error(result)
+    assert "Read-only file system" in result.stderr
+    assert seconds < 15
+
+
+def test_read_only_artifact_folder_is_rejected_before_any_run(tmp_path):
+    (tmp_path / "mlruns").mkdir()
+    result = run_in_mount_namespace(
+        tmp_path, "mount --bind mlruns mlruns && mount -o remount,ro,bind mlruns mlruns"
+    )
+    assert result.returncode == 2
+    assert "cannot write the run artifacts" in one_line_error(result)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+# --- No run is ever left RUNNING --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sig, exit_code, message",
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "stopped by SIGTERM")],
+)
+def test_signal_mid_search_ends_the_run_killed(tmp_path, sig, exit_code, message):
+    process, run_id = start_script(tmp_path)  # the default search takes seconds
+    time.sleep(1)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == exit_code
+    assert f"{message}; run {run_id} ended KILLED" in stderr
+    assert "Traceback" not in stderr
+    assert run_status(tmp_path, run_id) == "KILLED"
+
+
+def test_error_inside_the_run_ends_it_failed_with_a_one_line_cause(tmp_path):
+    # Each value is valid alone; together every fit fails.
+    grid = '{"bootstrap": [false], "max_samples": [0.5]}'
+    result = run_script(tmp_path, "--param-grid", grid, "--cv", "2")
+    assert result.returncode == 1
+    error = one_line_error(result)
+    assert "fits failed" in error and "ended FAILED" in error
+    run_id = error.split("; run ")[1].split()[0]
+    assert run_status(tmp_path, run_id) == "FAILED"
+
+
+# --- Autologging never fails silently ---------------------------------------------------------
+
+
+def test_full_artifact_folder_fails_the_run_and_keeps_the_results(tmp_path):
+    """Autologging would log a warning and end FINISHED with nothing; we end FAILED, exit 1."""
+    (tmp_path / "mlruns").mkdir()
+    result = run_in_mount_namespace(tmp_path, "mount -t tmpfs -o size=48k tmpfs mlruns", *QUICK)
+    assert result.returncode == 1
+    error = one_line_error(result)
+    assert "No space left on device" in error and "ended FAILED" in error
+    (run,) = parent_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert run.info.status == "FAILED"
+    rescued = tmp_path / "autolog_mlflow-rescue" / run.info.run_id
+    assert (rescued / "cv_results.csv").is_file() and (rescued / "best_model" / "MLmodel").is_file()
+
+
+# --- A tracking server lost mid-run -----------------------------------------------------------
+
+
+def test_server_killed_mid_run_exits_fast_and_saves_the_work(tmp_path):
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    with mlflow_server(f"sqlite:///{server_dir / 'mlflow.db'}", server_dir, "server") as server:
+        process, run_id = start_script(tmp_path, "--tracking-uri", server.url, "--n-jobs", "1")
+        time.sleep(1)
+        server.stop(signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, stderr = process.communicate(timeout=120)
+        seconds = time.monotonic() - killed_at
+    assert process.returncode == 1
+    assert seconds < 30
+    assert "Traceback" not in stderr
+    error = stderr.strip().splitlines()[-1]
+    assert "lost the tracking server" in error and run_id in error
+    rescued = tmp_path / "autolog_mlflow-rescue" / run_id
+    assert str(rescued) in error
+    model = mlflow.sklearn.load_model(str(rescued / "best_model"))
+    assert hasattr(model, "predict")
+    assert (rescued / "cv_results.csv").read_text().count("\n") == 10  # header + 9 candidates
+
+
+# --- Concurrent runs --------------------------------------------------------------------------
+
+
+def run_eight_at_once(workdir, *args):
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--json", *QUICK, *args],
+            cwd=workdir,
+            env=script_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(8)
+    ]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr
+    return [json.loads(stdout) for stdout, _ in outputs]
+
+
+def test_eight_runs_at_once_on_a_fresh_sqlite_store_all_complete(tmp_path):
+    reports = run_eight_at_once(tmp_path)
+    assert len({report["run_id"] for report in reports}) == 8
+    runs = parent_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert sorted(run.info.status for run in runs) == ["FINISHED"] * 8
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        leftovers = db.execute("SELECT name FROM sqlite_master WHERE name LIKE '_alembic_tmp%'")
+        assert leftovers.fetchall() == []
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with a fresh SQLite store and proxied artifacts."""
+    server_dir = tmp_path_factory.mktemp("server")
+    with mlflow_server(f"sqlite:///{server_dir / 'mlflow.db'}", server_dir, "server") as server:
+        yield server
+
+
+def test_password_is_redacted_in_the_report_and_the_run(tmp_path, tracking_server):
+    uri = tracking_server.url.replace("http://", "http://alice:s3cret-pw@")
+    result = run_script(tmp_path, "--json", "--tracking-uri", uri, *QUICK)
+    assert result.returncode == 0, result.stderr
+    assert "s3cret-pw" not in result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["browse"]["run_url"].startswith(tracking_server.url + "/#/experiments/")
+    mlflow.set_tracking_uri(tracking_server.url)
+    recorded = mlflow.artifacts.load_dict(f"runs:/{report['run_id']}/run_config.json")
+    assert recorded["configuration"]["tracking_uri"] == uri.replace("s3cret-pw", "***")
+
+
+def test_eight_runs_at_once_against_one_tracking_server(tmp_path, tracking_server):
+    reports = run_eight_at_once(tmp_path, "--tracking-uri", tracking_server.url)
+    client = MlflowClient(tracking_server.url)
+    runs = [client.get_run(report["run_id"]) for report in reports]
+    assert len({run.info.run_id for run in runs}) == 8
+    assert sorted(run.info.status for run in runs) == ["FINISHED"] * 8
+    assert not (tmp_path / "mlflow.db").exists()  # nothing fell back to a local store
