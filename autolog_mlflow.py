@@ -71,6 +71,7 @@ MODEL_PACKAGES = ["mlflow", "scikit-learn", "numpy", "pandas", "scipy", "cloudpi
 UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 RESCUE_DIR = "autolog_mlflow-rescue"  # where a failed run's model and CV results are kept
 SERVER_CHECK_TIMEOUT = 5  # seconds to wait for a tracking server's /health
+DASK_CONNECT_TIMEOUT = 10  # seconds to reach a Dask scheduler
 MLFLOW_SETTINGS = {  # environment variables; the user's own values win
     # MLflow retries a failing HTTP call for minutes (7 tries, backoff up to 120 s): a lost
     # server fails the run in seconds instead. (A slow answer still has MLflow's 120 s.)
@@ -134,6 +135,11 @@ def parse_args(argv=None):
         type=parse_max_tuning_runs,
         default=MAX_TUNING_RUNS,
         help="child runs to log: the best N candidates, or 'all'",
+    )
+    parser.add_argument(
+        "--dask-scheduler",
+        help="run the search's fits on this Dask scheduler (tcp://HOST:PORT), or 'local' for a "
+        "LocalCluster on 127.0.0.1 (needs requirements-dask.txt)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
     args = parser.parse_args(argv)
@@ -319,6 +325,13 @@ def open_experiment(client, name):
     return experiment
 
 
+def experiment_of_launching_run(client):
+    """`mlflow run` creates the run and passes its ID: log into it, in its experiment."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id:
+        return client.get_experiment(client.get_run(run_id).info.experiment_id)
+
+
 def prepare_tracking(args):
     """Check the store and open the experiment, so that bad input never leaves a run behind."""
     uri = args.tracking_uri
@@ -330,12 +343,40 @@ def prepare_tracking(args):
     mlflow.set_tracking_uri(uri)
     with store_lock(uri):
         client = MlflowClient()  # creates the store's tables if they are missing
-        experiment = open_experiment(client, args.experiment_name)
+        experiment = experiment_of_launching_run(client) or open_experiment(
+            client, args.experiment_name
+        )
     location = urlparse(experiment.artifact_location)
     if location.scheme in ("", "file"):
         require_writable(location.path, "run artifacts")
     mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return client
+
+
+# %% Where the search's fits run
+@contextlib.contextmanager
+def search_backend(args):
+    """Local processes (joblib's default), or the workers of a Dask cluster."""
+    if args.dask_scheduler is None:
+        yield "local processes"
+        return
+    try:  # optional: imported only when asked for
+        import joblib
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise BadInput("--dask-scheduler needs Dask: pip install -r requirements-dask.txt")
+    with contextlib.ExitStack() as stack:
+        address = args.dask_scheduler
+        if address == "local":
+            address = stack.enter_context(
+                LocalCluster(host="127.0.0.1", threads_per_worker=1, dashboard_address=None)
+            ).scheduler_address
+        try:
+            stack.enter_context(Client(address, timeout=DASK_CONNECT_TIMEOUT))
+        except OSError as e:
+            raise Unreachable(f"cannot reach the Dask scheduler {address}: {e}")
+        stack.enter_context(joblib.parallel_backend("dask"))
+        yield f"the Dask cluster at {address}"
 
 
 # %% The search, under autologging
@@ -627,13 +668,15 @@ def progress(message):
 
 
 # %% Main flow
-def run_experiment(args, data, client, mlflow_warnings):
+def run_experiment(args, data, client, mlflow_warnings, where):
     """The search and everything logged about it, in one run; returns the report."""
     X_train, X_test, y_train, y_test = data
     enable_autologging(args)
     with tracked_run(args.run_name) as run:
         run_id = run.info.run_id
-        progress(f"run {run_id}: searching {search_size(args)} with {args.cv}-fold CV ...")
+        progress(
+            f"run {run_id}: searching {search_size(args)} with {args.cv}-fold CV on {where} ..."
+        )
         register_datasets(X_train, X_test)
         search = run_search(X_train, y_train, args)
         with rescued_on_failure(search, X_train, run_id):
@@ -674,7 +717,8 @@ def main(argv=None):
     try:
         data = split_data(*load_data(args), args)
         client = prepare_tracking(args)
-        report = run_experiment(args, data, client, mlflow_warnings)
+        with search_backend(args) as where:
+            report = run_experiment(args, data, client, mlflow_warnings, where)
     except BadInput as e:
         return fail(str(e), 2)
     except Terminated as e:

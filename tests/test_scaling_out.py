@@ -1,0 +1,212 @@
+"""Outgrow one machine with the same script: a Dask cluster, a shared server, `mlflow run`."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from conftest import ROOT, SCRIPT, SMALL_GRID, finished_run, run_script, script_env
+from distributed import Client, LocalCluster
+from mlflow import MlflowClient
+from mlflow_ui import free_port, mlflow_server
+
+import autolog_mlflow
+
+QUICK = ["--param-grid", SMALL_GRID, "--cv", "3"]
+TIMING = ("fit_time", "score_time")
+
+
+def outcome(run):
+    """What a run found, less timings: best params, metrics, each child run's scores."""
+    children = {
+        child.info.run_name: {k: v for k, v in child.data.metrics.items() if not k.endswith(TIMING)}
+        for child in run.child_runs()
+    }
+    params = {k: v for k, v in run.run.data.params.items() if k.startswith("best_")}
+    return params, run.run.data.metrics, children
+
+
+# --- Dask -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
+    ) as cluster, Client(cluster) as client:  # fmt: skip
+        yield cluster.scheduler_address, client
+
+
+def tasks_run_by_workers(client):
+    return sum(client.run(lambda dask_worker: dask_worker.state.executed_count).values())
+
+
+def test_search_on_a_dask_cluster_is_complete_and_identical_to_a_local_run(tmp_path, dask_cluster):
+    address, client = dask_cluster
+    tasks_before = tasks_run_by_workers(client)
+    (tmp_path / "dask").mkdir()
+    (tmp_path / "local").mkdir()
+
+    on_dask = finished_run(tmp_path / "dask", *QUICK, "--dask-scheduler", address)
+    local = finished_run(tmp_path / "local", *QUICK)
+
+    assert tasks_run_by_workers(client) - tasks_before >= 4 * 3  # every candidate, every fold
+    assert on_dask.run.info.status == "FINISHED"
+    assert len(on_dask.child_runs()) == 4
+    assert [str(model.status) for model in on_dask.logged_models()] == ["READY"]
+    assert outcome(on_dask) == outcome(local)
+
+
+def test_unreachable_dask_scheduler_fails_in_one_line_within_15_seconds(tmp_path):
+    address = f"tcp://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    result = run_script(tmp_path, *QUICK, "--dask-scheduler", address)
+    assert time.monotonic() - start < 15 + 5  # the connect timeout, plus starting Python
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"autolog_mlflow.py: error: cannot reach the Dask scheduler {address}: "
+        f"Timed out trying to connect to {address} after {autolog_mlflow.DASK_CONNECT_TIMEOUT} s"
+    ]
+    assert not (tmp_path / "mlruns").exists() or not any((tmp_path / "mlruns").rglob("meta*"))
+
+
+def test_missing_dask_is_reported_with_what_to_install(tmp_path):
+    # A Python where `import distributed` fails, as it does without requirements-dask.txt.
+    without_dask = (
+        "import runpy, sys; sys.modules['distributed'] = None; "
+        f"sys.argv = ['autolog_mlflow.py', '--dask-scheduler', 'local']; "
+        f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", without_dask], cwd=tmp_path, env=script_env(),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "autolog_mlflow.py: error: --dask-scheduler needs Dask: "
+        "pip install -r requirements-dask.txt"
+    )
+
+
+# --- A shared tracking server -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """`mlflow server` with its own store and proxied artifacts: clients share no folder."""
+    folder = tmp_path_factory.mktemp("shared-server")
+    args = ["--artifacts-destination", str(folder / "artifacts")]
+    with mlflow_server(f"sqlite:///{folder / 'mlflow.db'}", folder, "server", args) as server:
+        yield server, folder
+
+
+def rest(server, method, endpoint, **kwargs):
+    response = requests.request(method, f"{server.url}/api/2.0/mlflow/{endpoint}", **kwargs)
+    response.raise_for_status()
+    return response.json()
+
+
+def test_everything_is_readable_through_the_servers_rest_api(tmp_path, shared_server):
+    server, _ = shared_server
+    result = run_script(tmp_path, "--json", "--tracking-uri", server.url, *QUICK)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    run_id, experiment_id = report["run_id"], report["experiment_id"]
+
+    run = rest(server, "GET", "runs/get", params={"run_id": run_id})["run"]
+    assert run["info"]["status"] == "FINISHED"
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert {"best_n_estimators", "best_max_depth"} <= set(params)
+    children = rest(server, "POST", "runs/search", json={
+        "experiment_ids": [experiment_id],
+        "filter": f"tags.mlflow.parentRunId = '{run_id}'",
+    })["runs"]  # fmt: skip
+    assert len(children) == 4
+    files = rest(server, "GET", "artifacts/list", params={"run_id": run_id})["files"]
+    assert "cv_results.csv" in {f["path"] for f in files}
+    models = rest(server, "POST", "logged-models/search", json={
+        "experiment_ids": [experiment_id],
+        "filter": f"source_run_id = '{run_id}'",
+    })["models"]  # fmt: skip
+    assert [(m["info"]["name"], m["info"]["status"]) for m in models] == [
+        ("best_estimator", "LOGGED_MODEL_READY")
+    ]
+    assert not (tmp_path / "mlruns").exists()  # the client wrote nothing locally
+
+
+def test_model_loads_from_a_process_that_cannot_see_the_servers_folders(tmp_path, shared_server):
+    server, folder = shared_server
+    run = finished_run(tmp_path, "--tracking-uri", server.url, *QUICK)
+    model_uri = run.report["logged_models"][0]["uri"]
+    load_and_score = (
+        "import json, mlflow.sklearn, autolog_mlflow as a; "
+        "args = a.parse_args([]); X_train, X_test, y_train, y_test = a.split_data(*a.load_data(args), args); "
+        f"model = mlflow.sklearn.load_model({model_uri!r}); "
+        "print(json.dumps(float((model.predict(X_test) == y_test).mean())))"
+    )  # fmt: skip
+    # A private mount namespace where the server's folder is an empty tmpfs.
+    hide = f'mount -t tmpfs tmpfs {folder} && test -z "$(ls -A {folder})"'
+    result = subprocess.run(
+        ["unshare", "--map-root-user", "--mount", "sh", "-c", f'{hide} && exec "$@"', "sh",
+         sys.executable, "-c", load_and_score],
+        cwd=ROOT, env=script_env() | {"MLFLOW_TRACKING_URI": server.url},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    accuracy = json.loads(result.stdout.strip().splitlines()[-1])
+    assert accuracy == run.report["test_metrics"]["accuracy_score_X_test"]
+
+
+# --- MLflow Projects --------------------------------------------------------------------------
+
+
+def mlproject():
+    return yaml.safe_load((ROOT / "MLproject").read_text())
+
+
+def test_mlproject_uses_conda_yml_and_the_scripts_own_defaults():
+    project = mlproject()
+    assert project["conda_env"] == "conda.yml"
+    main = project["entry_points"]["main"]["parameters"]
+    defaults = autolog_mlflow.parse_args([])
+    assert json.loads(main["grid"]["default"]) == defaults.param_grid
+    assert int(main["cv"]["default"]) == defaults.cv
+    assert float(main["test_size"]["default"]) == defaults.test_size
+    assert int(main["seed"]["default"]) == defaults.seed
+    assert int(main["n_jobs"]["default"]) == defaults.n_jobs
+    assert main["max_tuning_runs"]["default"] == defaults.max_tuning_runs
+
+
+def test_mlflow_run_logs_everything_into_the_run_it_created(tmp_path):
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = script_env() | {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": f"{Path(sys.executable).parent}:{script_env()['PATH']}",  # `python` = this one
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local",
+         "--experiment-name", "project", "-P", "cv=3", "-P", f"grid={SMALL_GRID}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("project")
+    (run,) = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`mlflow.source.type` = 'PROJECT'"
+    )
+    assert run.info.status == "FINISHED"
+    assert run.data.params["cv"] == "3"  # the project's parameter and autologging's agree
+    assert {"grid", "best_n_estimators", "best_max_depth"} <= set(run.data.params)
+    assert "accuracy_score_X_test" in run.data.metrics
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+    )
+    assert len(children) == 4
+    models = client.search_logged_models(
+        [experiment.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+    )
+    assert [str(model.status) for model in models] == ["READY"]
