@@ -53,7 +53,7 @@ from mlflow.exceptions import MlflowException
 from sklearn import metrics  # look functions up at call time: see score_on_test_split()
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.model_selection import GridSearchCV, ParameterGrid, train_test_split
 
 # %% Configuration: every default in one place; each can be changed on the command line.
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default; artifacts go to ./mlruns
@@ -88,7 +88,7 @@ class BadInput(Exception):
 
 
 class Unreachable(Exception):
-    """The tracking server does not answer: exit 1 before any run exists."""
+    """A tracking server or Dask scheduler that does not answer: exit 1, before any run."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -675,7 +675,7 @@ def run_experiment(args, data, client, mlflow_warnings, where):
     with tracked_run(args.run_name) as run:
         run_id = run.info.run_id
         progress(
-            f"run {run_id}: searching {search_size(args)} with {args.cv}-fold CV on {where} ..."
+            f"run {run_id}: searching {len(ParameterGrid(args.param_grid))} candidates with {args.cv}-fold CV on {where} ..."
         )
         register_datasets(X_train, X_test)
         search = run_search(X_train, y_train, args)
@@ -692,13 +692,6 @@ def run_experiment(args, data, client, mlflow_warnings, where):
     report["status"] = client.get_run(run_id).info.status
     report["browse"] = browse_hints(args.tracking_uri, report)
     return report
-
-
-def search_size(args):
-    candidates = 1
-    for values in args.param_grid.values():
-        candidates *= len(values)
-    return f"{candidates} candidates"
 
 
 def main(argv=None):

@@ -8,7 +8,7 @@ import autolog_mlflow
 
 OPTIONS = [
     "--tracking-uri", "--experiment-name", "--run-name", "--data", "--target", "--test-size",
-    "--param-grid", "--cv", "--n-jobs", "--seed", "--max-tuning-runs", "--json",
+    "--param-grid", "--cv", "--n-jobs", "--seed", "--max-tuning-runs", "--dask-scheduler", "--json",
 ]  # fmt: skip
 
 
@@ -31,7 +31,7 @@ def test_defaults_are_the_configuration_at_the_top_of_the_script(monkeypatch):
     assert args.param_grid == autolog_mlflow.PARAM_GRID
     assert (args.cv, args.test_size, args.seed) == (5, 0.25, 42)
     assert (args.n_jobs, args.max_tuning_runs, args.json) == (-1, "all", False)
-    assert args.data is None and args.target is None
+    assert args.data is None and args.target is None and args.dask_scheduler is None
 
 
 def test_tracking_uri_defaults_to_the_environment_variable(monkeypatch):
