@@ -458,12 +458,16 @@ def score_on_test_split(search, X_test, y_test):
         metrics.f1_score(y_test, y_pred, average="macro")
 
 
+def installed_versions():
+    return {package: version(package) for package in MODEL_PACKAGES}
+
+
 def model_options(X_train):
     """How the best model is saved: cloudpickle, an input example, the installed versions."""
     return {
         "serialization_format": "cloudpickle",
         "input_example": X_train.head(5),  # the signature is inferred from it
-        "pip_requirements": [f"{package}=={version(package)}" for package in MODEL_PACKAGES],
+        "pip_requirements": [f"{name}=={pinned}" for name, pinned in installed_versions().items()],
     }
 
 
@@ -477,8 +481,7 @@ def log_best_model(search, X_train):
 def log_configuration(args):
     """Record what the run ran with: the effective configuration and package versions."""
     configuration = vars(args) | {"tracking_uri": redact(args.tracking_uri, args.tracking_uri)}
-    environment = {"python": sys.version.split()[0]}
-    environment |= {package: version(package) for package in MODEL_PACKAGES}
+    environment = {"python": sys.version.split()[0]} | installed_versions()
     mlflow.log_dict({"configuration": configuration, "environment": environment}, "run_config.json")
 
 
