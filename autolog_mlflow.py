@@ -29,26 +29,31 @@ import argparse
 import contextlib
 import fcntl
 import gc
+import hashlib
 import json
 import logging
 import os
+import platform
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import warnings
-from importlib.metadata import version
+from importlib.metadata import distributions, version
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import mlflow
-import mlflow.data
 import mlflow.sklearn
+import mlflow.types.utils
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.data import digest_utils
 from mlflow.exceptions import MlflowException
 from sklearn import metrics  # look functions up at call time: see score_on_test_split()
 from sklearn.datasets import load_breast_cancer
@@ -81,6 +86,10 @@ MLFLOW_SETTINGS = {  # environment variables; the user's own values win
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 STORE_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks"}
+RECORD = "run_config.json"  # the artifact that records what it takes to run the run again
+# The options that define an experiment: --reproduce takes them from the record.
+RECORDED = ["experiment_name", "target", "test_size", "param_grid", "cv", "seed", "max_tuning_runs"]
+EXIT_DIFFERENT = 3  # --reproduce: the results differ from the original run's
 
 
 class BadInput(Exception):
@@ -142,8 +151,24 @@ def parse_args(argv=None):
         "LocalCluster on 127.0.0.1 (needs requirements-dask.txt)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
+    parser.add_argument(
+        "--reproduce",
+        metavar="RUN_ID",
+        help="run that past run's experiment again, from its record, and compare the results "
+        f"(exit {EXIT_DIFFERENT} if they differ)",
+    )
     args = parser.parse_args(argv)
-    if (args.data is None) != (args.target is None):
+    if args.reproduce:
+        unset = object()  # what argparse leaves alone in a given namespace: not on the line
+        given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(RECORDED, unset)))
+        fixed = [name for name in RECORDED if getattr(given, name) is not unset]
+        if fixed:
+            parser.error(
+                f"--{fixed[0].replace('_', '-')} comes from the record of run {args.reproduce}; "
+                "with --reproduce give only --tracking-uri, --n-jobs, --dask-scheduler, "
+                "--run-name, --json, and --data if the same file has moved"
+            )
+    elif (args.data is None) != (args.target is None):
         parser.error("--data and --target go together: give both, or neither")
     return args
 
@@ -411,7 +436,7 @@ def enable_autologging(args):
     warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
 
 
-def register_datasets(X_train, X_test):
+def register_datasets(dataset_of, X_train, X_test):
     """Record the training and test data sets (with digests) before autologging does.
 
     Autologging records them after the search, but MLflow first checks whether a data set is
@@ -419,7 +444,7 @@ def register_datasets(X_train, X_test):
     the loser's logging with a warning. Recorded here first, with a retry, the rows exist.
     """
     for context, X in [("train", X_train), ("eval", X_test)]:
-        dataset = mlflow.data.from_pandas(X)  # as autologging makes it: same name and digest
+        dataset = dataset_of(X)  # the very dataset autologging will log: same name and digest
         for attempt in range(3):
             try:
                 mlflow.log_input(dataset, context=context)
@@ -478,13 +503,6 @@ def log_best_model(search, X_train):
     )
 
 
-def log_configuration(args):
-    """Record what the run ran with: the effective configuration and package versions."""
-    configuration = vars(args) | {"tracking_uri": redact(args.tracking_uri, args.tracking_uri)}
-    environment = {"python": sys.version.split()[0]} | installed_versions()
-    mlflow.log_dict({"configuration": configuration, "environment": environment}, "run_config.json")
-
-
 def name_child_runs(client, run_id, param_grid):
     """Rename each child run after its hyperparameters, e.g. `max_depth=5 n_estimators=100`."""
     for child in find_child_runs(client, client.get_run(run_id)):
@@ -539,6 +557,276 @@ def rescued_on_failure(search, X_train, run_id):
         )
         e.add_note(f"the best model and cv_results are saved in {folder}")
         raise
+
+
+# %% Dataset logging in proportion to the data (works around MLflow 3.17.2 internals)
+# On a 200,000-row table, MLflow's dataset logging took longer than the search itself.
+# Autologging builds a dataset for the same frame up to three times (before the fit, after it,
+# and at every predict call on the test split); each build visits every value in Python twice:
+# to infer the schema (mlflow.types.utils._infer_required, 12 million calls) and to find the
+# string columns for the digest (compute_pandas_digest). Within the run, each frame's dataset
+# is built once, and both visits are vectorised for the columns where that cannot change the
+# answer. Nothing recorded changes: tests/test_mlflow_internals.py compares the results with
+# MLflow's own and fails if an upgrade moves what is replaced here.
+@contextlib.contextmanager
+def datasets_built_once():
+    """Within the block, autologging builds one dataset per frame; yields the builder."""
+    infer_required, from_pandas = mlflow.types.utils._infer_required, mlflow.sklearn.from_pandas
+    built = {}  # digest -> dataset: the store keeps one record per name and digest anyway
+
+    def dataset_of(df, source=None):  # as autologging calls it: a frame and a code source
+        digest = pandas_digest(df)  # by content: autologging digests a deep copy of X_train
+        if digest not in built:
+            built[digest] = from_pandas(df, source=source, digest=digest)
+        return built[digest]
+
+    def required_vectorised(column):
+        return required(column, infer_required)
+
+    mlflow.sklearn.from_pandas, mlflow.types.utils._infer_required = dataset_of, required_vectorised
+    try:
+        yield dataset_of
+    finally:
+        mlflow.sklearn.from_pandas, mlflow.types.utils._infer_required = from_pandas, infer_required
+
+
+def required(column, infer_required):
+    """MLflow's answer (no None, NaN, pd.NA or NaT in the column), vectorised for numbers.
+
+    pandas and MLflow agree on what is missing in numeric, boolean and datetime columns; object,
+    string and category columns (which --data rejects anyway) keep MLflow's own loop.
+    """
+    if isinstance(column, pd.Series) and column.dtype.kind in "biufmM":  # not complex: MLflow
+        return not column.isna().any()  # does not count a complex NaN as missing
+    return infer_required(column)
+
+
+def pandas_digest(df):
+    """MLflow's compute_pandas_digest, visiting values only in columns that may be all str.
+
+    The values of a number, boolean or datetime column are never str: no need to look.
+    """
+    trimmed = df.head(digest_utils.MAX_ROWS)
+    all_str = [
+        df.empty or (dtype.kind not in "biufcmM" and bool((df.iloc[:, i].map(type) == str).all()))
+        for i, dtype in enumerate(df.dtypes)
+    ]
+    columns = trimmed.columns[all_str].union(trimmed.select_dtypes(include=[np.number]).columns)
+    return digest_utils.get_normalized_md5_digest(
+        [pd.util.hash_pandas_object(trimmed[columns]).values, np.int64(len(df))]
+        + [str(x).encode() for x in df.columns]
+    )
+
+
+# %% What each run records, so that it can be run again (read back by --reproduce)
+def record_of(args):
+    """The effective configuration, the command line, the code, the data file, the packages."""
+    uri = args.tracking_uri
+    script = Path(__file__).resolve()
+    return {
+        "configuration": vars(args) | {"tracking_uri": redact(uri, uri)},
+        "command_line": [redact(word, uri) for word in sys.argv],
+        "script": {"file": script.name, "sha256": sha256_of(script)},
+        "git": git_state(script.parent),
+        "data": None if args.data is None else data_file(args.data),
+        "environment": {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "packages": installed_distributions(),
+        },
+    }
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_file(path):
+    try:
+        return {"path": str(Path(path).resolve()), "sha256": sha256_of(path), "size": os.path.getsize(path)}  # fmt: skip
+    except OSError as e:
+        raise BadInput(f"cannot read --data {path}: {e.strerror}")
+
+
+def git_state(folder):
+    """The commit of the script's working tree and its uncommitted edits (None without git)."""
+
+    def git(*words):
+        command = ["git", "-C", str(folder), *words]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        diff = git("diff", "HEAD", "--no-ext-diff")  # edits to tracked files, staged or not
+    except (OSError, subprocess.CalledProcessError):  # no git, or not a repository
+        return None
+    return {"commit": commit, "dirty": bool(diff), "diff": diff}
+
+
+def installed_distributions():
+    """Every installed distribution and its version, by normalised name."""
+    found = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version for d in distributions()}
+    return dict(sorted(found.items()))
+
+
+def log_record(record):
+    """The record as run_config.json, the script beside it, and the diff of uncommitted edits."""
+    git = record["git"]
+    mlflow.log_dict(
+        record | {"git": git and {key: git[key] for key in ("commit", "dirty")}}, RECORD
+    )
+    mlflow.log_artifact(__file__, "code")
+    if git and git["dirty"]:
+        mlflow.log_text(git["diff"], "code/uncommitted.diff")
+
+
+# %% Reproduce a past run (--reproduce RUN_ID): its record in, a verdict out
+def experiment_to_reproduce(args):
+    """The options of a past run's experiment, from its record, and that run."""
+    original = read_original(args)
+    configuration, recorded_data = (
+        original["record"]["configuration"],
+        original["record"].get("data"),
+    )
+    recorded = {name: configuration[name] for name in RECORDED}
+    data = args.data or (recorded_data or {}).get("path") or configuration["data"]
+    if data and not args.data and not Path(data).is_file():
+        raise BadInput(f"the data of run {args.reproduce}, {data}, is gone; if it has moved, "
+                       "give its new path with --data")  # fmt: skip
+    if recorded_data and recorded_data["sha256"] != (now := data_file(data)["sha256"]):
+        raise BadInput(
+            f"{Path(data).name} changed since run {args.reproduce}: sha256 "
+            f"{recorded_data['sha256']} then, {now} now"
+        )
+    options = vars(args) | recorded | {"data": data, "experiment_name": original["experiment"]}
+    return argparse.Namespace(**options), original
+
+
+def read_original(args):
+    """The past run and its record, from the store: bad input unless this script logged it."""
+    uri, run_id = args.tracking_uri, args.reproduce
+    check_uri_form(uri)
+    if sqlite_path(uri) and not sqlite_path(uri).is_file():
+        raise BadInput(
+            f"no tracking store at {sqlite_path(uri)}; give run {run_id}'s --tracking-uri"
+        )
+    if uri.startswith(("http://", "https://")):
+        check_server_answers(uri)
+    client = MlflowClient(uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise BadInput(f"--reproduce {run_id}: no such run in {redact(uri, uri)}")
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            record = json.loads(Path(client.download_artifacts(run_id, RECORD, folder)).read_text())
+    except (MlflowException, OSError, ValueError):
+        record = {}
+    if not set(RECORDED) <= record.get("configuration", {}).keys():
+        raise BadInput(f"run {run_id} was not logged by autolog_mlflow.py: it has no {RECORD}")
+    experiment = client.get_experiment(run.info.experiment_id).name
+    return {"run": run, "record": record, "experiment": experiment}
+
+
+def compare_with_original(client, original, run_id, record, X_test):
+    """This run's results against the original's, and what changed around them."""
+    old, new = original["run"], client.get_run(run_id)
+    was_cv, now_cv = cv_scores(client, old.info.run_id), cv_scores(client, run_id)
+    params = [key for key in sorted(old.data.params.keys() | new.data.params.keys())
+              if key.startswith("best_")]  # fmt: skip
+    metrics = [key for key in sorted(old.data.metrics.keys() | new.data.metrics.keys())
+               if key.endswith("_X_test")]  # fmt: skip
+    results = differing(
+        [(f"param {key}", old.data.params.get(key), new.data.params.get(key)) for key in params]
+        + [(f"{score} of {candidate}", was_cv.get(candidate, {}).get(score),
+            now_cv.get(candidate, {}).get(score))
+           for candidate in sorted(was_cv.keys() | now_cv.keys())
+           for score in ("mean_test_score", "std_test_score")]
+        + [(f"metric {key}", old.data.metrics.get(key), new.data.metrics.get(key))
+           for key in metrics]
+        + [prediction_difference(*(held_out_predictions(client, run, X_test) for run in (old, new)))]
+    )  # fmt: skip
+    return {
+        "reproduces": old.info.run_id,
+        "verdict": "different" if results else "identical",
+        "compared": {
+            "best params": len(params),
+            "candidates' CV scores": len(was_cv),
+            "held-out metrics": len(metrics),
+            "held-out predictions": len(X_test),
+        },
+        "differences": results,
+        "changed_around_it": differing(environment_pairs(original["record"], record)),
+    }
+
+
+def log_reproduction(client, original, run_id, record, X_test):
+    progress(f"comparing with run {original['run'].info.run_id} ...")
+    reproduction = compare_with_original(client, original, run_id, record, X_test)
+    mlflow.set_tags({"autolog_mlflow.reproduces": reproduction["reproduces"],
+                     "autolog_mlflow.reproduction": reproduction["verdict"]})  # fmt: skip
+    mlflow.log_dict(reproduction, "reproduction.json")
+    return reproduction
+
+
+def differing(pairs):
+    return [{"what": what, "original": was, "now": now} for what, was, now in pairs if was != now]
+
+
+def cv_scores(client, run_id):
+    """Each candidate's mean and std CV score, from the run's cv_results.csv."""
+    with tempfile.TemporaryDirectory() as folder:
+        table = pd.read_csv(client.download_artifacts(run_id, "cv_results.csv", folder))
+    return {
+        row.params: {
+            "mean_test_score": float(row.mean_test_score),
+            "std_test_score": float(row.std_test_score),
+        }
+        for row in table.itertuples()
+    }
+
+
+def held_out_predictions(client, run, X_test):
+    """The predictions of the run's logged model on the held-out split, or why there are none."""
+    try:
+        (model,) = client.search_logged_models(
+            [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+        )
+        return mlflow.sklearn.load_model(model.model_uri).predict(X_test)
+    except Exception as e:  # a model that is gone or will not load is a difference, not a crash
+        return f"no predictions: {first_line(e)}"
+
+
+def prediction_difference(was, now):
+    for side in (was, now):
+        if isinstance(side, str):  # a model that would not predict: never "identical"
+            return "held-out predictions", "could not be compared", side
+    rows = np.flatnonzero(was != now)
+    what = f"held-out predictions ({len(rows)} of {len(was)} rows differ; the first shown)"
+    return what, was[rows[:5]].tolist(), now[rows[:5]].tolist()
+
+
+def environment_pairs(was, now):
+    """(what, then, now) for the code, Python, platform and every package."""
+    then_git, now_git = was.get("git") or {}, now["git"] or {}
+    then_env, now_env = was["environment"], now["environment"]
+    packages = then_env.get("packages", {})
+    return [
+        ("script sha256", was.get("script", {}).get("sha256"), now["script"]["sha256"]),
+        ("git commit", then_git.get("commit"), now_git.get("commit")),
+        ("uncommitted edits", then_git.get("dirty"), now_git.get("dirty")),
+        ("python", then_env["python"], now_env["python"]),
+        ("platform", then_env.get("platform"), now_env["platform"]),
+    ] + [
+        (f"package {name}", packages.get(name), now_env["packages"].get(name))
+        for name in sorted(packages.keys() | now_env["packages"].keys())
+    ]
 
 
 # %% Read the run back from the store, and check it is complete
@@ -664,6 +952,31 @@ def print_report(report):
     if report["browse"]["ui_command"]:
         print(f"  {report['browse']['ui_command']}")
     print(f"  {report['browse']['run_url']}")
+    if report["reproduction"]:
+        print_reproduction(report["reproduction"])
+
+
+def print_reproduction(reproduction):
+    """What was compared, what changed around the run, and the verdict, last."""
+    original = reproduction["reproduces"]
+    compared = ", ".join(f"{count} {what}" for what, count in reproduction["compared"].items())
+    print(f"\nReproduction of run {original}: compared {compared}")
+    changes = reproduction["changed_around_it"]
+    print(f"  changed since then: {len(changes) or 'nothing'} (code, Python, platform, packages)")
+    print_differences(changes, "    ")
+    if reproduction["verdict"] == "identical":
+        print(f"\nVerdict: identical to run {original}")
+    else:
+        differences = reproduction["differences"]
+        print(f"\nVerdict: DIFFERENT from run {original} in {len(differences)} results:")
+        print_differences(differences, "  ")
+
+
+def print_differences(differences, indent, shown=20):
+    for difference in differences[:shown]:
+        print(f"{indent}{difference['what']}: {difference['original']} -> {difference['now']}")
+    if len(differences) > shown:
+        print(f"{indent}... and {len(differences) - shown} more in reproduction.json")
 
 
 def progress(message):
@@ -671,29 +984,31 @@ def progress(message):
 
 
 # %% Main flow
-def run_experiment(args, data, client, mlflow_warnings, where):
+def run_experiment(args, data, record, original, client, mlflow_warnings, where):
     """The search and everything logged about it, in one run; returns the report."""
     X_train, X_test, y_train, y_test = data
     enable_autologging(args)
-    with tracked_run(args.run_name) as run:
+    with tracked_run(args.run_name) as run, datasets_built_once() as dataset_of:
         run_id = run.info.run_id
         progress(
             f"run {run_id}: searching {len(ParameterGrid(args.param_grid))} candidates with {args.cv}-fold CV on {where} ..."
         )
-        register_datasets(X_train, X_test)
+        log_record(record)
+        register_datasets(dataset_of, X_train, X_test)
         search = run_search(X_train, y_train, args)
         with rescued_on_failure(search, X_train, run_id):
             score_on_test_split(search, X_test, y_test)
             mlflow_warnings.raise_if_any()
             progress("logging the best model and checking what the store holds ...")
             log_best_model(search, X_train)
-            log_configuration(args)
             name_child_runs(client, run_id, args.param_grid)
+            reproduction = original and log_reproduction(client, original, run_id, record, X_test)
             report = read_run_back(client, run_id)
             require_complete(report, args, search)
             mlflow_warnings.raise_if_any()
     report["status"] = client.get_run(run_id).info.status
     report["browse"] = browse_hints(args.tracking_uri, report)
+    report["reproduction"] = reproduction
     return report
 
 
@@ -711,10 +1026,12 @@ def main(argv=None):
         return code
 
     try:
+        args, original = experiment_to_reproduce(args) if args.reproduce else (args, None)
+        record = record_of(args)
         data = split_data(*load_data(args), args)
         client = prepare_tracking(args)
         with search_backend(args) as where:
-            report = run_experiment(args, data, client, mlflow_warnings, where)
+            report = run_experiment(args, data, record, original, client, mlflow_warnings, where)
     except BadInput as e:
         return fail(str(e), 2)
     except Terminated as e:
@@ -728,7 +1045,8 @@ def main(argv=None):
         print(json.dumps(report, indent=2))
     else:
         print_report(report)
-    return 0
+    reproduction = report["reproduction"]
+    return EXIT_DIFFERENT if reproduction and reproduction["verdict"] != "identical" else 0
 
 
 def raise_terminated(signum, frame):

@@ -43,15 +43,26 @@ SCALING_GRIDS = {
         "max_features": ["sqrt", "log2", 0.5, None],
     },
 }
+# The data-size sweep: synthetic tables (seeded make_classification, 20 features, a binary
+# target) passed with --data/--target, and a small grid, so that the rows and not the grid
+# drive the cost.
+DATA_SIZES = [10_000, 100_000, 300_000]
+DATA_GRID = {"n_estimators": [10], "max_depth": [5, 10]}
+DATA_SEARCH = {"cv": 3, "seed": 42, "test_size": 0.25, "n_jobs": -1}
 # The search without MLflow: what autolog_mlflow.py does, less the tracking.
 BARE = """
 import json, sys
+import pandas as pd
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from sklearn.model_selection import GridSearchCV, train_test_split
 c = json.loads(sys.argv[1])
-X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+if c.get("data"):
+    frame = pd.read_csv(c["data"])
+    X, y = frame.drop(columns=[c["target"]]), frame[c["target"]]
+else:
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
 X_train, X_test, y_train, y_test = train_test_split(
     X, y, test_size=c["test_size"], stratify=y, random_state=c["seed"])
 search = GridSearchCV(RandomForestClassifier(random_state=c["seed"]), c["grid"], cv=c["cv"],
@@ -75,16 +86,16 @@ def measure(command, cwd):
     return seconds, usage.ru_maxrss / 1024
 
 
-def bare_command(grid, n_jobs):
-    config = SEARCH | {"grid": grid, "n_jobs": n_jobs}
+def bare_command(grid, n_jobs, search=SEARCH, data=None):
+    config = search | {"grid": grid, "n_jobs": n_jobs, "data": data, "target": "label"}
     return [sys.executable, "-c", BARE, json.dumps(config)]
 
 
-def script_command(grid, n_jobs, *extra):
+def script_command(grid, n_jobs, *extra, search=SEARCH):
     return [
         sys.executable, str(SCRIPT), "--param-grid", json.dumps(grid), "--n-jobs", str(n_jobs),
-        "--cv", str(SEARCH["cv"]), "--seed", str(SEARCH["seed"]),
-        "--test-size", str(SEARCH["test_size"]), "--max-tuning-runs", "all", *extra,
+        "--cv", str(search["cv"]), "--seed", str(search["seed"]),
+        "--test-size", str(search["test_size"]), "--max-tuning-runs", "all", *extra,
     ]  # fmt: skip
 
 
@@ -142,6 +153,96 @@ def scaling(rounds, workdir, tracking_uri=None):
     return overhead, per_child_ms
 
 
+def write_table(rows, folder):
+    """A seeded synthetic CSV of `rows` rows, 20 numeric features and a binary `label`."""
+    import pandas as pd
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(n_samples=rows, n_features=20, n_informative=10, random_state=0)
+    path = Path(folder, f"table_{rows}.csv")
+    pd.DataFrame(X, columns=[f"x{i}" for i in range(20)]).assign(label=y).to_csv(path, index=False)
+    return path
+
+
+def data_sizes(sizes, rounds, workdir):
+    """Bare vs script (warm store), interleaved, per table size; returns their summaries."""
+    warm_dir = Path(tempfile.mkdtemp(dir=workdir))
+    measure(script_command(SCALING_GRIDS[9], 1), warm_dir)  # create the warm store
+    results = {}
+    for rows in sizes:
+        table = write_table(rows, workdir)
+        script = script_command(
+            DATA_GRID, DATA_SEARCH["n_jobs"], "--data", str(table), "--target", "label",
+            search=DATA_SEARCH,
+        )  # fmt: skip
+        bare = bare_command(DATA_GRID, DATA_SEARCH["n_jobs"], DATA_SEARCH, str(table))
+        samples = {"bare": [], "script": []}
+        for round_ in range(rounds):
+            samples["bare"].append(measure(bare, workdir))
+            samples["script"].append(measure(script, warm_dir))
+            print(f"  {rows} rows: round {round_ + 1}/{rounds}", file=sys.stderr, flush=True)
+        results[rows] = {name: summary(values) for name, values in samples.items()}
+    return results, profile_script(script, warm_dir)
+
+
+# Where the script's time goes: the cumulative time of these steps in one profiled run.
+PROFILED_STEPS = {
+    "opening the store": "autolog_mlflow.py:prepare_tracking",
+    "building datasets (digest, schema)": "mlflow/data/pandas_dataset.py:from_pandas",
+    "autologging: training metrics and plots": "mlflow/sklearn/utils.py:_log_estimator_content",
+    "autologging: child runs": "mlflow/sklearn/utils.py:_create_child_runs_for_parameter_search",
+    "recording the datasets": "autolog_mlflow.py:register_datasets",
+    "held-out metrics (bare work too)": "autolog_mlflow.py:score_on_test_split",
+    "logging the best model": "autolog_mlflow.py:log_best_model",
+    "naming child runs, reading back, verifying": "autolog_mlflow.py:name_child_runs|"
+    "autolog_mlflow.py:read_run_back|autolog_mlflow.py:require_complete",
+}
+
+
+def profile_script(command, cwd):
+    """Seconds per step of PROFILED_STEPS in one cProfiled run of the script (main process)."""
+    import pstats
+
+    profile = Path(tempfile.mkdtemp(dir=cwd), "script.prof")
+    python, *script = command
+    measure([python, "-m", "cProfile", "-o", str(profile), *script], cwd)
+    stats = pstats.Stats(str(profile)).stats
+    seconds = {}
+    for step, functions in PROFILED_STEPS.items():
+        seconds[step] = sum(
+            cumulative
+            for (path, _, name), (_, _, _, cumulative, _) in stats.items()
+            for function in functions.split("|")
+            if f"{path}:{name}".endswith(function)
+        )
+    return seconds
+
+
+def print_data_sizes(results, profile):
+    print(
+        f"\n### Data size: {json.dumps(DATA_GRID)}, cv {DATA_SEARCH['cv']}, n_jobs -1, warm store\n"
+    )
+    print(
+        "| rows | bare s | script s | overhead s | time / bare | bare MiB | script MiB | RSS / bare |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for rows, r in results.items():
+        bare, script = r["bare"], r["script"]
+        print(
+            f"| {rows:,} | {bare['median']:.2f} | {script['median']:.2f} "
+            f"| {script['median'] - bare['median']:.2f} | {script['median'] / bare['median']:.2f} "
+            f"| {bare['rss']:.0f} | {script['rss']:.0f} | {script['rss'] / bare['rss']:.2f} |"
+        )
+    overheads = [r["script"]["median"] - r["bare"]["median"] for r in results.values()]
+    print(f"\nOverhead at the largest size / at the smallest: {overheads[-1] / overheads[0]:.2f}")
+    print(f"\nWhere the script's time goes at {max(results):,} rows (one cProfiled run, main")
+    print("process; profiling inflates Python-heavy steps):\n")
+    print("| step | s |")
+    print("|---|---|")
+    for step, seconds in profile.items():
+        print(f"| {step} | {seconds:.2f} |")
+
+
 def machine():
     import sklearn
 
@@ -158,11 +259,23 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--scaling-rounds", type=int, default=3, help="rounds per grid size")
-    parser.add_argument("--skip-scaling", action="store_true", help="only the default search")
+    parser.add_argument("--skip-scaling", action="store_true", help="no grid-size scaling")
+    parser.add_argument("--data-rounds", type=int, default=3, help="rounds per table size")
+    parser.add_argument(
+        "--data-sizes",
+        default=",".join(map(str, DATA_SIZES)),
+        help="table sizes in rows, comma-separated; 'none' to skip the data-size sweep",
+    )
+    parser.add_argument("--only-data-sizes", action="store_true", help="only the data sweep")
     args = parser.parse_args()
 
     print(f"Machine: {machine()}")
     with tempfile.TemporaryDirectory() as workdir:
+        if args.data_sizes != "none":
+            sizes = [int(size) for size in args.data_sizes.split(",")]
+            print_data_sizes(*data_sizes(sizes, args.data_rounds, workdir))
+        if args.only_data_sizes:
+            return
         for n_jobs in (1, -1):
             print_variants(n_jobs, compare_variants(n_jobs, args.rounds, workdir))
         if args.skip_scaling:

@@ -18,7 +18,8 @@ DEFAULT_CANDIDATES = np.prod([len(values) for values in DEFAULT_GRID.values()])
 
 
 def pinned_requirements():
-    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    """The top-level choices, e.g. mlflow==3.17.2: the model must pin the same versions."""
+    lines = (ROOT / "requirements.in").read_text().splitlines()
     return {line for line in lines if line and not line.startswith("#")}
 
 
