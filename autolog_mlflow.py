@@ -19,10 +19,16 @@ Run it:
     python autolog_mlflow.py --data my.csv --target label
     python autolog_mlflow.py --tracking-uri http://127.0.0.1:5000
     python autolog_mlflow.py --json                   # the report as one JSON document
+    python autolog_mlflow.py --reproduce RUN_ID       # run a past run again, compare results
     mlflow ui                                         # same folder: browse and compare runs
 
-Exit codes: 0 success, 2 bad input (nothing logged), 1 any other failure, 130 Ctrl-C and
-143 SIGTERM (the run ends KILLED).
+Every run records what it takes to run it again: the configuration and command line, the
+script itself, the git commit and any uncommitted diff, the data file's SHA-256, and every
+installed package. `--reproduce` reads that record back and ends with a verdict.
+
+Exit codes: 0 success (and, with --reproduce, identical results), 2 bad input (nothing
+logged), 3 --reproduce found different results, 1 any other failure, 130 Ctrl-C and 143
+SIGTERM (the run ends KILLED).
 """
 
 import argparse

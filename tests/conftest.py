@@ -15,6 +15,7 @@ SCRIPT = ROOT / "autolog_mlflow.py"
 SMALL_GRID = '{"n_estimators": [10, 20], "max_depth": [null, 3]}'  # 4 quick candidates
 
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the script and the UI helpers
+from mlflow_ui import mlflow_server  # noqa: E402
 
 
 def script_env():
@@ -86,3 +87,11 @@ def default_run(tmp_path_factory):
 def second_default_run(default_run):
     """The same command again, in the same folder: a second process, the store now warm."""
     return finished_run(default_run.workdir)
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with a fresh SQLite store and proxied artifacts."""
+    server_dir = tmp_path_factory.mktemp("server")
+    with mlflow_server(f"sqlite:///{server_dir / 'mlflow.db'}", server_dir, "server") as server:
+        yield server

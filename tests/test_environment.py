@@ -90,7 +90,9 @@ def test_locks_are_resolved_for_windows_and_macos_too():
 
 def test_every_installed_distribution_is_pinned_in_the_test_lock():
     versions = locked(ROOT / "requirements-test.txt")
-    unpinned = {name: v for name, v in installed().items() if name not in versions.keys() | INSTALLER}
+    unpinned = {
+        name: v for name, v in installed().items() if name not in versions.keys() | INSTALLER
+    }
     assert unpinned == {}
 
 

@@ -114,7 +114,7 @@ def test_autologging_builds_one_dataset_per_frame_with_mlflows_digest_and_schema
     """A real search under autologging: 2 datasets built (train, test), not 4 to 6."""
     X, y = make_classification(n_samples=3_000, n_features=8, random_state=0)
     X = pd.DataFrame(X, columns=[f"x{i}" for i in range(8)])
-    X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=0)
+    X_train, X_test, y_train, _ = train_test_split(X, y, random_state=0)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.sklearn.autolog(log_models=False)
     profile = cProfile.Profile()

@@ -1,0 +1,226 @@
+"""Every run records what it takes to run it again; --reproduce RUN_ID runs it again and says
+whether the results came out identical (exit 0) or not (exit 3, naming every difference)."""
+
+import hashlib
+import json
+import platform
+import shutil
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import ROOT, SCRIPT, SMALL_GRID, ScriptRun, finished_run, run_script, script_env
+from mlflow import MlflowClient
+from sklearn.datasets import load_breast_cancer
+
+import autolog_mlflow
+
+SMALL = ["--param-grid", SMALL_GRID, "--cv", "3"]
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def artifact(run, path):
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run.run.info.run_id, artifact_path=path, tracking_uri=run.tracking_uri
+    )
+    return Path(local).read_text()
+
+
+def record(run):
+    return json.loads(artifact(run, "run_config.json"))
+
+
+def git(folder, *words):
+    return subprocess.run(["git", "-C", str(folder), *words], capture_output=True, text=True,
+                          check=True).stdout  # fmt: skip
+
+
+def write_csv(path):
+    frame = load_breast_cancer(as_frame=True).frame
+    frame.to_csv(path, index=False)
+    return path
+
+
+def reproduce(workdir, run_id, *args):
+    return run_script(workdir, "--json", "--reproduce", run_id, *args)
+
+
+def assert_identical(result, original_id):
+    assert result.returncode == 0, result.stderr
+    reproduction = json.loads(result.stdout)["reproduction"]
+    assert reproduction["reproduces"] == original_id
+    assert reproduction["verdict"] == "identical" and reproduction["differences"] == []
+    return reproduction
+
+
+def runs_in(tracking_uri):
+    client = MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, filter_string="tags.mlflow.parentRunId IS NULL")
+
+
+# What a run records
+def test_run_records_the_configuration_command_line_python_platform_and_every_package(
+    default_run,
+):
+    recorded = record(default_run)
+    assert recorded["configuration"]["param_grid"] == autolog_mlflow.PARAM_GRID
+    assert recorded["command_line"][1:] == ["--json"]
+    environment = recorded["environment"]
+    assert environment["python"] == platform.python_version()
+    assert environment["platform"] == platform.platform()
+    assert environment["packages"]["mlflow"] == version("mlflow")
+    assert environment["packages"]["scikit-learn"] == version("scikit-learn")
+    assert len(environment["packages"]) > 50  # all of them, not the pinned four
+
+
+def test_run_records_the_script_itself_and_its_sha256(default_run):
+    recorded = record(default_run)
+    assert recorded["script"] == {"file": SCRIPT.name, "sha256": sha256(SCRIPT)}
+    assert artifact(default_run, f"code/{SCRIPT.name}") == SCRIPT.read_text()
+
+
+def test_run_records_the_git_commit_and_whether_the_tree_had_edits(default_run):
+    recorded = record(default_run)["git"]
+    assert recorded["commit"] == git(ROOT, "rev-parse", "HEAD").strip()
+    assert recorded["dirty"] == bool(git(ROOT, "diff", "HEAD"))
+
+
+def test_csv_run_records_the_files_sha256_and_size(tmp_path):
+    csv = write_csv(tmp_path / "cancer.csv")
+    run = finished_run(tmp_path, "--data", "cancer.csv", "--target", "target", *SMALL)
+    assert record(run)["data"] == {
+        "path": str(csv.resolve()),
+        "sha256": sha256(csv),
+        "size": csv.stat().st_size,
+    }
+
+
+# Reproducing
+def test_default_run_reproduced_from_another_folder_is_identical(default_run, tmp_path):
+    original = default_run.run
+    result = reproduce(tmp_path, original.info.run_id, "--tracking-uri", default_run.tracking_uri)
+
+    reproduction = assert_identical(result, original.info.run_id)
+    assert reproduction["compared"] == {
+        "best params": 2,
+        "candidates' CV scores": 9,
+        "held-out metrics": 3,
+        "held-out predictions": 143,
+    }
+    new = ScriptRun(default_run.workdir, result).run
+    assert new.info.experiment_id == original.info.experiment_id
+    assert new.data.tags["autolog_mlflow.reproduces"] == original.info.run_id
+    assert new.data.tags["autolog_mlflow.reproduction"] == "identical"
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was logged where it ran from
+    stored = json.loads(artifact(ScriptRun(default_run.workdir, result), "reproduction.json"))
+    assert stored == reproduction
+
+
+def test_csv_run_reproduced_is_identical_and_says_so_last(tmp_path):
+    write_csv(tmp_path / "cancer.csv")
+    original = finished_run(tmp_path, "--data", "cancer.csv", "--target", "target", *SMALL)
+    result = run_script(tmp_path, "--reproduce", original.report["run_id"], "--n-jobs", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == (
+        f"Verdict: identical to run {original.report['run_id']}"
+    )
+    assert "changed since then: nothing" in result.stdout
+
+
+def test_run_on_a_tracking_server_reproduced_through_it_is_identical(tmp_path, tracking_server):
+    uri = ["--tracking-uri", tracking_server.url]
+    original = run_script(tmp_path, "--json", *uri, *SMALL)
+    assert original.returncode == 0, original.stderr
+    original_id = json.loads(original.stdout)["run_id"]
+
+    assert_identical(reproduce(tmp_path, original_id, *uri), original_id)
+
+
+def test_changed_csv_is_rejected_before_any_run(tmp_path):
+    csv = write_csv(tmp_path / "cancer.csv")
+    original = finished_run(tmp_path, "--data", "cancer.csv", "--target", "target", *SMALL)
+    before = sha256(csv)
+    csv.write_text(csv.read_text().replace("\n1", "\n2", 5))  # edit a few values
+    result = reproduce(tmp_path, original.report["run_id"])
+
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"cancer.csv changed since run {original.report['run_id']}" in line
+    assert before in line and sha256(csv) in line
+    assert len(runs_in(original.tracking_uri)) == 1
+
+
+def test_unknown_run_id_is_rejected(default_run, tmp_path):
+    result = reproduce(tmp_path, "0" * 32, "--tracking-uri", default_run.tracking_uri)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert f"--reproduce {'0' * 32}: no such run" in line
+
+
+def test_run_this_script_did_not_log_is_rejected(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    other = client.create_run(client.create_experiment("other")).info.run_id
+    client.set_terminated(other)
+    result = reproduce(tmp_path, other, "--tracking-uri", uri)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert f"run {other} was not logged by autolog_mlflow.py" in line
+    assert len(runs_in(uri)) == 1
+
+
+@pytest.mark.parametrize("option", [["--cv", "4"], ["--seed", "1"], ["--target", "y"]])
+def test_options_of_the_experiment_cannot_be_changed_when_reproducing(tmp_path, option):
+    result = run_script(tmp_path, "--reproduce", "0" * 32, *option)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{option[0]} comes from the record of run" in line
+
+
+def run_copy(script, workdir, *args):
+    command = [sys.executable, str(script), "--json", *args]
+    return subprocess.run(command, cwd=workdir, env=script_env(), capture_output=True, text=True)
+
+
+def test_edited_script_is_recorded_as_a_code_change_and_its_results_differ_exit_3(tmp_path):
+    """A copy of the script in its own git repository; then an uncommitted edit of a default."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    script = Path(shutil.copy(SCRIPT, repo / SCRIPT.name))
+    git(repo, "init", "--quiet")
+    git(repo, "add", script.name)
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "script")
+    original = run_copy(script, tmp_path, *SMALL)
+    assert original.returncode == 0, original.stderr
+    original_id = json.loads(original.stdout)["run_id"]
+    assert record(ScriptRun(tmp_path, original))["git"]["dirty"] is False
+
+    edit = ("RandomForestClassifier(random_state=args.seed)",
+            'RandomForestClassifier(random_state=args.seed, criterion="entropy")')  # fmt: skip
+    assert script.read_text().count(edit[0]) == 1
+    script.write_text(script.read_text().replace(*edit))
+    result = run_copy(script, tmp_path, "--reproduce", original_id)
+
+    assert result.returncode == autolog_mlflow.EXIT_DIFFERENT == 3, result.stderr
+    reproduction = json.loads(result.stdout)["reproduction"]
+    assert reproduction["verdict"] == "different"
+    differing = {difference["what"] for difference in reproduction["differences"]}
+    assert any(what.startswith("mean_test_score of {") for what in differing), differing
+    for difference in reproduction["differences"]:
+        assert difference["original"] != difference["now"]
+    changes = {change["what"]: change for change in reproduction["changed_around_it"]}
+    assert changes["script sha256"]["now"] == sha256(script)
+    assert (changes["uncommitted edits"]["original"], changes["uncommitted edits"]["now"]) == (
+        False,
+        True,
+    )
+    new = ScriptRun(tmp_path, result)
+    assert 'criterion="entropy"' in artifact(new, "code/uncommitted.diff")
+    assert new.run.data.tags["autolog_mlflow.reproduction"] == "different"
