@@ -33,7 +33,6 @@ SIGTERM (the run ends KILLED).
 
 import argparse
 import contextlib
-import fcntl
 import gc
 import hashlib
 import json
@@ -58,6 +57,7 @@ import mlflow.sklearn
 import mlflow.types.utils
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.data import digest_utils
 from mlflow.exceptions import MlflowException
@@ -331,14 +331,15 @@ def store_lock(uri):
     """Let one process at a time create a SQLite store and the experiment in it.
 
     Concurrent first runs on a fresh SQLite file race in MLflow's schema migrations (and in
-    creating the experiment); an exclusive lock on the database file serialises them.
+    creating the experiment); an exclusive lock serialises them. filelock locks with fcntl on
+    POSIX and msvcrt on Windows, on a file beside the database: locking the database file
+    itself would clash with SQLite's own locks on Windows, where locks are mandatory.
     """
     path = sqlite_path(uri)
     if path is None:
         yield
         return
-    with open(path, "a") as handle:  # creates the file: an empty file is an empty database
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with FileLock(f"{path}.lock"):
         yield
 
 

@@ -1,7 +1,8 @@
 """What does tracking cost? autolog_mlflow.py against the same search without MLflow.
 
-    python benchmarks/overhead.py                 # the full benchmark (about 15 minutes)
+    python benchmarks/overhead.py                 # the full benchmark (about 30 minutes)
     python benchmarks/overhead.py --rounds 2 --skip-scaling   # a quick look
+    python benchmarks/overhead.py --data-sizes none --skip-variants   # only the scaling
 
 Whole processes, interleaved (A B C, A B C, ...) so that a noisy machine hurts every variant
 alike, and compared by their medians:
@@ -9,7 +10,8 @@ alike, and compared by their medians:
   fresh   autolog_mlflow.py on a store that does not exist yet
   warm    autolog_mlflow.py on a store that already exists
 at --n-jobs 1 and -1. Then scaling: grids of 9, 36 and 144 candidates with every candidate
-logged as a child run, on SQLite and on a real `mlflow server` on 127.0.0.1; the cost per child
+logged as a child run, on SQLite and on a real `mlflow server` on 127.0.0.1, backed by SQLite
+and by PostgreSQL (tools/postgres.py; Debian's, as tests/setup.sh installs it); the cost per child
 run is the slope of the logging overhead (script minus bare) between the smallest and the
 largest grid. Not a test: it prints figures and ratios, and asserts nothing.
 """
@@ -28,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 from mlflow_ui import mlflow_server  # noqa: E402
+from postgres import postgres_server  # noqa: E402
 
 SCRIPT = ROOT / "autolog_mlflow.py"
 SEARCH = {"cv": 5, "seed": 42, "test_size": 0.25}
@@ -267,6 +270,7 @@ def main():
         help="table sizes in rows, comma-separated; 'none' to skip the data-size sweep",
     )
     parser.add_argument("--only-data-sizes", action="store_true", help="only the data sweep")
+    parser.add_argument("--skip-variants", action="store_true", help="no bare/fresh/warm rounds")
     args = parser.parse_args()
 
     print(f"Machine: {machine()}")
@@ -276,14 +280,23 @@ def main():
             print_data_sizes(*data_sizes(sizes, args.data_rounds, workdir))
         if args.only_data_sizes:
             return
-        for n_jobs in (1, -1):
+        for n_jobs in () if args.skip_variants else (1, -1):
             print_variants(n_jobs, compare_variants(n_jobs, args.rounds, workdir))
         if args.skip_scaling:
             return
         results = {"SQLite": scaling(args.scaling_rounds, workdir)}
         server_dir = tempfile.mkdtemp(dir=workdir)
         with mlflow_server(f"sqlite:///{server_dir}/mlflow.db", server_dir, "server") as server:
-            results["mlflow server (HTTP)"] = scaling(args.scaling_rounds, workdir, server.url)
+            results["mlflow server on SQLite"] = scaling(args.scaling_rounds, workdir, server.url)
+        with (
+            postgres_server() as database,
+            mlflow_server(
+                database, server_dir, "server", ["--artifacts-destination", server_dir]
+            ) as server,
+        ):
+            results["mlflow server on PostgreSQL"] = scaling(
+                args.scaling_rounds, workdir, server.url
+            )
     print("\n### Scaling: every candidate a child run, n_jobs=1\n")
     sizes = " | ".join(f"overhead at {size} s" for size in SCALING_GRIDS)
     print(f"| store | {sizes} | per child run ms |")

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "autolog_mlflow.py"
 SMALL_GRID = '{"n_estimators": [10, 20], "max_depth": [null, 3]}'  # 4 quick candidates
+QUICK = ["--param-grid", SMALL_GRID, "--cv", "3", "--n-jobs", "1"]
 
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the script and the UI helpers
 from mlflow_ui import mlflow_server  # noqa: E402
@@ -69,6 +70,25 @@ class ScriptRun:
             [self.run.info.experiment_id],
             filter_string=f"source_run_id = '{self.run.info.run_id}'",
         )
+
+
+def run_eight_at_once(workdir, *args):
+    """Eight processes of the script at once; their JSON reports, once all have succeeded."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--json", *QUICK, *args],
+            cwd=workdir,
+            env=script_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(8)
+    ]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr
+    return [json.loads(stdout) for stdout, _ in outputs]
 
 
 def finished_run(workdir, *args):

@@ -11,7 +11,7 @@ from conftest import ROOT
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-LOCKS = ["requirements.txt", "requirements-dask.txt", "requirements-test.txt"]
+LOCKS = ["requirements.txt", "requirements-dask.txt", "requirements-server.txt", "requirements-test.txt"]
 # They come with the venv itself (python -m venv), not from a lock.
 INSTALLER = {"pip", "setuptools"}
 
@@ -24,9 +24,10 @@ def top_level_pins(path):
         if line.startswith("-r "):
             found |= top_level_pins(path.parent / line[3:].strip())
         elif line and not line.startswith("-c "):
-            name, _, pinned = line.partition("==")
-            assert pinned, f"{path.name}: {line!r} is not pinned exactly"
-            found[canonicalize_name(name)] = pinned.strip()
+            requirement = Requirement(line)
+            (specifier,) = requirement.specifier
+            assert specifier.operator == "==", f"{path.name}: {line!r} is not pinned exactly"
+            found[canonicalize_name(requirement.name)] = specifier.version
     return found
 
 
@@ -58,7 +59,7 @@ def installed():
 
 def test_top_level_choices_are_the_stack_pinned_exactly():
     pinned = top_level_pins(ROOT / "requirements.in")
-    assert set(pinned) == {"mlflow", "scikit-learn", "pandas", "numpy"}
+    assert set(pinned) == {"mlflow", "scikit-learn", "pandas", "numpy", "filelock"}
     assert pinned["mlflow"].startswith("3.")
 
 
@@ -79,8 +80,9 @@ def test_each_lock_keeps_its_top_level_choices(lock):
 
 
 def test_locks_agree_on_every_package_they_share():
-    experiment, dask, test = (locked(ROOT / lock) for lock in LOCKS)
+    experiment, dask, server, test = (locked(ROOT / lock) for lock in LOCKS)
     assert experiment.items() <= dask.items() <= test.items()
+    assert experiment.items() <= server.items() <= test.items()
 
 
 def test_locks_are_resolved_for_windows_and_macos_too():

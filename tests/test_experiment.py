@@ -17,9 +17,11 @@ DEFAULT_CANDIDATES = np.prod([len(values) for values in DEFAULT_GRID.values()])
 
 
 def pinned_requirements():
-    """The top-level choices, e.g. mlflow==3.17.2: the model must pin the same versions."""
-    lines = (ROOT / "requirements.in").read_text().splitlines()
-    return {line for line in lines if line and not line.startswith("#")}
+    """The top-level choices the model needs, e.g. mlflow==3.17.2, as requirements.in pins them."""
+    lines = [
+        line.split("#")[0].strip() for line in (ROOT / "requirements.in").read_text().splitlines()
+    ]
+    return {line for line in lines if line.split("==")[0] in autolog_mlflow.MODEL_PACKAGES}
 
 
 def held_out_split():

@@ -10,11 +10,9 @@ import time
 
 import mlflow
 import pytest
-from conftest import SCRIPT, SMALL_GRID, run_script, script_env
+from conftest import QUICK, SCRIPT, run_eight_at_once, run_script, script_env
 from mlflow import MlflowClient
 from mlflow_ui import free_port, mlflow_server
-
-QUICK = ["--param-grid", SMALL_GRID, "--cv", "3", "--n-jobs", "1"]
 
 
 def start_script(workdir, *args):
@@ -219,24 +217,6 @@ def test_server_killed_mid_run_exits_fast_and_saves_the_work(tmp_path):
 
 
 # --- Concurrent runs --------------------------------------------------------------------------
-
-
-def run_eight_at_once(workdir, *args):
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(SCRIPT), "--json", *QUICK, *args],
-            cwd=workdir,
-            env=script_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for _ in range(8)
-    ]
-    outputs = [process.communicate(timeout=600) for process in processes]
-    for process, (_, stderr) in zip(processes, outputs):
-        assert process.returncode == 0, stderr
-    return [json.loads(stdout) for stdout, _ in outputs]
 
 
 def test_eight_runs_at_once_on_a_fresh_sqlite_store_all_complete(tmp_path):

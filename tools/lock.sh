@@ -4,7 +4,7 @@
 # macOS and Windows; each builds on the one before, so shared packages get the same versions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for name in requirements requirements-dask requirements-test; do
+for name in requirements requirements-dask requirements-server requirements-test; do
   uv pip compile --quiet --universal --generate-hashes --python-version 3.11 \
     --custom-compile-command "bash tools/lock.sh" "$name.in" -o "$name.txt"
 done

@@ -35,10 +35,8 @@ FIRST_VISIT_SETTINGS = {
     "mlflow.workflowType_v1": '"machine_learning"',
 }
 SERVER_START_TIMEOUT = 60  # seconds
-SERVER_SETTINGS = {
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    "MLFLOW_SQLALCHEMYSTORE_POOLCLASS": "NullPool",
-}
+SERVER_SETTINGS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+SQLITE_SERVER_SETTINGS = {"MLFLOW_SQLALCHEMYSTORE_POOLCLASS": "NullPool"}
 
 
 def free_port():
@@ -68,11 +66,12 @@ def mlflow_server(backend_store_uri, workdir, command="ui", extra_args=(), env=N
     """Run `mlflow ui` (or `mlflow server`) on a free port of 127.0.0.1; yield a Server.
 
     One worker and no job execution: ready in seconds, in 2 processes instead of 15. No
-    connection pool for the SQLite store: under 8 concurrent clients the default pool (5 + 10
-    connections, 30 s wait) runs dry and requests fail.
+    connection pool for a SQLite store: under 8 concurrent clients the default pool (5 + 10
+    connections, 30 s wait) runs dry and requests fail. Other databases keep MLflow's defaults.
     """
     port = free_port()
-    env = os.environ | SERVER_SETTINGS | (env or {})
+    sqlite = SQLITE_SERVER_SETTINGS if backend_store_uri.startswith("sqlite:") else {}
+    env = os.environ | SERVER_SETTINGS | sqlite | (env or {})
     with open(os.path.join(workdir, f"mlflow-{command}-{port}.log"), "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "mlflow", command, "--backend-store-uri", backend_store_uri,

@@ -1,0 +1,86 @@
+"""Windows and macOS: nothing POSIX-only on the script's path, and Windows-style store URIs.
+
+Windows cannot be run here, so the script runs in Pythons where the POSIX-only modules cannot
+be imported, the way they cannot on Windows (its worker processes too: a sitecustomize on
+PYTHONPATH blocks them at start-up).
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SCRIPT, SMALL_GRID, script_env
+from mlflow import MlflowClient
+
+import autolog_mlflow
+
+POSIX_ONLY = ["fcntl", "termios", "resource", "pwd", "grp"]
+BLOCKER = f"""
+import sys
+
+class NoPosixOnlyModules:  # as on Windows
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {POSIX_ONLY!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+sys.meta_path.insert(0, NoPosixOnlyModules())
+for name in {POSIX_ONLY!r}:
+    sys.modules.pop(name, None)
+"""
+
+
+@pytest.fixture
+def windows_like_env(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    return script_env() | {"PYTHONPATH": str(site)}
+
+
+def start(workdir, env, *args):
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--json", *args],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("module", POSIX_ONLY)
+def test_the_posix_only_modules_cannot_be_imported_there(tmp_path, windows_like_env, module):
+    result = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=tmp_path,
+                            env=windows_like_env, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 1 and f"No module named '{module}'" in result.stderr
+
+
+def test_default_run_finishes_without_posix_only_modules(tmp_path, windows_like_env):
+    process = start(tmp_path, windows_like_env)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    store = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = store.search_runs(["1"], filter_string="tags.mlflow.parentRunId IS NULL")
+    assert run.info.status == "FINISHED"
+
+
+def test_four_first_runs_at_once_on_a_fresh_store_without_posix_only_modules(
+    tmp_path, windows_like_env
+):
+    small = ["--param-grid", SMALL_GRID, "--cv", "3", "--n-jobs", "1"]
+    processes = [start(tmp_path, windows_like_env, *small) for _ in range(4)]
+    results = [(process.wait(timeout=600), process.stderr.read()) for process in processes]
+    assert [code for code, _ in results] == [0] * 4, results
+    store = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = store.search_runs(["1"], filter_string="tags.mlflow.parentRunId IS NULL")
+    assert sorted(run.info.status for run in runs) == ["FINISHED"] * 4
+
+
+@pytest.mark.parametrize(
+    "uri, path",
+    [
+        ("sqlite:///C:/work/mlflow.db", "C:/work/mlflow.db"),
+        ("sqlite:///C:\\work\\mlflow.db", "C:\\work\\mlflow.db"),
+        ("sqlite:///mlflow.db", "mlflow.db"),
+    ],
+)
+def test_sqlite_uris_with_drive_letters_are_accepted(uri, path):
+    autolog_mlflow.check_uri_form(uri)  # raises BadInput if it were rejected
+    assert autolog_mlflow.sqlite_path(uri) == Path(path)

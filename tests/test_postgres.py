@@ -1,0 +1,72 @@
+"""A team's tracking server, as the README sets it up: `mlflow server` on a real PostgreSQL
+(Debian's, started by tools/postgres.py), artifacts in a folder the server serves, no pool
+tweaks. Every run goes through the server's REST API; the database is then read directly."""
+
+import json
+
+import psycopg
+import pytest
+from conftest import QUICK, run_eight_at_once, run_script
+from mlflow import MlflowClient
+from mlflow_ui import mlflow_server
+from postgres import postgres_server
+
+
+@pytest.fixture(scope="module")
+def team_server(tmp_path_factory):
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    with (
+        postgres_server() as database,
+        mlflow_server(
+            database, artifacts, "server", ["--artifacts-destination", str(artifacts)]
+        ) as server,
+    ):
+        server.database = database
+        yield server
+
+
+def complete(server, run_id, candidates=4):
+    """The run as the server holds it: FINISHED, every child run, one READY model."""
+    client = MlflowClient(server.url)
+    run = client.get_run(run_id)
+    children = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
+    )
+    models = client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+    )
+    return (run.info.status, len(children), [str(model.status) for model in models]) == (
+        "FINISHED",
+        candidates,
+        ["READY"],
+    )
+
+
+def status_in_database(server, run_id):
+    with psycopg.connect(server.database) as db:
+        return db.execute("SELECT status FROM runs WHERE run_uuid = %s", [run_id]).fetchone()[0]
+
+
+def test_one_run_is_complete_and_stored_in_postgresql(tmp_path, team_server):
+    result = run_script(tmp_path, "--json", "--tracking-uri", team_server.url, *QUICK)
+    assert result.returncode == 0, result.stderr
+    run_id = json.loads(result.stdout)["run_id"]
+    assert complete(team_server, run_id)
+    assert status_in_database(team_server, run_id) == "FINISHED"
+
+
+def test_eight_runs_at_once_all_complete(tmp_path, team_server):
+    reports = run_eight_at_once(tmp_path, "--tracking-uri", team_server.url)
+    run_ids = {report["run_id"] for report in reports}
+    assert len(run_ids) == 8
+    assert all(complete(team_server, run_id) for run_id in run_ids)
+
+
+def test_a_dask_run_logs_into_it(tmp_path, team_server):
+    result = run_script(
+        tmp_path, "--json", "--tracking-uri", team_server.url, "--dask-scheduler", "local",
+        *QUICK[:-2],  # no --n-jobs 1: all of the cluster
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run_id = json.loads(result.stdout)["run_id"]
+    assert complete(team_server, run_id)
