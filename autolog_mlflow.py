@@ -20,6 +20,7 @@ Run it:
     python autolog_mlflow.py --tracking-uri http://127.0.0.1:5000
     python autolog_mlflow.py --json                   # the report as one JSON document
     python autolog_mlflow.py --reproduce RUN_ID       # run a past run again, compare results
+    python autolog_mlflow.py --register-model NAME    # register the best model; champion?
     mlflow ui                                         # same folder: browse and compare runs
 
 Every run records what it takes to run it again: the configuration and command line, the
@@ -66,8 +67,9 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import GridSearchCV, ParameterGrid, train_test_split
 
+
 # %% Configuration: every default in one place; each can be changed on the command line.
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default; artifacts go to ./mlruns
+# The experiment's: yours to change.
 EXPERIMENT_NAME = "autolog_mlflow"
 RUN_NAME = "rf-grid-search"
 PARAM_GRID = {"n_estimators": [50, 100, 200], "max_depth": [None, 5, 10]}  # 9 candidates
@@ -76,6 +78,12 @@ TEST_SIZE = 0.25  # held-out share, stratified; the search never sees it
 SEED = 42  # the split and every forest
 N_JOBS = -1  # parallel CV fits on all cores; results do not depend on it
 MAX_TUNING_RUNS = "all"  # child runs to log: the top N candidates, or all of them
+# --register-model: the held-out score that decides which version is the champion (accuracy,
+# GridSearchCV's own scorer for a classifier), compared only on the same test data.
+CHAMPION_SCORE = "accuracy_score_X_test"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default; artifacts go to ./mlruns
+
+# The machinery's: rarely touched.
 # The packages the logged model needs to load, pinned to the installed versions, so MLflow
 # need not infer them (a subprocess per model, seconds) and cannot get them wrong.
 MODEL_PACKAGES = ["mlflow", "scikit-learn", "numpy", "pandas", "scipy", "cloudpickle"]
@@ -98,6 +106,84 @@ RECORDED = ["experiment_name", "target", "test_size", "param_grid", "cv", "seed"
 EXIT_DIFFERENT = 3  # --reproduce: the results differ from the original run's
 
 
+# %% The experiment: the data, the search and its held-out score. To adapt the template to
+# your own problem, edit this section and the defaults above; the sections after the main
+# flow are machinery that works for any data and grid.
+def load_data(args):
+    """Return the features and target: the user's CSV, or the bundled breast-cancer set."""
+    if args.data is None:
+        return load_breast_cancer(return_X_y=True, as_frame=True)
+    try:
+        frame = pd.read_csv(args.data)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"cannot read --data {args.data}: {e}")
+    if args.target not in frame.columns:
+        raise BadInput(
+            f"--target {args.target!r} is not a column of {args.data}; "
+            f"columns: {', '.join(map(str, frame.columns))}"
+        )
+    X, y = frame.drop(columns=[args.target]), frame[args.target]
+    text_columns = [str(c) for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
+    if text_columns:
+        raise BadInput(
+            f"feature columns must be numeric; encode or drop: {', '.join(text_columns)}"
+        )
+    if frame.isna().any().any():
+        missing = [str(c) for c in frame.columns if frame[c].isna().any()]
+        raise BadInput(f"missing values in {', '.join(missing)}; fill or drop those rows")
+    return X, y
+
+
+def split_data(X, y, args):
+    if not 0 < args.test_size < 1:
+        raise BadInput(f"--test-size must be between 0 and 1, not {args.test_size}")
+    if y.nunique() < 2:
+        raise BadInput("the target has a single class; a classifier needs at least two")
+    try:
+        X_train, X_test, y_train, y_test = train_test_split(
+            X, y, test_size=args.test_size, stratify=y, random_state=args.seed
+        )
+    except ValueError as e:
+        raise BadInput(f"cannot split the data with --test-size {args.test_size}: {e}")
+    smallest_class = int(y_train.value_counts().min())
+    if not 2 <= args.cv <= smallest_class:
+        raise BadInput(
+            f"--cv must be between 2 and {smallest_class} (the smallest class count in the "
+            f"training split), not {args.cv}"
+        )
+    return X_train, X_test, y_train, y_test
+
+
+def run_search(X_train, y_train, args):
+    search = GridSearchCV(
+        RandomForestClassifier(random_state=args.seed),
+        args.param_grid,
+        cv=args.cv,
+        n_jobs=args.n_jobs,
+    )
+    return search.fit(X_train, y_train)
+
+
+def score_on_test_split(search, X_test, y_test):
+    """Score the best model on the held-out split; autologging records the metrics.
+
+    Autologging replaces the functions of `sklearn.metrics` when it is enabled, so they are
+    looked up on the module here, at call time: a function imported by name before that would
+    bypass it. It names each metric after the variable passed in: `accuracy_score_X_test`.
+    """
+    y_pred = search.predict(X_test)
+    metrics.accuracy_score(y_test, y_pred)
+    if len(search.classes_) == 2:
+        metrics.f1_score(y_test, y_pred, pos_label=search.classes_[1])
+        # Autologging cannot tie a column of predict_proba to the model, so log it ourselves.
+        y_score = search.predict_proba(X_test)[:, 1]
+        mlflow.log_metric("roc_auc_score_X_test", metrics.roc_auc_score(y_test, y_score))
+    else:
+        metrics.f1_score(y_test, y_pred, average="macro")
+
+
+# %% Main flow: check the input and the store before any run exists, run the experiment in one
+# tracked run, verify what the store holds, then register, compare and report.
 class BadInput(Exception):
     """A problem with the user's input, found before any run exists: exit 2."""
 
@@ -108,6 +194,93 @@ class Unreachable(Exception):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM: stop like Ctrl-C, so the run ends KILLED instead of staying RUNNING."""
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for name, value in MLFLOW_SETTINGS.items():
+        os.environ.setdefault(name, value)
+    # MLflow's warnings are collected, to fail the run on them, instead of printed.
+    mlflow_warnings = MlflowWarnings()
+    logging.getLogger("mlflow").handlers = [mlflow_warnings]
+    signal.signal(signal.SIGTERM, raise_terminated)
+
+    def fail(message, code):
+        print(f"autolog_mlflow.py: error: {redact(message, args.tracking_uri)}", file=sys.stderr)
+        return code
+
+    try:
+        args, original = experiment_to_reproduce(args) if args.reproduce else (args, None)
+        record = record_of(args)
+        data = split_data(*load_data(args), args)
+        client = prepare_tracking(args)
+        with search_backend(args) as where:
+            report = run_experiment(args, data, record, original, client, mlflow_warnings, where)
+        report["registration"] = (
+            None if args.register_model is None
+            else register_best_model(client, args.register_model, report)
+        )  # fmt: skip
+    except BadInput as e:
+        return fail(str(e), 2)
+    except Terminated as e:
+        return fail(with_notes("stopped by SIGTERM", e), 143)
+    except KeyboardInterrupt as e:
+        return fail(with_notes("interrupted", e), 130)
+    except Exception as e:
+        return fail(with_notes(first_line(e), e), 1)
+
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    reproduction = report["reproduction"]
+    return EXIT_DIFFERENT if reproduction and reproduction["verdict"] != "identical" else 0
+
+
+def run_experiment(args, data, record, original, client, mlflow_warnings, where):
+    """The search and everything logged about it, in one run; returns the report."""
+    X_train, X_test, y_train, y_test = data
+    enable_autologging(args)
+    with tracked_run(args.run_name) as run, datasets_built_once() as dataset_of:
+        run_id = run.info.run_id
+        progress(
+            f"run {run_id}: searching {len(ParameterGrid(args.param_grid))} candidates with {args.cv}-fold CV on {where} ..."
+        )
+        log_record(record)
+        register_datasets(dataset_of, X_train, X_test)
+        search = run_search(X_train, y_train, args)
+        with rescued_on_failure(search, X_train, run_id):
+            score_on_test_split(search, X_test, y_test)
+            mlflow_warnings.raise_if_any()
+            progress("logging the best model and checking what the store holds ...")
+            log_best_model(search, X_train)
+            name_child_runs(client, run_id, args.param_grid)
+            reproduction = original and log_reproduction(client, original, run_id, record, X_test)
+            report = read_run_back(client, run_id)
+            require_complete(report, args, search)
+            mlflow_warnings.raise_if_any()
+    report["status"] = client.get_run(run_id).info.status
+    report["browse"] = browse_hints(args.tracking_uri, report)
+    report["reproduction"] = reproduction
+    return report
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def with_notes(message, error):
+    return "; ".join([message, *getattr(error, "__notes__", [])])
+
+
+def first_line(error):
+    """The gist of an error, on one line."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else type(error).__name__
+    if "Max retries exceeded" in text:  # requests' long story of a server that is gone
+        cause = re.search(r"\[Errno \d+\] [^\"')]+", text)
+        text = f"lost the tracking server ({cause.group(0) if cause else 'no answer'})"
+    return text
 
 
 # %% Command line
@@ -157,6 +330,12 @@ def parse_args(argv=None):
         "LocalCluster on 127.0.0.1 (needs requirements-dask.txt)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
+    parser.add_argument(
+        "--register-model",
+        metavar="NAME",
+        help="register the best model as a new version of NAME in the model registry; it "
+        "becomes NAME@champion if it beats the champion's held-out accuracy",
+    )
     parser.add_argument(
         "--reproduce",
         metavar="RUN_ID",
@@ -220,53 +399,7 @@ def parse_max_tuning_runs(text):
     return count
 
 
-# %% Data
-def load_data(args):
-    """Return the features and target: the user's CSV, or the bundled breast-cancer set."""
-    if args.data is None:
-        return load_breast_cancer(return_X_y=True, as_frame=True)
-    try:
-        frame = pd.read_csv(args.data)
-    except (OSError, ValueError) as e:
-        raise BadInput(f"cannot read --data {args.data}: {e}")
-    if args.target not in frame.columns:
-        raise BadInput(
-            f"--target {args.target!r} is not a column of {args.data}; "
-            f"columns: {', '.join(map(str, frame.columns))}"
-        )
-    X, y = frame.drop(columns=[args.target]), frame[args.target]
-    text_columns = [str(c) for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
-    if text_columns:
-        raise BadInput(
-            f"feature columns must be numeric; encode or drop: {', '.join(text_columns)}"
-        )
-    if frame.isna().any().any():
-        missing = [str(c) for c in frame.columns if frame[c].isna().any()]
-        raise BadInput(f"missing values in {', '.join(missing)}; fill or drop those rows")
-    return X, y
-
-
-def split_data(X, y, args):
-    if not 0 < args.test_size < 1:
-        raise BadInput(f"--test-size must be between 0 and 1, not {args.test_size}")
-    if y.nunique() < 2:
-        raise BadInput("the target has a single class; a classifier needs at least two")
-    try:
-        X_train, X_test, y_train, y_test = train_test_split(
-            X, y, test_size=args.test_size, stratify=y, random_state=args.seed
-        )
-    except ValueError as e:
-        raise BadInput(f"cannot split the data with --test-size {args.test_size}: {e}")
-    smallest_class = int(y_train.value_counts().min())
-    if not 2 <= args.cv <= smallest_class:
-        raise BadInput(
-            f"--cv must be between 2 and {smallest_class} (the smallest class count in the "
-            f"training split), not {args.cv}"
-        )
-    return X_train, X_test, y_train, y_test
-
-
-# %% The tracking store: checked before any run exists
+# %% The tracking store, checked before any run exists (a new kind of store starts here)
 def redact(text, uri):
     """`text` with the password of `uri` (if it has one) replaced by ***."""
     password = urlparse(uri).password
@@ -381,11 +514,27 @@ def prepare_tracking(args):
     location = urlparse(experiment.artifact_location)
     if location.scheme in ("", "file"):
         require_writable(location.path, "run artifacts")
+    if args.register_model is not None:
+        check_registry(client, args.register_model)
     mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return client
 
 
-# %% Where the search's fits run
+def check_registry(client, name):
+    """A name the registry refuses, or a store without a usable registry: bad input, now."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException as e:
+        if e.error_code == "INVALID_PARAMETER_VALUE":
+            raise BadInput(f"--register-model {name!r}: {first_line(e)}")
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":  # a new name: created at registration
+            raise BadInput(
+                f"the tracking store has no usable model registry ({first_line(e)}); "
+                "drop --register-model or choose another --tracking-uri"
+            )
+
+
+# %% Where the search's fits run: local processes, or a Dask cluster
 @contextlib.contextmanager
 def search_backend(args):
     """Local processes (joblib's default), or the workers of a Dask cluster."""
@@ -411,7 +560,7 @@ def search_backend(args):
         yield f"the Dask cluster at {address}"
 
 
-# %% The search, under autologging
+# %% Autologging, and what the script logs beside it (the model, child-run names, the rescue)
 class MlflowWarnings(logging.Handler):
     """Collects MLflow's warnings: autologging reports its failures only as warnings."""
 
@@ -460,34 +609,6 @@ def register_datasets(dataset_of, X_train, X_test):
                 if attempt == 2:
                     raise
                 time.sleep(0.5)
-
-
-def run_search(X_train, y_train, args):
-    search = GridSearchCV(
-        RandomForestClassifier(random_state=args.seed),
-        args.param_grid,
-        cv=args.cv,
-        n_jobs=args.n_jobs,
-    )
-    return search.fit(X_train, y_train)
-
-
-def score_on_test_split(search, X_test, y_test):
-    """Score the best model on the held-out split; autologging records the metrics.
-
-    Autologging replaces the functions of `sklearn.metrics` when it is enabled, so they are
-    looked up on the module here, at call time: a function imported by name before that would
-    bypass it. It names each metric after the variable passed in: `accuracy_score_X_test`.
-    """
-    y_pred = search.predict(X_test)
-    metrics.accuracy_score(y_test, y_pred)
-    if len(search.classes_) == 2:
-        metrics.f1_score(y_test, y_pred, pos_label=search.classes_[1])
-        # Autologging cannot tie a column of predict_proba to the model, so log it ourselves.
-        y_score = search.predict_proba(X_test)[:, 1]
-        mlflow.log_metric("roc_auc_score_X_test", metrics.roc_auc_score(y_test, y_score))
-    else:
-        metrics.f1_score(y_test, y_pred, average="macro")
 
 
 def installed_versions():
@@ -691,6 +812,88 @@ def log_record(record):
         mlflow.log_text(git["diff"], "code/uncommitted.diff")
 
 
+# %% Read the run back from the store, and check it is complete
+def read_run_back(client, run_id):
+    """Everything the store holds about the run, as plain data for the report."""
+    run = client.get_run(run_id)
+    models = client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+    )
+    return {
+        "run_id": run_id,
+        "run_name": run.info.run_name,
+        "status": run.info.status,
+        "experiment_id": run.info.experiment_id,
+        "params": dict(sorted(run.data.params.items())),
+        "metrics": dict(sorted(run.data.metrics.items())),
+        "artifacts": list_artifacts(client, run_id),
+        "logged_models": [
+            {
+                "name": model.name,
+                "model_id": model.model_id,
+                "uri": model.model_uri,
+                "status": str(model.status),
+                "files": [item.path for item in client.list_logged_model_artifacts(model.model_id)],
+            }
+            for model in models
+        ],
+        "child_runs": sorted(
+            (
+                {
+                    "run_id": child.info.run_id,
+                    "name": child.info.run_name,
+                    "rank": int(child.data.metrics["rank_test_score"]),
+                    "mean_test_score": child.data.metrics["mean_test_score"],
+                    "std_test_score": child.data.metrics["std_test_score"],
+                }
+                for child in find_child_runs(client, run)
+            ),
+            key=lambda child: (child["rank"], child["name"]),
+        ),
+        "test_metrics": {
+            key: value for key, value in run.data.metrics.items() if key.endswith("_X_test")
+        },
+    }
+
+
+def list_artifacts(client, run_id, path=None):
+    """All artifact file paths of the run, recursively."""
+    paths = []
+    for item in client.list_artifacts(run_id, path):
+        paths += list_artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+    return paths
+
+
+def require_complete(report, args, search):
+    """Never trust autologging blindly: it drops what it fails to log with only a warning."""
+    binary = len(search.classes_) == 2
+    candidates = len(search.cv_results_["params"])
+    expected = {
+        "params": [f"best_{name}" for name in args.param_grid] + ["cv", "param_grid"],
+        "metrics": ["best_cv_score", "training_score", "accuracy_score_X_test", "f1_score_X_test"]
+        + (["roc_auc_score_X_test"] if binary else []),
+        "artifacts": ["cv_results.csv", "estimator.html", "training_confusion_matrix.png"]
+        + ["run_config.json"],
+    }
+    missing = [
+        f"{kind[:-1]} {name}" for kind, names in expected.items() for name in names
+        if name not in report[kind]
+    ]  # fmt: skip
+    child_runs = (
+        candidates if args.max_tuning_runs == "all" else min(candidates, args.max_tuning_runs)
+    )
+    if len(report["child_runs"]) != child_runs:
+        missing.append(f"child runs ({len(report['child_runs'])} of {child_runs})")
+    models = report["logged_models"]
+    if [model["name"] for model in models] != ["best_estimator"]:
+        missing.append("the one logged model best_estimator")
+    for model in models:
+        if model["status"] != "READY" or not {"MLmodel", "model.pkl"} <= set(model["files"]):
+            missing.append(f"model {model['name']} is {model['status']}, files {model['files']}")
+    if missing:
+        raise RuntimeError(f"the run is incomplete: missing {'; '.join(missing)}")
+
+
 # %% Reproduce a past run (--reproduce RUN_ID): its record in, a verdict out
 def experiment_to_reproduce(args):
     """The options of a past run's experiment, from its record, and that run."""
@@ -836,86 +1039,76 @@ def environment_pairs(was, now):
     ]
 
 
-# %% Read the run back from the store, and check it is complete
-def read_run_back(client, run_id):
-    """Everything the store holds about the run, as plain data for the report."""
-    run = client.get_run(run_id)
-    models = client.search_logged_models(
-        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
-    )
+# %% Register the best model (--register-model NAME): a new version, champion or challenger
+class RegistrationFailed(Exception):
+    """The run is complete and FINISHED, but the registry did not take its model: exit 1."""
+
+
+def register_best_model(client, name, report):
+    """Register the run's model as a new version of `name`, tagged with what it was scored on.
+
+    The new version is the `challenger`; it takes the `champion` alias when there is none yet,
+    or when it beats the champion's held-out score on the same test data (a tie keeps the
+    champion). Returns what the report shows.
+    """
+    model_uri = report["logged_models"][0]["uri"]
+    try:
+        metrics = {key: str(value) for key, value in report["test_metrics"].items()}
+        tags = {"run_id": report["run_id"]} | metrics | dataset_digests(client, report["run_id"])
+        version = mlflow.register_model(model_uri, name, tags=tags).version
+        client.set_registered_model_alias(name, "challenger", version)
+        promote, reason = decide_champion(client, name, tags)
+        if promote:
+            client.set_registered_model_alias(name, "champion", version)
+            client.delete_registered_model_alias(name, "challenger")
+        aliases = client.get_model_version(name, version).aliases
+    except Exception as e:
+        raise RegistrationFailed(
+            f"registration failed ({first_line(e)}); run {report['run_id']} is FINISHED with its "
+            f'model logged: retry with mlflow.register_model("{model_uri}", "{name}")'
+        ) from e
     return {
-        "run_id": run_id,
-        "run_name": run.info.run_name,
-        "status": run.info.status,
-        "experiment_id": run.info.experiment_id,
-        "params": dict(sorted(run.data.params.items())),
-        "metrics": dict(sorted(run.data.metrics.items())),
-        "artifacts": list_artifacts(client, run_id),
-        "logged_models": [
-            {
-                "name": model.name,
-                "model_id": model.model_id,
-                "uri": model.model_uri,
-                "status": str(model.status),
-                "files": [item.path for item in client.list_logged_model_artifacts(model.model_id)],
-            }
-            for model in models
-        ],
-        "child_runs": sorted(
-            (
-                {
-                    "run_id": child.info.run_id,
-                    "name": child.info.run_name,
-                    "rank": int(child.data.metrics["rank_test_score"]),
-                    "mean_test_score": child.data.metrics["mean_test_score"],
-                    "std_test_score": child.data.metrics["std_test_score"],
-                }
-                for child in find_child_runs(client, run)
-            ),
-            key=lambda child: (child["rank"], child["name"]),
-        ),
-        "test_metrics": {
-            key: value for key, value in run.data.metrics.items() if key.endswith("_X_test")
-        },
+        "name": name,
+        "version": int(version),
+        "aliases": sorted(aliases),
+        "decision": reason,
+        "champion_uri": f"models:/{name}@champion",
     }
 
 
-def list_artifacts(client, run_id, path=None):
-    """All artifact file paths of the run, recursively."""
-    paths = []
-    for item in client.list_artifacts(run_id, path):
-        paths += list_artifacts(client, run_id, item.path) if item.is_dir else [item.path]
-    return paths
-
-
-def require_complete(report, args, search):
-    """Never trust autologging blindly: it drops what it fails to log with only a warning."""
-    binary = len(search.classes_) == 2
-    candidates = len(search.cv_results_["params"])
-    expected = {
-        "params": [f"best_{name}" for name in args.param_grid] + ["cv", "param_grid"],
-        "metrics": ["best_cv_score", "training_score", "accuracy_score_X_test", "f1_score_X_test"]
-        + (["roc_auc_score_X_test"] if binary else []),
-        "artifacts": ["cv_results.csv", "estimator.html", "training_confusion_matrix.png"]
-        + ["run_config.json"],
+def dataset_digests(client, run_id):
+    """The digests of the run's training and test data sets, as registry tags."""
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    return {
+        f"{tag.value}_data_digest": item.dataset.digest
+        for item in inputs
+        for tag in item.tags
+        if tag.key == "mlflow.data.context"
     }
-    missing = [
-        f"{kind[:-1]} {name}" for kind, names in expected.items() for name in names
-        if name not in report[kind]
-    ]  # fmt: skip
-    child_runs = (
-        candidates if args.max_tuning_runs == "all" else min(candidates, args.max_tuning_runs)
+
+
+def decide_champion(client, name, tags):
+    """(promote?, why): the rules of the champion alias, with both scores."""
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return True, "no champion yet: this version is the champion"
+    score, theirs = float(tags[CHAMPION_SCORE]), champion.tags.get(CHAMPION_SCORE)
+    if champion.tags.get("eval_data_digest") != tags["eval_data_digest"] or theirs is None:
+        return False, (
+            f"stays challenger: champion version {champion.version} was scored on other test "
+            f"data (digest {champion.tags.get('eval_data_digest')}, this run "
+            f"{tags['eval_data_digest']})"
+        )
+    if score > float(theirs):
+        return True, (
+            f"held-out {CHAMPION_SCORE} {score:.4f} beats champion version "
+            f"{champion.version}'s {float(theirs):.4f}: this version is the champion"
+        )
+    return False, (
+        f"stays challenger: held-out {CHAMPION_SCORE} {score:.4f} does not beat champion "
+        f"version {champion.version}'s {float(theirs):.4f}"
     )
-    if len(report["child_runs"]) != child_runs:
-        missing.append(f"child runs ({len(report['child_runs'])} of {child_runs})")
-    models = report["logged_models"]
-    if [model["name"] for model in models] != ["best_estimator"]:
-        missing.append("the one logged model best_estimator")
-    for model in models:
-        if model["status"] != "READY" or not {"MLmodel", "model.pkl"} <= set(model["files"]):
-            missing.append(f"model {model['name']} is {model['status']}, files {model['files']}")
-    if missing:
-        raise RuntimeError(f"the run is incomplete: missing {'; '.join(missing)}")
 
 
 # %% Report
@@ -959,8 +1152,21 @@ def print_report(report):
     if report["browse"]["ui_command"]:
         print(f"  {report['browse']['ui_command']}")
     print(f"  {report['browse']['run_url']}")
+    print("\nLoad the model:")
+    print(f'  mlflow.sklearn.load_model("{report["logged_models"][0]["uri"]}")')
+    if report["registration"]:
+        print_registration(report["registration"])
     if report["reproduction"]:
         print_reproduction(report["reproduction"])
+
+
+def print_registration(registration):
+    name, version = registration["name"], registration["version"]
+    aliases = ", ".join(registration["aliases"]) or "none"
+    print(f"\nModel registry: {name} version {version} (aliases: {aliases})")
+    print(f"  {registration['decision']}")
+    print(f"  serve the champion: mlflow models serve -m {registration['champion_uri']} "
+          "--env-manager local")  # fmt: skip
 
 
 def print_reproduction(reproduction):
@@ -988,90 +1194,6 @@ def print_differences(differences, indent, shown=20):
 
 def progress(message):
     print(message, file=sys.stderr, flush=True)  # stderr: stdout is the report
-
-
-# %% Main flow
-def run_experiment(args, data, record, original, client, mlflow_warnings, where):
-    """The search and everything logged about it, in one run; returns the report."""
-    X_train, X_test, y_train, y_test = data
-    enable_autologging(args)
-    with tracked_run(args.run_name) as run, datasets_built_once() as dataset_of:
-        run_id = run.info.run_id
-        progress(
-            f"run {run_id}: searching {len(ParameterGrid(args.param_grid))} candidates with {args.cv}-fold CV on {where} ..."
-        )
-        log_record(record)
-        register_datasets(dataset_of, X_train, X_test)
-        search = run_search(X_train, y_train, args)
-        with rescued_on_failure(search, X_train, run_id):
-            score_on_test_split(search, X_test, y_test)
-            mlflow_warnings.raise_if_any()
-            progress("logging the best model and checking what the store holds ...")
-            log_best_model(search, X_train)
-            name_child_runs(client, run_id, args.param_grid)
-            reproduction = original and log_reproduction(client, original, run_id, record, X_test)
-            report = read_run_back(client, run_id)
-            require_complete(report, args, search)
-            mlflow_warnings.raise_if_any()
-    report["status"] = client.get_run(run_id).info.status
-    report["browse"] = browse_hints(args.tracking_uri, report)
-    report["reproduction"] = reproduction
-    return report
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    for name, value in MLFLOW_SETTINGS.items():
-        os.environ.setdefault(name, value)
-    # MLflow's warnings are collected, to fail the run on them, instead of printed.
-    mlflow_warnings = MlflowWarnings()
-    logging.getLogger("mlflow").handlers = [mlflow_warnings]
-    signal.signal(signal.SIGTERM, raise_terminated)
-
-    def fail(message, code):
-        print(f"autolog_mlflow.py: error: {redact(message, args.tracking_uri)}", file=sys.stderr)
-        return code
-
-    try:
-        args, original = experiment_to_reproduce(args) if args.reproduce else (args, None)
-        record = record_of(args)
-        data = split_data(*load_data(args), args)
-        client = prepare_tracking(args)
-        with search_backend(args) as where:
-            report = run_experiment(args, data, record, original, client, mlflow_warnings, where)
-    except BadInput as e:
-        return fail(str(e), 2)
-    except Terminated as e:
-        return fail(with_notes("stopped by SIGTERM", e), 143)
-    except KeyboardInterrupt as e:
-        return fail(with_notes("interrupted", e), 130)
-    except Exception as e:
-        return fail(with_notes(first_line(e), e), 1)
-
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_report(report)
-    reproduction = report["reproduction"]
-    return EXIT_DIFFERENT if reproduction and reproduction["verdict"] != "identical" else 0
-
-
-def raise_terminated(signum, frame):
-    raise Terminated()
-
-
-def with_notes(message, error):
-    return "; ".join([message, *getattr(error, "__notes__", [])])
-
-
-def first_line(error):
-    """The gist of an error, on one line."""
-    lines = str(error).strip().splitlines()
-    text = lines[0] if lines else type(error).__name__
-    if "Max retries exceeded" in text:  # requests' long story of a server that is gone
-        cause = re.search(r"\[Errno \d+\] [^\"')]+", text)
-        text = f"lost the tracking server ({cause.group(0) if cause else 'no answer'})"
-    return text
 
 
 if __name__ == "__main__":

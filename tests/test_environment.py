@@ -11,7 +11,12 @@ from conftest import ROOT
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-LOCKS = ["requirements.txt", "requirements-dask.txt", "requirements-server.txt", "requirements-test.txt"]
+LOCKS = [
+    "requirements.txt",
+    "requirements-dask.txt",
+    "requirements-server.txt",
+    "requirements-test.txt",
+]
 # They come with the venv itself (python -m venv), not from a lock.
 INSTALLER = {"pip", "setuptools"}
 

@@ -70,3 +70,13 @@ def test_a_dask_run_logs_into_it(tmp_path, team_server):
     assert result.returncode == 0, result.stderr
     run_id = json.loads(result.stdout)["run_id"]
     assert complete(team_server, run_id)
+
+
+def test_registration_into_it_makes_a_champion(tmp_path, team_server):
+    uri = ["--tracking-uri", team_server.url]
+    result = run_script(tmp_path, "--json", *uri, *QUICK, "--register-model", "team-model")
+    assert result.returncode == 0, result.stderr
+    registration = json.loads(result.stdout)["registration"]
+    assert (registration["version"], registration["aliases"]) == (1, ["champion"])
+    champion = MlflowClient(team_server.url).get_model_version_by_alias("team-model", "champion")
+    assert champion.run_id == json.loads(result.stdout)["run_id"]
