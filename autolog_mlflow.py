@@ -1026,14 +1026,17 @@ def environment_pairs(was, now):
     """(what, then, now) for the code, Python, platform and every package."""
     then_git, now_git = was.get("git") or {}, now["git"] or {}
     then_env, now_env = was["environment"], now["environment"]
-    packages = then_env.get("packages", {})
-    return [
+    pairs = [
         ("script sha256", was.get("script", {}).get("sha256"), now["script"]["sha256"]),
         ("git commit", then_git.get("commit"), now_git.get("commit")),
         ("uncommitted edits", then_git.get("dirty"), now_git.get("dirty")),
         ("python", then_env["python"], now_env["python"]),
         ("platform", then_env.get("platform"), now_env["platform"]),
-    ] + [
+    ]
+    if "packages" not in then_env:  # a record from before every package was recorded
+        return pairs + [("packages", "not recorded", f"{len(now_env['packages'])} installed")]
+    packages = then_env["packages"]
+    return pairs + [
         (f"package {name}", packages.get(name), now_env["packages"].get(name))
         for name in sorted(packages.keys() | now_env["packages"].keys())
     ]

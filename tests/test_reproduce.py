@@ -9,6 +9,7 @@ import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 import pytest
@@ -141,6 +142,25 @@ def test_run_on_a_tracking_server_reproduced_through_it_is_identical(tmp_path, t
     original_id = json.loads(original.stdout)["run_id"]
 
     assert_identical(reproduce(tmp_path, original_id, *uri), original_id)
+
+
+def test_run_recorded_by_the_previous_release_reproduces_and_says_what_it_lacks(tmp_path):
+    """Before 2026-11-28 run_config.json held the configuration and six package versions."""
+    original = finished_run(tmp_path, *SMALL)
+    artifacts = Path(urlparse(original.run.info.artifact_uri).path)
+    old = record(original)
+    environment = {"python": old["environment"]["python"]} | {
+        name: old["environment"]["packages"][name] for name in autolog_mlflow.MODEL_PACKAGES
+    }
+    (artifacts / "run_config.json").write_text(
+        json.dumps({"configuration": old["configuration"], "environment": environment})
+    )
+    result = reproduce(tmp_path, original.report["run_id"])
+
+    reproduction = assert_identical(result, original.report["run_id"])
+    changes = {change["what"]: change for change in reproduction["changed_around_it"]}
+    assert changes["packages"]["original"] == "not recorded"
+    assert changes["script sha256"]["original"] is None
 
 
 def test_changed_csv_is_rejected_before_any_run(tmp_path):
