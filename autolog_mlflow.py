@@ -67,7 +67,6 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import GridSearchCV, ParameterGrid, train_test_split
 
-
 # %% Configuration: every default in one place; each can be changed on the command line.
 # The experiment's: yours to change.
 EXPERIMENT_NAME = "autolog_mlflow"

@@ -54,7 +54,7 @@ def test_the_posix_only_modules_cannot_be_imported_there(tmp_path, windows_like_
 
 def test_default_run_finishes_without_posix_only_modules(tmp_path, windows_like_env):
     process = start(tmp_path, windows_like_env)
-    out, err = process.communicate(timeout=600)
+    _, err = process.communicate(timeout=600)
     assert process.returncode == 0, err
     store = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = store.search_runs(["1"], filter_string="tags.mlflow.parentRunId IS NULL")

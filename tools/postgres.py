@@ -67,8 +67,8 @@ def wait_until_ready(binaries, folder, port, server):
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            log = open(os.path.join(folder, "postgres.log")).read()
-            raise RuntimeError(f"postgres exited with code {server.returncode}:\n{log}")
+            with open(os.path.join(folder, "postgres.log")) as log:
+                raise RuntimeError(f"postgres exited with code {server.returncode}:\n{log.read()}")
         ready = subprocess.run([f"{binaries}/pg_isready", "-h", "127.0.0.1", "-p", str(port)],
                                capture_output=True)  # fmt: skip
         if ready.returncode == 0:
@@ -80,9 +80,11 @@ def wait_until_ready(binaries, folder, port, server):
 def stop(server, data):
     """Fast shutdown: SIGINT to the postmaster, by the PID it wrote (as root, `server` is the
     runuser process above it); SIGKILL to the whole group only if it hangs."""
-    with contextlib.suppress(OSError, ValueError):
-        postmaster = int(open(os.path.join(data, "postmaster.pid")).readline())
-        os.kill(postmaster, signal.SIGINT)
+    with (
+        contextlib.suppress(OSError, ValueError),
+        open(os.path.join(data, "postmaster.pid")) as pid,
+    ):
+        os.kill(int(pid.readline()), signal.SIGINT)
     try:
         server.wait(timeout=30)
     except subprocess.TimeoutExpired:
