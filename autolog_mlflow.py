@@ -774,7 +774,11 @@ def sha256_of(path):
 
 def data_file(path):
     try:
-        return {"path": str(Path(path).resolve()), "sha256": sha256_of(path), "size": os.path.getsize(path)}  # fmt: skip
+        return {
+            "path": str(Path(path).resolve()),
+            "sha256": sha256_of(path),
+            "size": os.path.getsize(path),
+        }
     except OSError as e:
         raise BadInput(f"cannot read --data {path}: {e.strerror}")
 
