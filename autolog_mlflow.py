@@ -637,6 +637,12 @@ def name_child_runs(client, run_id, param_grid):
         client.update_run(child.info.run_id, name=name)
 
 
+def logged_models_of(client, run):
+    return client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+    )
+
+
 def find_child_runs(client, run):
     return client.search_runs(
         [run.info.experiment_id],
@@ -819,9 +825,7 @@ def log_record(record):
 def read_run_back(client, run_id):
     """Everything the store holds about the run, as plain data for the report."""
     run = client.get_run(run_id)
-    models = client.search_logged_models(
-        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
-    )
+    models = logged_models_of(client, run)
     return {
         "run_id": run_id,
         "run_name": run.info.run_name,
@@ -1008,9 +1012,7 @@ def cv_scores(client, run_id):
 def held_out_predictions(client, run, X_test):
     """The predictions of the run's logged model on the held-out split, or why there are none."""
     try:
-        (model,) = client.search_logged_models(
-            [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
-        )
+        (model,) = logged_models_of(client, run)
         return mlflow.sklearn.load_model(model.model_uri).predict(X_test)
     except Exception as e:  # a model that is gone or will not load is a difference, not a crash
         return f"no predictions: {first_line(e)}"

@@ -91,6 +91,13 @@ def run_eight_at_once(workdir, *args):
     return [json.loads(stdout) for stdout, _ in outputs]
 
 
+def parent_runs(tracking_uri):
+    """Every parent run in a store, whatever its experiment (child runs left out)."""
+    client = MlflowClient(tracking_uri)
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    return client.search_runs(experiments, filter_string="tags.mlflow.parentRunId IS NULL")
+
+
 def finished_run(workdir, *args):
     result = run_script(workdir, "--json", *args)
     assert result.returncode == 0, result.stderr

@@ -10,7 +10,7 @@ import time
 
 import mlflow
 import pytest
-from conftest import QUICK, SCRIPT, run_eight_at_once, run_script, script_env
+from conftest import QUICK, SCRIPT, parent_runs, run_eight_at_once, run_script, script_env
 from mlflow import MlflowClient
 from mlflow_ui import free_port, mlflow_server
 
@@ -41,15 +41,6 @@ def timed(function, *args):
     start = time.monotonic()
     result = function(*args)
     return result, time.monotonic() - start
-
-
-def parent_runs(tracking_uri):
-    """The parent runs in the default experiment of a store."""
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name("autolog_mlflow")
-    return client.search_runs(
-        [experiment.experiment_id], filter_string="tags.mlflow.runName = 'rf-grid-search'"
-    )
 
 
 # --- An unreachable tracking server ---------------------------------------------------------

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, SMALL_GRID, script_env
-from mlflow import MlflowClient
+from conftest import QUICK, SCRIPT, parent_runs, script_env
 
 import autolog_mlflow
 
@@ -56,20 +55,17 @@ def test_default_run_finishes_without_posix_only_modules(tmp_path, windows_like_
     process = start(tmp_path, windows_like_env)
     _, err = process.communicate(timeout=600)
     assert process.returncode == 0, err
-    store = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (run,) = store.search_runs(["1"], filter_string="tags.mlflow.parentRunId IS NULL")
+    (run,) = parent_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.info.status == "FINISHED"
 
 
 def test_four_first_runs_at_once_on_a_fresh_store_without_posix_only_modules(
     tmp_path, windows_like_env
 ):
-    small = ["--param-grid", SMALL_GRID, "--cv", "3", "--n-jobs", "1"]
-    processes = [start(tmp_path, windows_like_env, *small) for _ in range(4)]
+    processes = [start(tmp_path, windows_like_env, *QUICK) for _ in range(4)]
     results = [(process.wait(timeout=600), process.stderr.read()) for process in processes]
     assert [code for code, _ in results] == [0] * 4, results
-    store = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = store.search_runs(["1"], filter_string="tags.mlflow.parentRunId IS NULL")
+    runs = parent_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert sorted(run.info.status for run in runs) == ["FINISHED"] * 4
 
 

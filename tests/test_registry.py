@@ -14,7 +14,7 @@ import urllib.request
 import mlflow
 import numpy as np
 import pytest
-from conftest import run_script, script_env
+from conftest import parent_runs, run_script, script_env
 from mlflow import MlflowClient
 from mlflow_ui import free_port
 
@@ -171,8 +171,6 @@ def test_registry_failure_after_the_run_keeps_it_finished_and_says_how_to_retry(
     (line,) = result.stderr.strip().splitlines()[-1:]
     assert "registration failed (" in line  # MLflow's own words; it retries, then gives up
     assert 'mlflow.register_model("models:/m-' in line and f'"{NAME}")' in line
-    client = MlflowClient(f"sqlite:///{store}")
-    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                filter_string="tags.mlflow.parentRunId IS NULL")  # fmt: skip
+    (run,) = parent_runs(f"sqlite:///{store}")
     assert run.info.status == "FINISHED"
     assert run.info.run_id in line

@@ -13,7 +13,16 @@ from urllib.parse import urlparse
 
 import mlflow
 import pytest
-from conftest import ROOT, SCRIPT, SMALL_GRID, ScriptRun, finished_run, run_script, script_env
+from conftest import (
+    ROOT,
+    SCRIPT,
+    SMALL_GRID,
+    ScriptRun,
+    finished_run,
+    parent_runs,
+    run_script,
+    script_env,
+)
 from mlflow import MlflowClient
 from sklearn.datasets import load_breast_cancer
 
@@ -58,12 +67,6 @@ def assert_identical(result, original_id):
     assert reproduction["reproduces"] == original_id
     assert reproduction["verdict"] == "identical" and reproduction["differences"] == []
     return reproduction
-
-
-def runs_in(tracking_uri):
-    client = MlflowClient(tracking_uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(experiments, filter_string="tags.mlflow.parentRunId IS NULL")
 
 
 # What a run records
@@ -174,7 +177,7 @@ def test_changed_csv_is_rejected_before_any_run(tmp_path):
     (line,) = result.stderr.strip().splitlines()
     assert f"cancer.csv changed since run {original.report['run_id']}" in line
     assert before in line and sha256(csv) in line
-    assert len(runs_in(original.tracking_uri)) == 1
+    assert len(parent_runs(original.tracking_uri)) == 1
 
 
 def test_unknown_run_id_is_rejected(default_run, tmp_path):
@@ -193,7 +196,7 @@ def test_run_this_script_did_not_log_is_rejected(tmp_path):
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert f"run {other} was not logged by autolog_mlflow.py" in line
-    assert len(runs_in(uri)) == 1
+    assert len(parent_runs(uri)) == 1
 
 
 @pytest.mark.parametrize("option", [["--cv", "4"], ["--seed", "1"], ["--target", "y"]])
