@@ -34,8 +34,10 @@ SIGTERM (the run ends KILLED).
 
 import argparse
 import contextlib
+import csv
 import gc
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -45,11 +47,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import warnings
 from importlib.metadata import distributions, version
+from multiprocessing.connection import Client, Listener
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -58,6 +62,8 @@ import mlflow.sklearn
 import mlflow.types.utils
 import numpy as np
 import pandas as pd
+import rich.console
+import rich.progress
 from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.data import digest_utils
@@ -77,9 +83,9 @@ TEST_SIZE = 0.25  # held-out share, stratified; the search never sees it
 SEED = 42  # the split and every forest
 N_JOBS = -1  # parallel CV fits on all cores; results do not depend on it
 MAX_TUNING_RUNS = "all"  # child runs to log: the top N candidates, or all of them
-# --register-model: the held-out score that decides which version is the champion (accuracy,
-# GridSearchCV's own scorer for a classifier), compared only on the same test data.
-CHAMPION_SCORE = "accuracy_score_X_test"
+# The held-out score that ranks runs on the same data, and decides with --register-model which
+# version is the champion: accuracy, GridSearchCV's own scorer for a classifier.
+HELD_OUT_SCORE = "accuracy_score_X_test"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default; artifacts go to ./mlruns
 
 # The machinery's: rarely touched.
@@ -87,6 +93,9 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default; artifact
 # need not infer them (a subprocess per model, seconds) and cannot get them wrong.
 MODEL_PACKAGES = ["mlflow", "scikit-learn", "numpy", "pandas", "scipy", "cloudpickle"]
 UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+# MLflow 3.17's UI starts in its GenAI mode in a browser that has not chosen a mode yet; printed
+# URLs end with this query to open the "Model training" view, where runs and models are.
+UI_VIEW = "?workflowType=machine_learning"
 RESCUE_DIR = "autolog_mlflow-rescue"  # where a failed run's model and CV results are kept
 SERVER_CHECK_TIMEOUT = 5  # seconds to wait for a tracking server's /health
 DASK_CONNECT_TIMEOUT = 10  # seconds to reach a Dask scheduler
@@ -113,8 +122,8 @@ def load_data(args):
     if args.data is None:
         return load_breast_cancer(return_X_y=True, as_frame=True)
     try:
-        frame = pd.read_csv(args.data)
-    except (OSError, ValueError) as e:
+        frame = read_csv_of_any_locale(args.data)
+    except (OSError, ValueError, csv.Error) as e:
         raise BadInput(f"cannot read --data {args.data}: {e}")
     if args.target not in frame.columns:
         raise BadInput(
@@ -122,15 +131,36 @@ def load_data(args):
             f"columns: {', '.join(map(str, frame.columns))}"
         )
     X, y = frame.drop(columns=[args.target]), frame[args.target]
-    text_columns = [str(c) for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
-    if text_columns:
+    if text_columns(X):
         raise BadInput(
-            f"feature columns must be numeric; encode or drop: {', '.join(text_columns)}"
+            f"feature columns must be numeric; encode or drop: {', '.join(text_columns(X))}"
         )
     if frame.isna().any().any():
         missing = [str(c) for c in frame.columns if frame[c].isna().any()]
         raise BadInput(f"missing values in {', '.join(missing)}; fill or drop those rows")
     return X, y
+
+
+def read_csv_of_any_locale(path):
+    """A CSV separated by commas, semicolons (with decimal commas, as many locales write them),
+    tabs or pipes: the separator is told by the first lines."""
+    with open(path, newline="") as file:
+        head = "".join(itertools.islice(file, 100))
+    try:
+        separator = csv.Sniffer().sniff(head, delimiters=",;\t|").delimiter
+    except csv.Error:  # a single column, say
+        separator = ","
+    frame = pd.read_csv(path, sep=separator)
+    if separator == ";" and text_columns(frame):
+        with_decimal_commas = pd.read_csv(path, sep=separator, decimal=",")
+        if len(text_columns(with_decimal_commas)) < len(text_columns(frame)):
+            return with_decimal_commas
+    return frame
+
+
+def text_columns(frame):
+    return [str(column) for column in frame.columns
+            if not pd.api.types.is_numeric_dtype(frame[column])]  # fmt: skip
 
 
 def split_data(X, y, args):
@@ -153,14 +183,13 @@ def split_data(X, y, args):
     return X_train, X_test, y_train, y_test
 
 
-def run_search(X_train, y_train, args):
-    search = GridSearchCV(
+def build_search(args):
+    return GridSearchCV(
         RandomForestClassifier(random_state=args.seed),
         args.param_grid,
         cv=args.cv,
         n_jobs=args.n_jobs,
     )
-    return search.fit(X_train, y_train)
 
 
 def score_on_test_split(search, X_test, y_test):
@@ -242,12 +271,13 @@ def run_experiment(args, data, record, original, client, mlflow_warnings, where)
     enable_autologging(args)
     with tracked_run(args.run_name) as run, datasets_built_once() as dataset_of:
         run_id = run.info.run_id
-        progress(
-            f"run {run_id}: searching {len(ParameterGrid(args.param_grid))} candidates with {args.cv}-fold CV on {where} ..."
-        )
+        candidates = len(ParameterGrid(args.param_grid))
+        progress(f"run {run_id}: searching {candidates} candidate{'s' * (candidates > 1)} "
+                 f"with {args.cv}-fold CV on {where} ...")  # fmt: skip
         log_record(record)
         register_datasets(dataset_of, X_train, X_test)
-        search = run_search(X_train, y_train, args)
+        search = build_search(args).set_callbacks(SearchProgress())  # progress on stderr
+        search.fit(X_train, y_train)
         with rescued_on_failure(search, X_train, run_id):
             score_on_test_split(search, X_test, y_test)
             mlflow_warnings.raise_if_any()
@@ -258,8 +288,12 @@ def run_experiment(args, data, record, original, client, mlflow_warnings, where)
             report = read_run_back(client, run_id)
             require_complete(report, args, search)
             mlflow_warnings.raise_if_any()
-    report["status"] = client.get_run(run_id).info.status
+    run = client.get_run(run_id)
+    report["status"] = run.info.status
+    report["duration_seconds"] = (run.info.end_time - run.info.start_time) / 1000
+    report["compared_with_earlier_runs"] = compare_with_earlier_runs(client, run)
     report["browse"] = browse_hints(args.tracking_uri, report)
+    report["load_model"] = f'mlflow.sklearn.load_model("{report["logged_models"][0]["uri"]}")'
     report["reproduction"] = reproduction
     return report
 
@@ -288,11 +322,24 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class DefaultsAsTyped(argparse.HelpFormatter):
+    """--help shows each default as one would type it (the grid as JSON), and no 'None'."""
+
+    def _get_help_string(self, action):
+        default = action.default
+        if default is None or default is False or default == argparse.SUPPRESS:
+            return action.help
+        if "%(default)" in action.help:
+            return action.help
+        shown = json.dumps(default) if isinstance(default, dict) else str(default)
+        return f"{action.help} (default: {shown.replace('%', '%%')})"
+
+
 def parse_args(argv=None):
     parser = OneLineErrorParser(
         prog="autolog_mlflow.py",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsAsTyped,
     )
     parser.add_argument(
         "--tracking-uri",
@@ -302,7 +349,9 @@ def parse_args(argv=None):
     parser.add_argument("--experiment-name", default=EXPERIMENT_NAME, help="MLflow experiment")
     parser.add_argument("--run-name", default=RUN_NAME, help="name of the parent run")
     parser.add_argument(
-        "--data", help="CSV file to use instead of scikit-learn's breast-cancer data set"
+        "--data",
+        help="CSV file (separated by commas, semicolons, tabs or pipes) to use instead of "
+        "scikit-learn's breast-cancer data set",
     )
     parser.add_argument("--target", help="the CSV column to predict (required with --data)")
     parser.add_argument(
@@ -315,8 +364,15 @@ def parse_args(argv=None):
         help="JSON object of RandomForestClassifier hyperparameters to lists of values",
     )
     parser.add_argument("--cv", type=int, default=CV_FOLDS, help="cross-validation folds")
-    parser.add_argument("--n-jobs", type=int, default=N_JOBS, help="parallel fits; -1 = all cores")
-    parser.add_argument("--seed", type=int, default=SEED, help="seed for the split and forests")
+    parser.add_argument(
+        "--n-jobs", type=parse_n_jobs, default=N_JOBS, help="parallel fits; -1 = all cores"
+    )
+    parser.add_argument(
+        "--seed",
+        type=parse_seed,
+        default=SEED,
+        help=f"seed for the split and forests, 0-{MAX_SEED}",
+    )
     parser.add_argument(
         "--max-tuning-runs",
         type=parse_max_tuning_runs,
@@ -384,6 +440,32 @@ def parse_param_grid(text):
             except ValueError as e:
                 raise argparse.ArgumentTypeError(str(e).replace("\n", " "))
     return grid
+
+
+def parse_integer(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give an integer, not {text!r}")
+
+
+def parse_n_jobs(text):
+    n_jobs = parse_integer(text)
+    if n_jobs == 0:
+        raise argparse.ArgumentTypeError(
+            "0 runs no fit: give the number of parallel fits, or -1 for all cores"
+        )
+    return n_jobs
+
+
+MAX_SEED = 2**32 - 1  # the largest seed numpy's random generators take
+
+
+def parse_seed(text):
+    seed = parse_integer(text)
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed is from 0 to {MAX_SEED} (2**32 - 1), not {seed}")
+    return seed
 
 
 def parse_max_tuning_runs(text):
@@ -557,6 +639,106 @@ def search_backend(args):
             raise Unreachable(f"cannot reach the Dask scheduler {address}: {e}")
         stack.enter_context(joblib.parallel_backend("dask"))
         yield f"the Dask cluster at {address}"
+
+
+# %% Live progress of the search, on stderr (scikit-learn 1.9's experimental callback API)
+# A search with callbacks set (`set_callbacks`) calls them around each task of its fit, in
+# whichever process runs the task: here, in joblib's or Dask's workers. scikit-learn's own
+# ProgressBar draws nested bars with a percentage but no count of fits, on rich's default
+# console (stdout, where the report goes), and leaves a log file nothing until the end. So
+# this callback counts the fits itself and draws one bar on stderr, or writes plain lines.
+class SearchProgress:
+    """Fits done of the total, time elapsed and left, on stderr, while a search fits.
+
+    On a terminal, a live bar; elsewhere (CI logs, pipes), a line at each further tenth of the
+    fits. The total comes from scikit-learn's task tree: every CV fit, and the refit. Copies of
+    the callback in worker processes report each fit to this process over a local socket.
+    """
+
+    in_worker, address, authkey = False, None, None  # until the fit begins
+
+    def setup(self, estimator, context):  # in this process, as the search's fit begins
+        self.total, self.done, self.tenths_shown = context.max_subtasks, 0, 0
+        self.start, self.lock = time.monotonic(), threading.Lock()
+        console = rich.console.Console(stderr=True)
+        self.bar = live_bar(console) if console.is_interactive else None
+        self.authkey = os.urandom(32)
+        self.listener = Listener(authkey=self.authkey, backlog=128)
+        self.address = self.listener.address
+        threading.Thread(target=self.count_reported_fits, daemon=True).start()
+
+    def __getstate__(self):  # what a worker's copy gets: where to report, not the display
+        return {"in_worker": True, "address": self.address, "authkey": self.authkey}
+
+    def on_fit_task_begin(self, estimator, context):
+        if context.max_subtasks and context.parent is not None:  # the search: its fits take
+            self.total += context.max_subtasks - 1  # the place of one task in the total
+            if self.bar:
+                self.bar.update(self.bar.task_ids[0], total=self.total)
+                self.bar.start()
+
+    def on_fit_task_end(self, estimator, context):
+        if context.parent is None:  # the whole fit succeeded: every fit is done
+            self.fit_done(all_of_them=True)
+        elif context.max_subtasks == 0 and not self.in_worker:
+            self.fit_done()
+        elif context.max_subtasks == 0:  # a copy in a worker: tell this process
+            # Progress must never fail a fit: a worker that cannot reach this process (a Dask
+            # worker on another machine) stays silent, and the count jumps at the end.
+            with contextlib.suppress(Exception), Client(self.address, authkey=self.authkey) as c:
+                c.send("fit done")
+
+    def teardown(self, estimator, context):
+        self.listener.close()
+        if self.bar:
+            self.bar.stop()
+
+    def count_reported_fits(self):
+        while True:
+            try:
+                with self.listener.accept() as connection:
+                    connection.recv()
+            except OSError:  # closed: the fit is over
+                return
+            except Exception:  # a connection that did not report a fit
+                continue
+            self.fit_done()
+
+    def fit_done(self, all_of_them=False):
+        with self.lock:
+            self.done = self.total if all_of_them else min(self.done + 1, self.total)
+            if self.bar:
+                self.bar.update(self.bar.task_ids[0], completed=self.done, total=self.total)
+            elif self.done * 10 // self.total > self.tenths_shown:
+                self.tenths_shown = self.done * 10 // self.total
+                progress(progress_line(self.done, self.total, time.monotonic() - self.start))
+
+
+def live_bar(console):
+    bar = rich.progress.Progress(
+        rich.progress.TextColumn("search"),
+        rich.progress.BarColumn(),
+        rich.progress.MofNCompleteColumn(),
+        rich.progress.TextColumn("fits"),
+        rich.progress.TimeElapsedColumn(),
+        rich.progress.TextColumn("elapsed,"),
+        rich.progress.TimeRemainingColumn(),
+        rich.progress.TextColumn("left"),
+        console=console,
+    )
+    bar.add_task("search", total=None)  # started once the search knows its total
+    return bar
+
+
+def progress_line(done, total, seconds):
+    """E.g. `search: 23/46 fits (50%), 0:00:12 elapsed, about 0:00:12 left`."""
+    line = f"search: {done}/{total} fits ({100 * done // total}%), {clock(seconds)} elapsed"
+    return line if done == total else f"{line}, about {clock(seconds * (total - done) / done)} left"
+
+
+def clock(seconds):
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
 
 
 # %% Autologging, and what the script logs beside it (the model, child-run names, the rescue)
@@ -901,6 +1083,49 @@ def require_complete(report, args, search):
         raise RuntimeError(f"the run is incomplete: missing {'; '.join(missing)}")
 
 
+# %% Compare with earlier runs of the experiment on the same data
+def compare_with_earlier_runs(client, run):
+    """This run's held-out score against the best earlier run's on the same training and test
+    data (same dataset digests): scores on other data are not comparable."""
+    digests = dataset_digests(run)
+    conditions = [
+        "tags.mlflow.parentRunId IS NULL",
+        "attributes.status = 'FINISHED'",
+        f"attributes.start_time < {run.info.start_time}",
+        *(f"dataset.digest = '{digest}'" for digest in digests.values()),
+    ]
+    earlier = [
+        other
+        for other in client.search_runs(
+            [run.info.experiment_id],
+            filter_string=" and ".join(conditions),
+            order_by=[f"metrics.{HELD_OUT_SCORE} DESC", "attributes.start_time ASC"],
+            max_results=10_000,
+        )
+        if dataset_digests(other) == digests and HELD_OUT_SCORE in other.data.metrics
+    ]
+    best = earlier[0] if earlier else None
+    score = run.data.metrics[HELD_OUT_SCORE]
+    return {
+        "score": HELD_OUT_SCORE,
+        "this_run": score,
+        "earlier_runs": len(earlier),
+        "best_earlier_run_id": best and best.info.run_id,
+        "best_earlier_score": best and best.data.metrics[HELD_OUT_SCORE],
+        "beats_best_earlier": best and score > best.data.metrics[HELD_OUT_SCORE],
+    }
+
+
+def dataset_digests(run):
+    """The digests of the run's training and test data sets, e.g. {"train_data_digest": ...}."""
+    return {
+        f"{tag.value}_data_digest": item.dataset.digest
+        for item in run.inputs.dataset_inputs
+        for tag in item.tags
+        if tag.key == "mlflow.data.context"
+    }
+
+
 # %% Reproduce a past run (--reproduce RUN_ID): its record in, a verdict out
 def experiment_to_reproduce(args):
     """The options of a past run's experiment, from its record, and that run."""
@@ -1062,7 +1287,8 @@ def register_best_model(client, name, report):
     model_uri = report["logged_models"][0]["uri"]
     try:
         metrics = {key: str(value) for key, value in report["test_metrics"].items()}
-        tags = {"run_id": report["run_id"]} | metrics | dataset_digests(client, report["run_id"])
+        digests = dataset_digests(client.get_run(report["run_id"]))
+        tags = {"run_id": report["run_id"]} | metrics | digests
         version = mlflow.register_model(model_uri, name, tags=tags).version
         client.set_registered_model_alias(name, "challenger", version)
         promote, reason = decide_champion(client, name, tags)
@@ -1084,24 +1310,13 @@ def register_best_model(client, name, report):
     }
 
 
-def dataset_digests(client, run_id):
-    """The digests of the run's training and test data sets, as registry tags."""
-    inputs = client.get_run(run_id).inputs.dataset_inputs
-    return {
-        f"{tag.value}_data_digest": item.dataset.digest
-        for item in inputs
-        for tag in item.tags
-        if tag.key == "mlflow.data.context"
-    }
-
-
 def decide_champion(client, name, tags):
     """(promote?, why): the rules of the champion alias, with both scores."""
     try:
         champion = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
         return True, "no champion yet: this version is the champion"
-    score, theirs = float(tags[CHAMPION_SCORE]), champion.tags.get(CHAMPION_SCORE)
+    score, theirs = float(tags[HELD_OUT_SCORE]), champion.tags.get(HELD_OUT_SCORE)
     if champion.tags.get("eval_data_digest") != tags["eval_data_digest"] or theirs is None:
         return False, (
             f"stays challenger: champion version {champion.version} was scored on other test "
@@ -1110,32 +1325,37 @@ def decide_champion(client, name, tags):
         )
     if score > float(theirs):
         return True, (
-            f"held-out {CHAMPION_SCORE} {score:.4f} beats champion version "
+            f"held-out {HELD_OUT_SCORE} {score:.4f} beats champion version "
             f"{champion.version}'s {float(theirs):.4f}: this version is the champion"
         )
     return False, (
-        f"stays challenger: held-out {CHAMPION_SCORE} {score:.4f} does not beat champion "
+        f"stays challenger: held-out {HELD_OUT_SCORE} {score:.4f} does not beat champion "
         f"version {champion.version}'s {float(theirs):.4f}"
     )
 
 
 # %% Report
 def browse_hints(tracking_uri, report):
-    run_path = f"#/experiments/{report['experiment_id']}/runs/{report['run_id']}"
-    if tracking_uri.startswith(("http://", "https://")):
+    if tracking_uri.startswith(("http://", "https://")):  # the server's own UI
         parsed = urlparse(tracking_uri)
-        server = parsed._replace(
-            netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")
-        )
-        return {"ui_command": None, "run_url": f"{server.geturl().rstrip('/')}/{run_path}"}
-    command = "mlflow ui"
-    if tracking_uri != DEFAULT_TRACKING_URI:
-        command += f" --backend-store-uri '{redact(tracking_uri, tracking_uri)}'"
-    return {"ui_command": command, "run_url": f"{UI_URL}/{run_path}"}
+        netloc = parsed.hostname + (f":{parsed.port}" if parsed.port else "")  # no password
+        ui, command = parsed._replace(netloc=netloc).geturl().rstrip("/"), None
+    else:
+        ui, command = UI_URL, "mlflow ui"
+        if tracking_uri != DEFAULT_TRACKING_URI:
+            command += f" --backend-store-uri '{redact(tracking_uri, tracking_uri)}'"
+    runs = f"{ui}/#/experiments/{report['experiment_id']}/runs"
+    return {
+        "ui_command": command,
+        "run_url": f"{runs}/{report['run_id']}{UI_VIEW}",
+        "experiment_url": f"{runs}{UI_VIEW}",
+    }
 
 
 def print_report(report):
-    print(f"\nRun {report['run_id']} ({report['run_name']}): {report['status']}")
+    print(f"\nRun ID: {report['run_id']}")
+    print(f"Run name: {report['run_name']}")
+    print(f"Status: {report['status']} in {report['duration_seconds']:.1f} s")
     print("\nParameters:")
     for key, value in report["params"].items():
         print(f"  {key}: {value}")
@@ -1156,16 +1376,31 @@ def print_report(report):
     print("\nHeld-out test metrics (the search never saw these rows):")
     for key, value in report["test_metrics"].items():
         print(f"  {key}: {value:.3f}")
-    print("\nBrowse this run:")
+    print_comparison(report["compared_with_earlier_runs"])
+    print('\nBrowse in the MLflow UI ("Model training" view):')
     if report["browse"]["ui_command"]:
         print(f"  {report['browse']['ui_command']}")
-    print(f"  {report['browse']['run_url']}")
+    print(f"  this run: {report['browse']['run_url']}")
+    print(f"  all runs: {report['browse']['experiment_url']}")
     print("\nLoad the model:")
-    print(f'  mlflow.sklearn.load_model("{report["logged_models"][0]["uri"]}")')
+    print(f"  {report['load_model']}")
     if report["registration"]:
         print_registration(report["registration"])
     if report["reproduction"]:
         print_reproduction(report["reproduction"])
+
+
+def print_comparison(comparison):
+    print(f"\nEarlier runs on the same training and test data, by held-out {comparison['score']}:")
+    if not comparison["earlier_runs"]:
+        print("  none in this experiment: this run is the first")
+        return
+    best, this = comparison["best_earlier_score"], comparison["this_run"]
+    verdict = "beats it" if this > best else "ties it" if this == best else "does not beat it"
+    print(
+        f"  best of {comparison['earlier_runs']}: {best:.3f}, run {comparison['best_earlier_run_id']}"
+    )
+    print(f"  this run: {this:.3f}, {verdict}")
 
 
 def print_registration(registration):

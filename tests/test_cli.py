@@ -1,5 +1,7 @@
 """The command line: documented defaults, and bad input rejected before any run exists."""
 
+import json
+
 import pytest
 from conftest import run_script
 from mlflow import MlflowClient
@@ -22,6 +24,13 @@ def test_help_documents_every_option_and_its_default(tmp_path):
     for default in ["sqlite:///mlflow.db", "autolog_mlflow", "rf-grid-search", "(default: 5)",
                     "(default: 0.25)", "(default: 42)", "(default: -1)", "(default: all)"]:  # fmt: skip
         assert default in help_text, default
+
+
+def test_help_shows_the_grid_default_as_json_and_no_empty_defaults(tmp_path):
+    help_text = " ".join(run_script(tmp_path, "--help").stdout.split())
+    grid = json.dumps(autolog_mlflow.PARAM_GRID)
+    assert f"(default: {grid})" in help_text and "null" in grid
+    assert "None" not in help_text and "(default: False)" not in help_text
 
 
 def test_defaults_are_the_configuration_at_the_top_of_the_script(monkeypatch):
@@ -62,6 +71,13 @@ BAD_INPUTS = {
     "test size zero": (["--test-size", "0"], "--test-size must be between 0 and 1"),
     "test size one": (["--test-size", "1.5"], "--test-size must be between 0 and 1"),
     "max tuning runs zero": (["--max-tuning-runs", "0"], "positive integer or 'all'"),
+    "n-jobs zero": (["--n-jobs", "0"], "--n-jobs: 0 runs no fit: give the number of parallel"),
+    "n-jobs not a number": (["--n-jobs", "all"], "--n-jobs: give an integer, not 'all'"),
+    "seed negative": (
+        ["--seed", "-1"],
+        "--seed: a seed is from 0 to 4294967295 (2**32 - 1), not -1",
+    ),
+    "seed too large": (["--seed", str(2**32)], "--seed: a seed is from 0 to 4294967295"),
     "data without target": (["--data", "x.csv"], "--data and --target go together"),
     "data missing": (["--data", "nope.csv", "--target", "y"], "cannot read --data nope.csv"),
 }
@@ -70,6 +86,16 @@ BAD_CSVS = {
     "text feature": ("a,b,y\n1,x,0\n2,z,1\n", "y", "must be numeric; encode or drop: b"),
     "missing values": ("a,y\n1,0\n,1\n3,0\n", "y", "missing values in a"),
     "one class": ("a,y\n1,0\n2,0\n3,0\n", "y", "single class"),
+    "semicolons, target not a column": (
+        "a;b;y\n1,5;2;0\n2,5;3;1\n",
+        "x",
+        "'x' is not a column of data.csv; columns: a, b, y",
+    ),
+    "tabs, text feature": (
+        "a\tb\ty\n1\tx\t0\n2\tz\t1\n",
+        "y",
+        "must be numeric; encode or drop: b",
+    ),
 }
 
 

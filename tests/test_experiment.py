@@ -1,12 +1,14 @@
 """What one run of the script leaves in the tracking store, checked with MLflow's own client."""
 
+import json
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
-from conftest import ROOT, SMALL_GRID, finished_run, run_script
-from sklearn.datasets import load_iris
+from conftest import QUICK, ROOT, SMALL_GRID, finished_run, parent_runs, run_script
+from mlflow import MlflowClient
+from sklearn.datasets import load_iris, make_classification
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score
 
@@ -140,16 +142,27 @@ def test_json_report_matches_the_store(default_run):
     assert [child["rank"] for child in report["child_runs"]] == sorted(
         child["rank"] for child in report["child_runs"]
     )
-    assert report["browse"]["ui_command"] == "mlflow ui"
-    assert report["browse"]["run_url"].endswith(
-        f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-    )
+    assert report["duration_seconds"] == (run.info.end_time - run.info.start_time) / 1000
+    (model,) = default_run.logged_models()
+    assert report["load_model"] == f'mlflow.sklearn.load_model("{model.model_uri}")'
 
 
-def test_text_report_shows_run_models_leaderboard_and_how_to_browse(tmp_path):
-    result = run_script(tmp_path, "--param-grid", SMALL_GRID, "--cv", "3")
+def test_printed_ui_urls_open_the_model_training_view_of_the_run_and_its_experiment(default_run):
+    browse, run = default_run.report["browse"], default_run.run
+    runs = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs"
+    assert browse["ui_command"] == "mlflow ui"
+    assert browse["run_url"] == f"{runs}/{run.info.run_id}?workflowType=machine_learning"
+    assert browse["experiment_url"] == f"{runs}?workflowType=machine_learning"
+
+
+def test_text_report_shows_run_id_duration_models_leaderboard_and_how_to_browse(tmp_path):
+    result = run_script(tmp_path, *QUICK)
     assert result.returncode == 0, result.stderr
+    (run,) = parent_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     out = result.stdout
+    assert f"\nRun ID: {run.info.run_id}\n" in out
+    seconds = (run.info.end_time - run.info.start_time) / 1000
+    assert f"\nStatus: FINISHED in {seconds:.1f} s\n" in out
     for heading in [
         "Parameters:",
         "Metrics:",
@@ -157,11 +170,49 @@ def test_text_report_shows_run_models_leaderboard_and_how_to_browse(tmp_path):
         "Logged models",
         "Child runs",
         "Held-out test metrics",
-        "Browse this run:",
+        "Earlier runs on the same training and test data",
+        'Browse in the MLflow UI ("Model training" view):',
     ]:
         assert heading in out
     assert "models:/m-" in out and "[READY]" in out
     assert "mlflow ui" in out and "http://127.0.0.1:5000/#/experiments/" in out
+    (model,) = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_logged_models(
+        [run.info.experiment_id]
+    )
+    assert f'Load the model:\n  mlflow.sklearn.load_model("{model.model_uri}")\n' in out
+
+
+def test_report_compares_with_the_best_earlier_run_on_the_same_data(
+    default_run, second_default_run
+):
+    score = autolog_mlflow.HELD_OUT_SCORE
+    first = default_run.report["compared_with_earlier_runs"]
+    assert first == {
+        "score": score,
+        "this_run": default_run.run.data.metrics[score],
+        "earlier_runs": 0,
+        "best_earlier_run_id": None,
+        "best_earlier_score": None,
+        "beats_best_earlier": None,
+    }
+    second = second_default_run.report["compared_with_earlier_runs"]
+    assert second["earlier_runs"] == 1
+    assert second["best_earlier_run_id"] == default_run.run.info.run_id
+    assert second["best_earlier_score"] == second["this_run"]  # the same search, the same score
+    assert second["beats_best_earlier"] is False  # a tie does not beat it
+
+
+def test_only_runs_on_the_same_training_and_test_data_are_compared(tmp_path):
+    first = finished_run(tmp_path, *QUICK).report
+    other_split = finished_run(tmp_path, *QUICK, "--seed", "7").report
+    assert other_split["compared_with_earlier_runs"]["earlier_runs"] == 0
+
+    fewer_folds = finished_run(tmp_path, *QUICK, "--cv", "2").report["compared_with_earlier_runs"]
+    assert fewer_folds["earlier_runs"] == 1
+    assert fewer_folds["best_earlier_run_id"] == first["run_id"]
+    best = first["test_metrics"][autolog_mlflow.HELD_OUT_SCORE]
+    assert fewer_folds["best_earlier_score"] == best
+    assert fewer_folds["beats_best_earlier"] == (fewer_folds["this_run"] > best)
 
 
 def test_two_runs_give_identical_results(default_run, second_default_run):
@@ -211,3 +262,21 @@ def test_own_csv_with_a_multiclass_text_target(tmp_path):
     mlflow.set_tracking_uri(run.tracking_uri)
     model = mlflow.sklearn.load_model(run.logged_models()[0].model_uri)
     assert set(model.predict(features)) <= set(iris.target_names)
+
+
+def test_semicolon_separated_csv_with_decimal_commas_is_read_as_numbers(tmp_path):
+    X, y = make_classification(n_samples=200, n_features=4, random_state=0)
+    frame = pd.DataFrame(X, columns=["a", "b", "c", "d"]).assign(label=y)
+    frame.to_csv(tmp_path / "semicolons.csv", sep=";", decimal=",", index=False)
+
+    run = finished_run(tmp_path, "--data", "semicolons.csv", "--target", "label", *QUICK)
+
+    (train,) = [item for item in run.run.inputs.dataset_inputs for tag in item.tags
+                if tag.key == "mlflow.data.context" and tag.value == "train"]  # fmt: skip
+    schema = json.loads(train.dataset.schema)["mlflow_colspec"]
+    assert [(column["name"], column["type"]) for column in schema] == [
+        (name, "double") for name in "abcd"
+    ]
+    mlflow.set_tracking_uri(run.tracking_uri)
+    model = mlflow.sklearn.load_model(run.logged_models()[0].model_uri)
+    assert accuracy_score(y, model.predict(frame.drop(columns="label"))) > 0.8

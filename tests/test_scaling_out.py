@@ -59,6 +59,9 @@ def test_search_on_a_dask_cluster_is_complete_and_identical_to_a_local_run(tmp_p
     assert len(on_dask.child_runs()) == 4
     assert [str(model.status) for model in on_dask.logged_models()] == ["READY"]
     assert outcome(on_dask) == outcome(local)
+    # The workers report each fit as it ends: progress lines before the last one.
+    progress = [line for line in on_dask.result.stderr.splitlines() if line.startswith("search: ")]
+    assert len(progress) > 1 and progress[-1].startswith("search: 13/13 fits (100%)")
 
 
 def test_unreachable_dask_scheduler_fails_in_one_line_within_15_seconds(tmp_path):
