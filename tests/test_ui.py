@@ -2,6 +2,7 @@
 
 import pytest
 from mlflow_ui import (
+    CONTENT_TIMEOUT,
     browser_page,
     mlflow_server,
     open_artifacts_tab,
@@ -9,15 +10,44 @@ from mlflow_ui import (
     open_run_page,
 )
 
+import autolog_mlflow
+
 
 @pytest.fixture(scope="module")
-def page_on_ui(default_run):
-    """A browser page and the base URL of `mlflow ui` serving the default run's store."""
-    with (
-        mlflow_server(default_run.tracking_uri, default_run.workdir) as server,
-        browser_page() as page,
-    ):
-        yield page, server.url
+def ui_server(default_run):
+    """`mlflow ui` serving the default run's store."""
+    with mlflow_server(default_run.tracking_uri, default_run.workdir) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def page_on_ui(ui_server):
+    """A browser page and the base URL of `mlflow ui`."""
+    with browser_page() as page:
+        yield page, ui_server.url
+
+
+def menu_shown(url, expected_text):
+    """The side menu of the page at `url`, opened in a browser that has never seen MLflow."""
+    with browser_page(settings={}) as page:
+        page.goto(url)
+        page.get_by_text(expected_text).first.wait_for(timeout=CONTENT_TIMEOUT)
+        page.get_by_text("Docs", exact=True).first.wait_for(timeout=CONTENT_TIMEOUT)
+        return " ".join(page.locator("nav, aside").all_inner_texts() or [page.inner_text("body")])
+
+
+def test_printed_urls_open_the_model_training_view_in_a_fresh_browser(default_run, ui_server):
+    report = default_run.report
+    run_url, experiment_url = (
+        report["browse"][key].replace(autolog_mlflow.UI_URL, ui_server.url)
+        for key in ("run_url", "experiment_url")
+    )
+    for url, shows in [(run_url, report["run_id"]), (experiment_url, report["run_name"])]:
+        menu = menu_shown(url, shows)
+        assert "Model registry" in menu and "Judges" not in menu, url
+    # Without the query, a newcomer lands in the GenAI view: the query is what makes the difference.
+    genai_menu = menu_shown(run_url.split("?")[0], report["run_id"])
+    assert "Judges" in genai_menu and "Model registry" not in genai_menu
 
 
 def test_run_page_shows_run_id_status_best_params_and_named_child_runs(default_run, page_on_ui):

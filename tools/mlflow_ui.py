@@ -101,8 +101,9 @@ def wait_until_healthy(url, server):
 
 
 @contextlib.contextmanager
-def browser_page():
-    """A fresh headless Chromium page with a fixed viewport and first-visit panels skipped."""
+def browser_page(settings=FIRST_VISIT_SETTINGS):
+    """A headless Chromium page with a fixed viewport, in a fresh profile with `settings` in its
+    local storage (by default, first-visit panels skipped; {} for a newcomer's browser)."""
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as home, sync_playwright() as playwright:
@@ -113,9 +114,9 @@ def browser_page():
         )
         try:
             context = browser.new_context(viewport=VIEWPORT)
-            settings = json.dumps(FIRST_VISIT_SETTINGS)
             context.add_init_script(
-                f"for (const [k, v] of Object.entries({settings})) localStorage.setItem(k, v);"
+                f"for (const [k, v] of Object.entries({json.dumps(settings)})) "
+                "localStorage.setItem(k, v);"
             )
             yield context.new_page()
         finally:
