@@ -3,6 +3,7 @@
     python benchmarks/overhead.py                 # the full benchmark (about 30 minutes)
     python benchmarks/overhead.py --rounds 2 --skip-scaling   # a quick look
     python benchmarks/overhead.py --data-sizes none --skip-variants   # only the scaling
+    python benchmarks/overhead.py --only-progress   # only the live progress's cost
 
 Whole processes, interleaved (A B C, A B C, ...) so that a noisy machine hurts every variant
 alike, and compared by their medians:
@@ -13,17 +14,23 @@ at --n-jobs 1 and -1. Then scaling: grids of 9, 36 and 144 candidates with every
 logged as a child run, on SQLite and on a real `mlflow server` on 127.0.0.1, backed by SQLite
 and by PostgreSQL (tools/postgres.py; Debian's, as tests/setup.sh installs it); the cost per child
 run is the slope of the logging overhead (script minus bare) between the smallest and the
-largest grid. Not a test: it prints figures and ratios, and asserts nothing.
+largest grid. And the search's live progress (autolog_mlflow.SearchProgress, a scikit-learn
+callback): the default search fitted with and without it, interleaved in one process, with
+stderr on a pseudo-terminal (the bar) and on a pipe (plain lines). Not a test: it prints figures
+and ratios, and asserts nothing.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import pty
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -73,6 +80,36 @@ search = GridSearchCV(RandomForestClassifier(random_state=c["seed"]), c["grid"],
 y_pred = search.predict(X_test)
 accuracy_score(y_test, y_pred), f1_score(y_test, y_pred)
 roc_auc_score(y_test, search.predict_proba(X_test)[:, 1])
+"""
+
+
+# The default search fitted with and without the progress callback, in one process (imports
+# and loky's start-up paid once, before the first timed fit); prints the seconds as JSON. The
+# callback comes from the script run as a file, not imported as a module, so that it reaches
+# the workers pickled by value, as from the script's __main__ (imported, it would make every
+# worker import MLflow).
+PROGRESS = """
+import json, runpy, sys, time
+from sklearn.datasets import load_breast_cancer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.model_selection import GridSearchCV
+SearchProgress = runpy.run_path(sys.argv[2])["SearchProgress"]
+c = json.loads(sys.argv[1])
+X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+def fit(with_progress):
+    search = GridSearchCV(RandomForestClassifier(random_state=c["seed"]), c["grid"], cv=c["cv"],
+                          n_jobs=c["n_jobs"])
+    if with_progress:
+        search.set_callbacks(SearchProgress())
+    start, cpu = time.perf_counter(), time.process_time()  # CPU: this process and its threads
+    search.fit(X, y)
+    return time.perf_counter() - start, time.process_time() - cpu
+fit(False), fit(True)  # warm up: loky's workers, and their imports for the callback
+seconds = {"without": [], "with": []}
+for round_ in range(c["rounds"]):
+    for variant in (["without", "with"] if round_ % 2 else ["with", "without"]):
+        seconds[variant].append(fit(variant == "with"))
+print(json.dumps(seconds))
 """
 
 
@@ -246,6 +283,50 @@ def print_data_sizes(results, profile):
         print(f"| {step} | {seconds:.2f} |")
 
 
+def progress_overhead(n_jobs, rounds, on_terminal):
+    """(wall, CPU) seconds of the default search's fit without and with SearchProgress."""
+    config = SEARCH | {"grid": DEFAULT_GRID, "n_jobs": n_jobs, "rounds": rounds}
+    command = [sys.executable, "-c", PROGRESS, json.dumps(config), str(SCRIPT)]
+    if not on_terminal:
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        return json.loads(result.stdout)
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=terminal, text=True)
+    os.close(terminal)
+
+    def drain():  # read what the bar draws, as a terminal would, so that it never blocks
+        with contextlib.suppress(OSError):
+            while os.read(controller, 65536):
+                pass
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    stdout = process.stdout.read()
+    process.wait()
+    os.close(controller)
+    return json.loads(stdout)
+
+
+def print_progress_overhead(results):
+    """Wall time: medians and the median of the paired ratios; CPU time of the main process
+    (with n_jobs=1 it does every fit; with -1, what the callback adds there is the difference)."""
+    print("\n### Live progress: the default search's fit without and with SearchProgress\n")
+    print("| stderr | n_jobs | without s | with s | with / without | median paired ratio "
+          "| main CPU without s | main CPU with s | CPU with / without |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (display, n_jobs), seconds in results.items():
+        wall, cpu = (
+            {key: [sample[i] for sample in seconds[key]] for key in seconds} for i in (0, 1)
+        )
+        without, with_ = (statistics.median(wall[key]) for key in ("without", "with"))
+        paired = statistics.median(w / wo for w, wo in zip(wall["with"], wall["without"]))
+        cpu_without, cpu_with = (statistics.median(cpu[key]) for key in ("without", "with"))
+        print(
+            f"| {display} | {n_jobs} | {without:.2f} | {with_:.2f} | {with_ / without:.3f} "
+            f"| {paired:.3f} | {cpu_without:.2f} | {cpu_with:.2f} | {cpu_with / cpu_without:.3f} |"
+        )
+
+
 def machine():
     import sklearn
 
@@ -271,9 +352,20 @@ def main():
     )
     parser.add_argument("--only-data-sizes", action="store_true", help="only the data sweep")
     parser.add_argument("--skip-variants", action="store_true", help="no bare/fresh/warm rounds")
+    parser.add_argument("--progress-rounds", type=int, default=6, help="0: no progress rounds")
+    parser.add_argument("--only-progress", action="store_true", help="only the progress rounds")
     args = parser.parse_args()
 
     print(f"Machine: {machine()}")
+    if args.progress_rounds:
+        rounds = args.progress_rounds
+        print_progress_overhead({
+            (display, n_jobs): progress_overhead(n_jobs, rounds, display == "terminal")
+            for display in ("terminal", "pipe")
+            for n_jobs in (1, -1)
+        })  # fmt: skip
+    if args.only_progress:
+        return
     with tempfile.TemporaryDirectory() as workdir:
         if args.data_sizes != "none":
             sizes = [int(size) for size in args.data_sizes.split(",")]
