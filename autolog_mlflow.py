@@ -331,7 +331,7 @@ class DefaultsAsTyped(argparse.HelpFormatter):
         default = action.default
         if default is None or default is False or default == argparse.SUPPRESS:
             return action.help
-        if "%(default)" in action.help:
+        if "%(default)" in action.help:  # the help says it in its own words
             return action.help
         shown = json.dumps(default) if isinstance(default, dict) else str(default)
         return f"{action.help} (default: {shown.replace('%', '%%')})"
