@@ -35,6 +35,7 @@ SIGTERM (the run ends KILLED).
 """
 
 import argparse
+import concurrent.futures
 import contextlib
 import csv
 import gc
@@ -54,9 +55,10 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from importlib.metadata import distributions, version
-from multiprocessing.connection import Client, Listener
+from importlib.metadata import distributions, packages_distributions, version
+from multiprocessing import connection
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import unquote, urlparse
 
 import mlflow
@@ -66,34 +68,46 @@ import numpy as np
 import pandas as pd
 import rich.console
 import rich.progress
+import skrub
 from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.data import digest_utils
 from mlflow.exceptions import MlflowException
 from sklearn import metrics  # look functions up at call time: see score_on_test_split()
+from sklearn.base import clone, is_classifier
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import GridSearchCV, ParameterGrid, train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.utils.multiclass import type_of_target
 
-# %% Configuration: every default in one place; each can be changed on the command line.
-# The experiment's: yours to change.
+# %% The experiment: yours to edit. The estimator, its grid and the score are the experiment;
+# everything below follows from them (classifier or regressor, the hyperparameters --param-grid
+# accepts, the held-out metrics, the model's requirements). The search tunes skrub's tabular
+# pipeline: your table's text, dates and gaps become numbers inside the logged model.
+ESTIMATOR = RandomForestClassifier()  # any scikit-learn classifier or regressor, e.g.
+# HistGradientBoostingClassifier() or RandomForestRegressor(); its random_state is --seed
+PARAM_GRID = {"n_estimators": [50, 100, 200], "max_depth": [None, 5, 10]}  # ESTIMATOR's own names
+SCORING = None  # what the search maximises and runs are ranked by: None for the estimator's own
+# score (accuracy for a classifier, R2 for a regressor), or a scikit-learn scorer name such as
+# "balanced_accuracy" or "neg_mean_absolute_error" (higher is better, as in scikit-learn)
+
+# %% Configuration: the defaults of the command line, then the machinery's settings.
 EXPERIMENT_NAME = "autolog_mlflow"
-RUN_NAME = "rf-grid-search"
-PARAM_GRID = {"n_estimators": [50, 100, 200], "max_depth": [None, 5, 10]}  # 9 candidates
+RUN_NAME = "grid-search"
 CV_FOLDS = 5
-TEST_SIZE = 0.25  # held-out share, stratified; the search never sees it
-SEED = 42  # the split and every forest
+TEST_SIZE = 0.25  # held-out share (stratified for a classifier); the search never sees it
+SEED = 42  # the split, and every random_state in the pipeline
 N_JOBS = -1  # parallel CV fits on all cores; results do not depend on it
 MAX_TUNING_RUNS = "all"  # child runs to log: the top N candidates, or all of them
-# The held-out score that ranks runs on the same data, and decides with --register-model which
-# version is the champion: accuracy, GridSearchCV's own scorer for a classifier.
-HELD_OUT_SCORE = "accuracy_score_X_test"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default; artifacts go to ./mlruns
 
 # The machinery's: rarely touched.
-# The packages the logged model needs to load, pinned to the installed versions, so MLflow
-# need not infer them (a subprocess per model, seconds) and cannot get them wrong.
-MODEL_PACKAGES = ["mlflow", "scikit-learn", "numpy", "pandas", "scipy", "cloudpickle"]
+MAX_CLASSES = 20  # a numeric target with more values (and over 1 per 50 rows) looks continuous
+PROFILE_ROWS = 50_000  # the data profile (data_profile.html) samples larger training tables
+# The packages the logged model needs to load (and ESTIMATOR's own), pinned to the installed
+# versions, so MLflow need not infer them (a subprocess per model, seconds) nor get them wrong.
+MODEL_PACKAGES = ["mlflow", "scikit-learn", "skrub", "numpy", "pandas", "scipy", "cloudpickle"]
 UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 # MLflow 3.17's UI starts in its GenAI mode in a browser that has not chosen a mode yet; printed
 # URLs end with this query to open the "Model training" view, where runs and models are.
@@ -116,13 +130,13 @@ RECORDED = ["experiment_name", "target", "test_size", "param_grid", "cv", "seed"
 EXIT_DIFFERENT = 3  # --reproduce: the results differ from the original run's
 
 
-# %% The experiment: the data, the search and its held-out score. To adapt the template to
-# your own problem, edit this section and the defaults above; the sections after the main
-# flow are machinery that works for any data and grid.
+# %% The experiment's data, search and held-out score: the functions behind the choices above.
 def load_data(args):
-    """Return the features and target: the user's CSV, or the bundled breast-cancer set."""
+    """The features, the target, and how many rows had no target (left out): the user's CSV
+    as it is, text, dates and gaps included, or the bundled breast-cancer set."""
     if args.data is None:
-        return load_breast_cancer(return_X_y=True, as_frame=True)
+        X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+        return X, y, 0
     try:
         frame = read_csv_of_any_locale(args.data)
     except (OSError, ValueError, csv.Error) as e:
@@ -132,15 +146,9 @@ def load_data(args):
             f"--target {args.target!r} is not a column of {args.data}; "
             f"columns: {', '.join(map(str, frame.columns))}"
         )
-    X, y = frame.drop(columns=[args.target]), frame[args.target]
-    if text_columns(X):
-        raise BadInput(
-            f"feature columns must be numeric; encode or drop: {', '.join(text_columns(X))}"
-        )
-    if frame.isna().any().any():
-        missing = [str(c) for c in frame.columns if frame[c].isna().any()]
-        raise BadInput(f"missing values in {', '.join(missing)}; fill or drop those rows")
-    return X, y
+    labelled = frame[args.target].notna()
+    frame = frame[labelled].reset_index(drop=True)
+    return frame.drop(columns=[args.target]), frame[args.target], int((~labelled).sum())
 
 
 def read_csv_of_any_locale(path):
@@ -165,51 +173,104 @@ def text_columns(frame):
             if not pd.api.types.is_numeric_dtype(frame[column])]  # fmt: skip
 
 
-def split_data(X, y, args):
+class Data(NamedTuple):
+    X_train: pd.DataFrame
+    X_test: pd.DataFrame
+    y_train: pd.Series
+    y_test: pd.Series
+    rows_without_target: int  # left out of both splits
+
+
+def split_data(X, y, rows_without_target, args):
+    """The training split for the search, and the held-out split it never sees."""
     if not 0 < args.test_size < 1:
         raise BadInput(f"--test-size must be between 0 and 1, not {args.test_size}")
-    if y.nunique() < 2:
-        raise BadInput("the target has a single class; a classifier needs at least two")
+    check_target(y, args.target or "target")
     try:
         X_train, X_test, y_train, y_test = train_test_split(
-            X, y, test_size=args.test_size, stratify=y, random_state=args.seed
-        )
+            X, y, test_size=args.test_size, random_state=args.seed,
+            stratify=y if is_classifier(ESTIMATOR) else None,
+        )  # fmt: skip
     except ValueError as e:
         raise BadInput(f"cannot split the data with --test-size {args.test_size}: {e}")
-    smallest_class = int(y_train.value_counts().min())
-    if not 2 <= args.cv <= smallest_class:
+    if is_classifier(ESTIMATOR):
+        most, bound = int(y_train.value_counts().min()), "rows of the smallest class"
+    else:
+        most, bound = len(y_train), "rows"
+    if not 2 <= args.cv <= most:
+        raise BadInput(f"--cv must be between 2 and {most} (the {bound} in the training split), "
+                       f"not {args.cv}")  # fmt: skip
+    return Data(X_train, X_test, y_train, y_test, rows_without_target)
+
+
+def check_target(y, name):
+    """A target the estimator can learn: classes for a classifier, numbers for a regressor."""
+    if not is_classifier(ESTIMATOR):
+        if not pd.api.types.is_numeric_dtype(y):
+            raise BadInput(f"--target {name} is not numeric: {type(ESTIMATOR).__name__} is a "
+                           "regressor and needs numbers")  # fmt: skip
+        return
+    distinct = y.nunique()
+    # Integer quantities (prices, ages) look like many classes to scikit-learn's type_of_target.
+    if pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y) and (
+        type_of_target(y) == "continuous" or distinct > max(MAX_CLASSES, len(y) // 50)
+    ):
         raise BadInput(
-            f"--cv must be between 2 and {smallest_class} (the smallest class count in the "
-            f"training split), not {args.cv}"
+            f"--target {name} looks continuous ({distinct} distinct numbers in {len(y)} rows): "
+            f"this script trains a classifier; set ESTIMATOR to a regressor (e.g. "
+            "RandomForestRegressor()) at the top of the script to predict numbers"
         )
-    return X_train, X_test, y_train, y_test
+    if distinct < 2:
+        raise BadInput(f"--target {name} has a single class; a classifier needs at least two")
+    counts = y.value_counts()
+    if counts.min() < 2:
+        single = ", ".join(map(repr, counts[counts < 2].index[:5]))
+        raise BadInput(f"--target {name} has classes with a single row ({single}): a classifier "
+                       "needs two or more of each; drop those rows or merge the classes")  # fmt: skip
 
 
 def build_search(args):
+    """The grid search over the pipeline: the table to numbers (skrub), then ESTIMATOR."""
     return GridSearchCV(
-        RandomForestClassifier(random_state=args.seed),
-        args.param_grid,
-        cv=args.cv,
-        n_jobs=args.n_jobs,
+        table_pipeline(args.seed), args.param_grid, scoring=SCORING, cv=args.cv, n_jobs=args.n_jobs
     )
 
 
+# The held-out score that ranks runs on the same data and decides, with --register-model, which
+# version is the champion: SCORING, else autologging's metric of the estimator's own score.
+if SCORING:
+    HELD_OUT_SCORE = f"{SCORING}_X_test"
+else:
+    HELD_OUT_SCORE = "accuracy_score_X_test" if is_classifier(ESTIMATOR) else "r2_score_X_test"
+
+
 def score_on_test_split(search, X_test, y_test):
-    """Score the best model on the held-out split; autologging records the metrics.
+    """Score the best model on the held-out split; returns the names of the metrics logged.
 
     Autologging replaces the functions of `sklearn.metrics` when it is enabled, so they are
     looked up on the module here, at call time: a function imported by name before that would
     bypass it. It names each metric after the variable passed in: `accuracy_score_X_test`.
     """
     y_pred = search.predict(X_test)
-    metrics.accuracy_score(y_test, y_pred)
-    if len(search.classes_) == 2:
-        metrics.f1_score(y_test, y_pred, pos_label=search.classes_[1])
-        # Autologging cannot tie a column of predict_proba to the model, so log it ourselves.
-        y_score = search.predict_proba(X_test)[:, 1]
-        mlflow.log_metric("roc_auc_score_X_test", metrics.roc_auc_score(y_test, y_score))
+    if is_classifier(search):
+        metrics.accuracy_score(y_test, y_pred)
+        logged = ["accuracy_score_X_test", "f1_score_X_test"]
+        if len(search.classes_) > 2:
+            metrics.f1_score(y_test, y_pred, average="macro")
+        else:
+            metrics.f1_score(y_test, y_pred, pos_label=search.classes_[1])
+            if hasattr(search, "predict_proba"):
+                # Autologging cannot tie a column of predict_proba to the model: log it here.
+                y_score = search.predict_proba(X_test)[:, 1]
+                mlflow.log_metric("roc_auc_score_X_test", metrics.roc_auc_score(y_test, y_score))
+                logged.append("roc_auc_score_X_test")
     else:
-        metrics.f1_score(y_test, y_pred, average="macro")
+        metrics.r2_score(y_test, y_pred)
+        metrics.mean_absolute_error(y_test, y_pred)
+        logged = ["r2_score_X_test", "mean_absolute_error_X_test"]
+    if SCORING:
+        mlflow.log_metric(HELD_OUT_SCORE, search.score(X_test, y_test))
+    return [*logged, HELD_OUT_SCORE] if HELD_OUT_SCORE not in logged else logged
 
 
 # %% Main flow: check the input and the store before any run exists, run the experiment in one
@@ -269,9 +330,13 @@ def main(argv=None):
 
 def run_experiment(args, data, record, original, client, mlflow_warnings, where):
     """The search and everything logged about it, in one run; returns the report."""
-    X_train, X_test, y_train, y_test = data
+    X_train, X_test, y_train, y_test, _ = data
     enable_autologging(args)
-    with tracked_run(args.run_name) as run, datasets_built_once() as dataset_of:
+    with (
+        tracked_run(args.run_name) as run,
+        datasets_built_once() as dataset_of,
+        data_profile(X_train, y_train, args.seed) as profile,
+    ):
         run_id = run.info.run_id
         candidates = len(ParameterGrid(args.param_grid))
         progress(f"run {run_id}: searching {candidates} candidate{'s' * (candidates > 1)} "
@@ -281,18 +346,21 @@ def run_experiment(args, data, record, original, client, mlflow_warnings, where)
         search = build_search(args).set_callbacks(SearchProgress())  # progress on stderr
         search.fit(X_train, y_train)
         with rescued_on_failure(search, X_train, run_id):
-            score_on_test_split(search, X_test, y_test)
+            held_out_metrics = score_on_test_split(search, X_test, y_test)
             mlflow_warnings.raise_if_any()
             progress("logging the best model and checking what the store holds ...")
             log_best_model(search, X_train)
+            described = describe_data(data, search.best_estimator_, args)
+            log_data_description(described, *profile())
             name_child_runs(client, run_id, args.param_grid)
             reproduction = original and log_reproduction(client, original, run_id, record, X_test)
             report = read_run_back(client, run_id)
-            require_complete(report, args, search)
+            require_complete(report, args, search, held_out_metrics)
             mlflow_warnings.raise_if_any()
     run = client.get_run(run_id)
     report["status"] = run.info.status
     report["duration_seconds"] = (run.info.end_time - run.info.start_time) / 1000
+    report["data"] = described
     report["compared_with_earlier_runs"] = compare_with_earlier_runs(client, run)
     report["browse"] = browse_hints(args.tracking_uri, report)
     report["load_model"] = f'mlflow.sklearn.load_model("{report["logged_models"][0]["uri"]}")'
@@ -363,7 +431,7 @@ def parse_args(argv=None):
         "--param-grid",
         type=parse_param_grid,
         default=PARAM_GRID,
-        help="JSON object of RandomForestClassifier hyperparameters to lists of values",
+        help=f"JSON object of {type(ESTIMATOR).__name__} hyperparameters to lists of values",
     )
     parser.add_argument("--cv", type=int, default=CV_FOLDS, help="cross-validation folds")
     parser.add_argument(
@@ -419,26 +487,26 @@ EXAMPLE_GRID = '\'{"n_estimators": [50, 100], "max_depth": [null, 5]}\''
 
 
 def parse_param_grid(text):
+    """A JSON grid of ESTIMATOR's hyperparameters, checked with scikit-learn's own rules."""
     try:
         grid = json.loads(text)
     except json.JSONDecodeError as e:
         raise argparse.ArgumentTypeError(f"not valid JSON ({e}); example: {EXAMPLE_GRID}")
     if not isinstance(grid, dict) or not grid:
         raise argparse.ArgumentTypeError(f"give a non-empty JSON object, e.g. {EXAMPLE_GRID}")
-    valid = RandomForestClassifier().get_params()
-    for name, values in grid.items():
-        if name not in valid:
+    name, valid = type(ESTIMATOR).__name__, ESTIMATOR.get_params()
+    for key, values in grid.items():
+        if key not in valid:
             raise argparse.ArgumentTypeError(
-                f"RandomForestClassifier has no hyperparameter {name!r}; "
-                f"valid ones: {', '.join(sorted(valid))}"
+                f"{name} has no hyperparameter {key!r}; valid ones: {', '.join(sorted(valid))}"
             )
         if not isinstance(values, list) or not values:
             raise argparse.ArgumentTypeError(
-                f"{name!r} needs a non-empty list of values, e.g. {EXAMPLE_GRID}"
+                f"{key!r} needs a non-empty list of values, e.g. {EXAMPLE_GRID}"
             )
         for value in values:
             try:  # scikit-learn's own check, which would otherwise fail inside the run
-                RandomForestClassifier(**{name: value})._validate_params()
+                clone(ESTIMATOR).set_params(**{key: value})._validate_params()
             except ValueError as e:
                 raise argparse.ArgumentTypeError(str(e).replace("\n", " "))
     return grid
@@ -643,6 +711,99 @@ def search_backend(args):
         yield f"the Dask cluster at {address}"
 
 
+# %% The pipeline the search tunes, and what it did to the data (skrub)
+class TablePipeline(Pipeline):
+    """skrub's TableVectorizer, then the estimator, which keeps its own hyperparameter names.
+
+    In a plain Pipeline they carry the step's name (`randomforestclassifier__max_depth`): on the
+    command line, in `best_*` params, child-run params and names, cv_results.csv. Here a name
+    without `__` goes to the estimator, and get_params lists the estimator's under their own.
+    """
+
+    def get_params(self, deep=True):
+        params = super().get_params(deep)
+        if deep:
+            prefix = f"{self.steps[-1][0]}__"
+            for key in [key for key in params if key.startswith(prefix)]:
+                params[key.removeprefix(prefix)] = params.pop(key)
+        return params
+
+    def set_params(self, **params):
+        estimator, own = self.steps[-1][0], self.steps[-1][1].get_params(deep=False)
+        return super().set_params(
+            **{f"{estimator}__{key}" if key in own else key: value for key, value in params.items()}
+        )
+
+
+def table_pipeline(seed):
+    """skrub's pipeline for ESTIMATOR (numbers as they are, text encoded, dates split into
+    numbers), with every random_state in it set to the seed."""
+    pipeline = TablePipeline(skrub.tabular_pipeline(clone(ESTIMATOR)).steps)
+    seeded = [key for key in pipeline.get_params() if key.split("__")[-1] == "random_state"]
+    return pipeline.set_params(**dict.fromkeys(seeded, seed))
+
+
+def describe_data(data, pipeline, args):
+    """What the search learned from: rows, columns, target, gaps, each column's treatment."""
+    X = pd.concat([data.X_train, data.X_test])
+    y = pd.concat([data.y_train, data.y_test])
+    vectorizer = pipeline.steps[0][1]
+    numeric = [str(column) for column in X.columns if str(column) not in text_columns(X)]
+    return {
+        "source": args.data or "scikit-learn's breast-cancer data set",
+        "rows": len(X),
+        "train_rows": len(data.X_train),
+        "test_rows": len(data.X_test),
+        "rows_without_target": data.rows_without_target,
+        "feature_columns": X.shape[1],
+        "target": {"name": args.target or "target"} | (
+            {"classes": {str(label): int(count) for label, count in y.value_counts().items()}}
+            if is_classifier(ESTIMATOR)
+            else {"min": float(y.min()), "mean": float(y.mean()), "max": float(y.max())}
+        ),
+        "missing_values": {str(c): int(n) for c, n in X.isna().sum().items() if n},
+        "numeric_columns": numeric,
+        "treatment": {column: treatment(X[column], vectorizer) for column in text_columns(X)},
+    }  # fmt: skip
+
+
+ENCODERS = {"OrdinalEncoder": "ordinal", "OneHotEncoder": "one-hot", "ToCategorical": "categories",
+            "StringEncoder": "string encoder", "DatetimeEncoder": "date parts"}  # fmt: skip
+
+
+def treatment(column, vectorizer):
+    """How the fitted TableVectorizer turned a non-numeric column into numbers, e.g.
+    `text, 3 values -> ordinal` or `date -> date_year, date_month, date_day, date_total_seconds`."""
+    outputs = vectorizer.input_to_outputs_.get(column.name)
+    if outputs is None:
+        return "dropped: no information in it (empty, or a single value)"
+    kind = next(kind for kind, names in vectorizer.kind_to_columns_.items() if column.name in names)
+    encoder = type(vectorizer.transformers_[column.name]).__name__
+    if kind == "datetime":
+        return f"date -> {', '.join(outputs)}"
+    if kind == "numeric":
+        return "numbers written as text -> numbers"
+    encoded = ENCODERS.get(encoder, encoder)
+    columns = f" ({len(outputs)} columns)" if len(outputs) > 1 else ""
+    return f"text, {column.nunique()} values -> {encoded}{columns}"
+
+
+@contextlib.contextmanager
+def data_profile(X_train, y_train, seed):
+    """skrub's TableReport of the training table, made in a thread while the search fits
+    (its fits run in other processes); yields a function that returns the HTML and what it
+    covers."""
+    table = X_train.assign(**{str(y_train.name or "target"): y_train})
+    sampled = len(table) > PROFILE_ROWS
+    if sampled:
+        table = table.sample(PROFILE_ROWS, random_state=seed)
+    covers = f"a sample of {PROFILE_ROWS} of the {len(X_train)} training rows" if sampled else (
+        f"all {len(X_train)} training rows")  # fmt: skip
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        html = pool.submit(lambda: skrub.TableReport(table, verbose=0).html())
+        yield lambda: (html.result(), covers)
+
+
 # %% Live progress of the search, on stderr (scikit-learn 1.9's experimental callback API)
 # A search with callbacks set (`set_callbacks`) calls them around each task of its fit, in
 # whichever process runs the task: here, in joblib's or Dask's workers. scikit-learn's own
@@ -666,7 +827,7 @@ class SearchProgress:
         console = rich.console.Console(stderr=True)
         self.bar = live_bar(console) if console.is_interactive else None
         self.authkey = os.urandom(32)
-        self.listener = Listener(authkey=self.authkey, backlog=128)
+        self.listener = connection.Listener(authkey=self.authkey, backlog=128)
         self.address = self.listener.address
         threading.Thread(target=self.count_reported_fits, daemon=True).start()
 
@@ -688,7 +849,7 @@ class SearchProgress:
         elif context.max_subtasks == 0:  # a copy in a worker: tell this process
             # Progress must never fail a fit: a worker that cannot reach this process (a Dask
             # worker on another machine) stays silent, and the count jumps at the end.
-            with contextlib.suppress(Exception), Client(self.address, authkey=self.authkey) as c:
+            with contextlib.suppress(Exception), connection.Client(self.address, authkey=self.authkey) as c:
                 c.send("fit done")
 
     def teardown(self, estimator, context):
@@ -798,16 +959,31 @@ def register_datasets(dataset_of, X_train, X_test):
 
 
 def installed_versions():
-    return {package: version(package) for package in MODEL_PACKAGES}
+    """MODEL_PACKAGES and the distribution that provides ESTIMATOR, at their installed versions."""
+    estimator_package = packages_distributions()[type(ESTIMATOR).__module__.split(".")[0]][0]
+    return {package: version(package) for package in dict.fromkeys([*MODEL_PACKAGES, estimator_package])}
 
 
 def model_options(X_train):
     """How the best model is saved: cloudpickle, an input example, the installed versions."""
+    # The signature is inferred from the example. Integer columns are declared as doubles, as
+    # MLflow advises: a `long` column refuses a missing value at predict and serve time.
+    integers = X_train.select_dtypes("integer").columns
     return {
         "serialization_format": "cloudpickle",
-        "input_example": X_train.head(5),  # the signature is inferred from it
+        "input_example": X_train.head(5).astype(dict.fromkeys(integers, "float64")),
         "pip_requirements": [f"{name}=={pinned}" for name, pinned in installed_versions().items()],
     }
+
+
+DATA_PROFILE = "data_profile.html"
+
+
+def log_data_description(described, profile_html, covers):
+    """The data's description (data.json) and skrub's profile of the training table."""
+    described["profile"] = {"artifact": DATA_PROFILE, "covers": covers}
+    mlflow.log_dict(described, "data.json")
+    mlflow.log_text(profile_html, DATA_PROFILE)
 
 
 def log_best_model(search, X_train):
@@ -1058,16 +1234,14 @@ def list_artifacts(client, run_id, path=None):
     return paths
 
 
-def require_complete(report, args, search):
+def require_complete(report, args, search, held_out_metrics):
     """Never trust autologging blindly: it drops what it fails to log with only a warning."""
-    binary = len(search.classes_) == 2
     candidates = len(search.cv_results_["params"])
     expected = {
         "params": [f"best_{name}" for name in args.param_grid] + ["cv", "param_grid"],
-        "metrics": ["best_cv_score", "training_score", "accuracy_score_X_test", "f1_score_X_test"]
-        + (["roc_auc_score_X_test"] if binary else []),
-        "artifacts": ["cv_results.csv", "estimator.html", "training_confusion_matrix.png"]
-        + ["run_config.json"],
+        "metrics": ["best_cv_score", "training_score", *held_out_metrics],
+        "artifacts": ["cv_results.csv", "estimator.html", RECORD, "data.json", DATA_PROFILE]
+        + (["training_confusion_matrix.png"] if is_classifier(search) else []),
     }
     missing = [
         f"{kind[:-1]} {name}" for kind, names in expected.items() for name in names
@@ -1361,9 +1535,10 @@ def print_report(report):
     print(f"\nRun ID: {report['run_id']}")
     print(f"Run name: {report['run_name']}")
     print(f"Status: {report['status']} in {report['duration_seconds']:.1f} s")
+    print_data(report["data"])
     print("\nParameters:")
     for key, value in report["params"].items():
-        print(f"  {key}: {value}")
+        print(f"  {key}: {one_line(value)}")
     print("\nMetrics:")
     for key, value in report["metrics"].items():
         print(f"  {key}: {value:.3f}")
@@ -1393,6 +1568,34 @@ def print_report(report):
         print_registration(report["registration"])
     if report["reproduction"]:
         print_reproduction(report["reproduction"])
+
+
+def one_line(text, width=100):
+    """A parameter on one line, e.g. the repr of the pipeline, shortened to `width`."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else f"{text[: width - 3]}..."
+
+
+def print_data(data):
+    print(f"\nData: {data['source']}, {data['rows']} rows ({data['train_rows']} to train, "
+          f"{data['test_rows']} held out), {data['feature_columns']} feature columns")  # fmt: skip
+    if data["rows_without_target"]:
+        print(f"  left out: {data['rows_without_target']} rows without a target")
+    target = data["target"]
+    if "classes" in target:
+        counts = ", ".join(f"{label} {count}" for label, count in target["classes"].items())
+        print(f"  target {target['name']!r}: {len(target['classes'])} classes: {counts}")
+    else:
+        print(f"  target {target['name']!r}: numbers from {target['min']:.4g} to {target['max']:.4g}"
+              f", mean {target['mean']:.4g}")  # fmt: skip
+    gaps = ", ".join(f"{column} {count}" for column, count in data["missing_values"].items())
+    print(f"  missing values: {gaps or 'none'}")
+    numeric = data["numeric_columns"]
+    shown = ", ".join(numeric[:5]) + (f" and {len(numeric) - 5} more" if len(numeric) > 5 else "")
+    print(f"  {len(numeric)} numeric columns, as they are: {shown or 'none'}")
+    for column, treatment in data["treatment"].items():
+        print(f"  {column}: {treatment}")
+    print(f"  profile: {data['profile']['artifact']} ({data['profile']['covers']})")
 
 
 def print_comparison(comparison):
