@@ -1,0 +1,210 @@
+"""Real tables as people have them: text categories, gaps, dates, a name per row, an unbalanced
+class and rows without a target. The search tunes skrub's table-to-numbers pipeline, so the
+logged model takes the raw rows, and the report says what was done to each column."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SMALL_GRID, finished_run, run_script, script_env
+from mlflow import MlflowClient
+from mlflow_ui import free_port
+from test_registry import wait_until_serving
+
+import autolog_mlflow
+
+TABLE_OPTIONS = ["--param-grid", SMALL_GRID, "--cv", "3", "--n-jobs", "1"]
+
+
+def penguins(rows=400, seed=0):
+    """A table like the well-known penguins one: few-valued text with gaps, a name per row, an
+    integer column, a date, an unbalanced three-class target with three rows unlabelled."""
+    rng = np.random.default_rng(seed)
+    species = rng.choice(["Adelie", "Gentoo", "Chinstrap"], rows, p=[0.5, 0.35, 0.15])
+    bill = np.select([species == "Gentoo", species == "Chinstrap"], [47.5, 49.0], 38.8)
+    table = pd.DataFrame({
+        "island": np.where(species == "Gentoo", "Biscoe",
+                           rng.choice(["Dream", "Torgersen", "Biscoe"], rows)),
+        "name": [f"{rng.choice(['Pingu', 'Rico', 'Kowalski', 'Private'])} {i}" for i in range(rows)],
+        "bill_length_mm": np.where(rng.random(rows) < 0.05, np.nan,
+                                   (bill + rng.normal(0, 2.5, rows)).round(1)),
+        "flipper_length_mm": (np.where(species == "Gentoo", 217, 192)
+                              + rng.normal(0, 6, rows)).round().astype(int),
+        "sex": rng.choice(["male", "female", None], rows, p=[0.48, 0.48, 0.04]),
+        "observed": (pd.Timestamp("2007-11-01")
+                     + pd.to_timedelta(rng.integers(0, 900, rows), unit="D")).strftime("%Y-%m-%d"),
+        "species": species,
+    })  # fmt: skip
+    table.loc[[5, 50, 150], "species"] = None
+    return table
+
+
+@pytest.fixture(scope="session")
+def table_run(tmp_path_factory):
+    """The script on penguins.csv, as it comes."""
+    workdir = tmp_path_factory.mktemp("table")
+    penguins().to_csv(workdir / "penguins.csv", index=False)
+    return finished_run(workdir, "--data", "penguins.csv", "--target", "species", *TABLE_OPTIONS)
+
+
+def raw_rows():
+    """Rows as they come in production: an island never seen in training, gaps in a number and
+    in a text column, integers as JSON gives them."""
+    return pd.DataFrame({
+        "island": ["Atlantis", "Dream", "Biscoe"],
+        "name": ["Pingu 1000", "Rico 1001", None],
+        "bill_length_mm": [np.nan, 39.1, 48.2],
+        "flipper_length_mm": [190.0, np.nan, 220.0],
+        "sex": ["female", None, "male"],
+        "observed": ["2009-06-01", "2008-01-15", None],
+    })  # fmt: skip
+
+
+def test_a_table_with_text_gaps_and_dates_is_searched_and_scored_on_held_out_rows(table_run):
+    run = table_run.run
+    assert run.info.status == "FINISHED"
+    assert len(table_run.child_runs()) == 4
+    assert 0.6 < run.data.metrics["accuracy_score_X_test"] <= 1
+    assert "f1_score_X_test" in run.data.metrics  # three classes: macro F1, no ROC AUC
+
+
+def test_rows_without_a_target_are_left_out_and_counted(table_run):
+    data = table_run.report["data"]
+    assert data["rows_without_target"] == 3
+    assert data["rows"] == 397 == data["train_rows"] + data["test_rows"]
+
+
+def test_json_report_describes_the_data_as_pandas_counts_it(table_run):
+    table = pd.read_csv(table_run.workdir / "penguins.csv").dropna(subset=["species"])
+    data = table_run.report["data"]
+    assert data["feature_columns"] == 6
+    assert data["target"] == {"name": "species", "classes": table.species.value_counts().to_dict()}
+    gaps = table.drop(columns="species").isna().sum()
+    assert data["missing_values"] == gaps[gaps > 0].to_dict()
+    assert data["numeric_columns"] == ["bill_length_mm", "flipper_length_mm"]
+
+
+def test_each_non_numeric_column_says_how_it_became_numbers(table_run):
+    treatment = table_run.report["data"]["treatment"]
+    assert treatment["island"] == "text, 3 values -> ordinal"
+    assert treatment["sex"] == "text, 2 values -> ordinal"
+    assert treatment["name"] == "text, 397 values -> string encoder (30 columns)"
+    assert treatment["observed"] == (
+        "date -> observed_year, observed_month, observed_day, observed_total_seconds"
+    )
+
+
+def test_text_report_has_a_data_section(table_run, capsys):
+    report = table_run.report | {"registration": None}
+    autolog_mlflow.print_report(report)
+    out = capsys.readouterr().out
+    assert "\nData: penguins.csv, 397 rows (297 to train, 100 held out), 6 feature columns\n" in out
+    assert "  left out: 3 rows without a target\n" in out
+    assert "  target 'species': 3 classes: Adelie " in out
+    assert "  island: text, 3 values -> ordinal\n" in out
+    assert "  profile: data_profile.html (all 297 training rows)\n" in out
+
+
+def test_data_description_and_skrub_profile_are_artifacts_of_the_run(table_run, tmp_path):
+    client, run_id = table_run.client, table_run.run.info.run_id
+    logged = json.loads(Path(client.download_artifacts(run_id, "data.json", tmp_path)).read_text())
+    assert logged == table_run.report["data"]
+    html = Path(client.download_artifacts(run_id, "data_profile.html", tmp_path)).read_text()
+    assert html.lstrip().startswith("<") and "skrub" in html
+    for column in penguins().columns:
+        assert column in html
+
+
+def test_best_params_child_runs_and_cv_results_use_the_estimators_own_names(table_run):
+    params = table_run.run.data.params
+    assert {"best_n_estimators", "best_max_depth"} <= params.keys()
+    for child in table_run.child_runs():
+        assert child.info.run_name == (
+            f"max_depth={child.data.params['max_depth']} "
+            f"n_estimators={child.data.params['n_estimators']}"
+        )
+    names = [*params, *(key for child in table_run.child_runs() for key in child.data.params)]
+    assert not [name for name in names if name.startswith("randomforestclassifier__")]
+
+
+def test_logged_model_signature_lists_the_raw_columns(table_run):
+    (model,) = table_run.logged_models()
+    mlflow.set_tracking_uri(table_run.tracking_uri)
+    inputs = mlflow.models.get_model_info(model.model_uri).signature.inputs.to_dict()
+    assert [(column["name"], column["type"]) for column in inputs] == [
+        ("island", "string"), ("name", "string"), ("bill_length_mm", "double"),
+        ("flipper_length_mm", "double"),  # an integer column, declared double: gaps allowed
+        ("sex", "string"), ("observed", "string"),
+    ]  # fmt: skip
+
+
+def test_reloaded_model_predicts_raw_rows_with_an_unseen_category_and_gaps(table_run):
+    (model,) = table_run.logged_models()
+    mlflow.set_tracking_uri(table_run.tracking_uri)
+    by_sklearn = mlflow.sklearn.load_model(model.model_uri).predict(raw_rows())
+    by_pyfunc = mlflow.pyfunc.load_model(model.model_uri).predict(raw_rows())
+    assert set(by_sklearn) <= {"Adelie", "Gentoo", "Chinstrap"}
+    assert list(by_pyfunc) == list(by_sklearn)
+
+
+def test_served_model_answers_raw_json_records_with_text_fields(table_run):
+    (model,) = table_run.logged_models()
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model.model_uri,
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=table_run.workdir, env=script_env() | {"MLFLOW_TRACKING_URI": table_run.tracking_uri},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    records = json.loads(raw_rows().to_json(orient="records"))  # NaN and None become null
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}", server)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            json.dumps({"dataframe_records": records}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = json.load(response)["predictions"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    mlflow.set_tracking_uri(table_run.tracking_uri)
+    assert served == list(mlflow.sklearn.load_model(model.model_uri).predict(raw_rows()))
+
+
+def test_reproducing_a_table_run_gives_identical_results(table_run):
+    result = run_script(table_run.workdir, "--json", "--reproduce", table_run.run.info.run_id)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["reproduction"]["verdict"] == "identical"
+
+
+BAD_TARGETS = {
+    "continuous floats": (lambda t: t.assign(species=np.linspace(0, 1, len(t))), "looks continuous"),
+    "integer quantities": (lambda t: t.assign(species=np.arange(len(t)) * 7), "looks continuous"),
+    "a class with one row": (
+        lambda t: t.assign(species=["Emperor"] + list(t.species[1:])),
+        "classes with a single row ('Emperor')",
+    ),
+}
+
+
+@pytest.mark.parametrize("change, message", BAD_TARGETS.values(), ids=BAD_TARGETS.keys())
+def test_a_target_a_classifier_cannot_learn_is_rejected_before_any_run(tmp_path, change, message):
+    change(penguins()).to_csv(tmp_path / "bad.csv", index=False)
+    result = run_script(tmp_path, "--data", "bad.csv", "--target", "species", *TABLE_OPTIONS)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert message in line and "Traceback" not in result.stderr
+    store = tmp_path / "mlflow.db"
+    if store.exists():
+        client = MlflowClient(f"sqlite:///{store}")
+        assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
