@@ -1,11 +1,13 @@
 """Track a scikit-learn hyperparameter search with MLflow autologging.
 
-The script enables MLflow's scikit-learn autologging, runs a `GridSearchCV` over a
-`RandomForestClassifier` inside one MLflow run and scores the best model on a held-out test
-split that the search never sees. Autologging records the search's parameters, CV metrics,
-artifacts, datasets and one child run per candidate; the script adds what autologging cannot
-do well: descriptive child-run names, the best model logged once with its exact pinned
-environment, and the test ROC AUC.
+The script enables MLflow's scikit-learn autologging, runs a `GridSearchCV` inside one MLflow
+run and scores the best model on a held-out test split that the search never sees. The search
+tunes a pipeline: skrub's TableVectorizer turns the table into numbers (text categories, dates
+and gaps included), then the estimator named once at the top, a random forest classifier by
+default. Autologging records the search's parameters, CV metrics, artifacts, datasets and one
+child run per candidate; the script adds what autologging cannot do well: descriptive child-run
+names, the best model logged once with its exact pinned environment, the held-out scores, what
+was done to each column of the data, and a profile of the training table.
 
 While the search fits, its progress shows on stderr: a live bar on a terminal, a line per tenth
 of the fits elsewhere. Then the script reads the run back *from the tracking store* -- proof of
@@ -73,10 +75,10 @@ from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.data import digest_utils
 from mlflow.exceptions import MlflowException
+from sklearn import ensemble  # the estimator's module: see ESTIMATOR
 from sklearn import metrics  # look functions up at call time: see score_on_test_split()
 from sklearn.base import clone, is_classifier
 from sklearn.datasets import load_breast_cancer
-from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import GridSearchCV, ParameterGrid, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.utils.multiclass import type_of_target
@@ -85,8 +87,8 @@ from sklearn.utils.multiclass import type_of_target
 # everything below follows from them (classifier or regressor, the hyperparameters --param-grid
 # accepts, the held-out metrics, the model's requirements). The search tunes skrub's tabular
 # pipeline: your table's text, dates and gaps become numbers inside the logged model.
-ESTIMATOR = RandomForestClassifier()  # any scikit-learn classifier or regressor, e.g.
-# HistGradientBoostingClassifier() or RandomForestRegressor(); its random_state is --seed
+ESTIMATOR = ensemble.RandomForestClassifier()  # any scikit-learn classifier or regressor, e.g.
+# ensemble.HistGradientBoostingClassifier() or ensemble.RandomForestRegressor(); random_state: --seed
 PARAM_GRID = {"n_estimators": [50, 100, 200], "max_depth": [None, 5, 10]}  # ESTIMATOR's own names
 SCORING = None  # what the search maximises and runs are ranked by: None for the estimator's own
 # score (accuracy for a classifier, R2 for a regressor), or a scikit-learn scorer name such as
@@ -218,7 +220,7 @@ def check_target(y, name):
         raise BadInput(
             f"--target {name} looks continuous ({distinct} distinct numbers in {len(y)} rows): "
             f"this script trains a classifier; set ESTIMATOR to a regressor (e.g. "
-            "RandomForestRegressor()) at the top of the script to predict numbers"
+            "ensemble.RandomForestRegressor()) at the top of the script to predict numbers"
         )
     if distinct < 2:
         raise BadInput(f"--target {name} has a single class; a classifier needs at least two")

@@ -1,0 +1,94 @@
+"""The template adapts in one place: a copy of the script whose ESTIMATOR line alone is changed
+runs end to end, registry and --reproduce included, for another classifier and a regressor."""
+
+import json
+import subprocess
+import sys
+
+import mlflow
+from conftest import ROOT, script_env
+from mlflow import MlflowClient
+from test_tables import penguins, raw_rows
+
+ESTIMATOR_LINE = "ESTIMATOR = ensemble.RandomForestClassifier()"
+
+
+def script_with_estimator(folder, estimator):
+    """A copy of the script in `folder` with only the ESTIMATOR line changed."""
+    lines = (ROOT / "autolog_mlflow.py").read_text().splitlines(keepends=True)
+    (number,) = [i for i, line in enumerate(lines) if line.startswith(ESTIMATOR_LINE)]
+    lines[number] = lines[number].replace(ESTIMATOR_LINE, f"ESTIMATOR = {estimator}")
+    (folder / "autolog_mlflow.py").write_text("".join(lines))
+    return folder / "autolog_mlflow.py"
+
+
+def run_copy(script, *args):
+    result = subprocess.run([sys.executable, str(script), "--json", "--n-jobs", "1", *args],
+                            cwd=script.parent, env=script_env(), capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_the_script_says_its_estimator_in_one_line():
+    lines = (ROOT / "autolog_mlflow.py").read_text().splitlines()
+    assert len([line for line in lines if line.startswith(ESTIMATOR_LINE)]) == 1
+    assert len([line for line in lines if "RandomForestClassifier" in line]) == 1
+
+
+def test_another_classifier_is_one_line_registry_and_reproduce_included(tmp_path):
+    script = script_with_estimator(tmp_path, "ensemble.HistGradientBoostingClassifier()")
+    penguins().to_csv(tmp_path / "penguins.csv", index=False)
+    options = ["--data", "penguins.csv", "--target", "species", "--cv", "3"]
+    report = run_copy(script, *options, "--param-grid", '{"max_iter": [10, 30]}',
+                      "--register-model", "penguins-hgb")  # fmt: skip
+
+    assert report["params"]["best_max_iter"] in {"10", "30"}
+    assert "HistGradientBoostingClassifier" in report["params"]["estimator"]
+    assert 0.6 < report["test_metrics"]["accuracy_score_X_test"] <= 1
+    assert report["data"]["treatment"]["island"] == "text, 3 values -> categories"
+    assert report["registration"]["aliases"] == ["champion"]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    predicted = mlflow.pyfunc.load_model("models:/penguins-hgb@champion").predict(raw_rows())
+    assert set(predicted) <= {"Adelie", "Gentoo", "Chinstrap"}
+
+    again = run_copy(script, "--reproduce", report["run_id"])
+    assert again["reproduction"]["verdict"] == "identical"
+
+
+def test_a_regressor_is_one_line_scored_and_ranked_by_held_out_r2(tmp_path):
+    script = script_with_estimator(tmp_path, "ensemble.RandomForestRegressor()")
+    table = penguins().drop(columns="species")
+    table["body_mass_g"] = table.flipper_length_mm * 50 - 6000 + (table.index % 7) * 40
+    table.to_csv(tmp_path / "mass.csv", index=False)
+    options = ["--data", "mass.csv", "--target", "body_mass_g", "--cv", "3",
+               "--register-model", "mass"]  # fmt: skip
+    weak = run_copy(script, *options, "--param-grid", '{"n_estimators": [2], "max_depth": [1]}')
+    strong = run_copy(script, *options, "--param-grid", '{"n_estimators": [20], "max_depth": [8]}')
+
+    metrics = strong["test_metrics"]
+    assert set(metrics) == {"r2_score_X_test", "mean_absolute_error_X_test"}
+    assert metrics["r2_score_X_test"] > weak["test_metrics"]["r2_score_X_test"]
+    assert "training_confusion_matrix.png" not in strong["artifacts"]
+    assert strong["data"]["target"]["name"] == "body_mass_g"
+    comparison = strong["compared_with_earlier_runs"]
+    assert comparison["score"] == "r2_score_X_test" and comparison["beats_best_earlier"] is True
+    assert strong["registration"]["aliases"] == ["champion"]
+    champion = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_model_version_by_alias(
+        "mass", "champion"
+    )
+    assert champion.tags["run_id"] == strong["run_id"]
+
+    again = run_copy(script, "--reproduce", strong["run_id"])
+    assert again["reproduction"]["verdict"] == "identical"
+
+
+def test_a_regressor_refuses_a_text_target(tmp_path):
+    script = script_with_estimator(tmp_path, "ensemble.RandomForestRegressor()")
+    penguins().dropna().to_csv(tmp_path / "penguins.csv", index=False)
+    result = subprocess.run([sys.executable, str(script), "--data", "penguins.csv", "--target",
+                             "species"], cwd=tmp_path, env=script_env(), capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "--target species is not numeric: RandomForestRegressor is a regressor" in line
