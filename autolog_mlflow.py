@@ -1089,31 +1089,37 @@ def datasets_built_once():
 
 
 def required(column, infer_required):
-    """MLflow's answer (no None, NaN, pd.NA or NaT in the column), vectorised for numbers.
-
-    pandas and MLflow agree on what is missing in numeric, boolean and datetime columns; object,
-    string and category columns (which --data rejects anyway) keep MLflow's own loop.
-    """
-    if isinstance(column, pd.Series) and column.dtype.kind in "biufmM":  # not complex: MLflow
-        return not column.isna().any()  # does not count a complex NaN as missing
+    """MLflow's answer (no None, NaN, pd.NA or NaT in the column), vectorised where pandas and
+    MLflow agree on what is missing: numeric, boolean, datetime and pandas string columns
+    (whose only values are str and their missing marker). Object and category columns, which
+    may hold anything, keep MLflow's own loop."""
+    if isinstance(column, pd.Series) and (is_string(column) or column.dtype.kind in "biufmM"):
+        return not column.isna().any()  # (not complex: MLflow does not count its NaN as missing)
     return infer_required(column)
 
 
-def pandas_digest(df):
-    """MLflow's compute_pandas_digest, visiting values only in columns that may be all str.
+def is_string(column):
+    return isinstance(column.dtype, pd.StringDtype)
 
-    The values of a number, boolean or datetime column are never str: no need to look.
-    """
+
+def pandas_digest(df):
+    """MLflow's compute_pandas_digest, visiting values only in object columns, where it cannot
+    be told from the dtype whether every value is a str."""
     trimmed = df.head(digest_utils.MAX_ROWS)
-    all_str = [
-        df.empty or (dtype.kind not in "biufcmM" and bool((df.iloc[:, i].map(type) == str).all()))
-        for i, dtype in enumerate(df.dtypes)
-    ]
+    all_str = [df.empty or all_str_values(df.iloc[:, i]) for i in range(df.shape[1])]
     columns = trimmed.columns[all_str].union(trimmed.select_dtypes(include=[np.number]).columns)
     return digest_utils.get_normalized_md5_digest(
         [pd.util.hash_pandas_object(trimmed[columns]).values, np.int64(len(df))]
         + [str(x).encode() for x in df.columns]
     )
+
+
+def all_str_values(column):
+    if is_string(column):  # str, or missing
+        return not column.isna().any()
+    if column.dtype.kind in "biufcmM":  # never str
+        return False
+    return bool((column.map(type) == str).all())
 
 
 # %% What each run records, so that it can be run again (read back by --reproduce)
