@@ -63,6 +63,7 @@ DATA_SEARCH = {"cv": 3, "seed": 42, "test_size": 0.25, "n_jobs": -1}
 BARE = """
 import json, sys
 import pandas as pd
+from skrub import tabular_pipeline
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
@@ -75,8 +76,10 @@ else:
     X, y = load_breast_cancer(return_X_y=True, as_frame=True)
 X_train, X_test, y_train, y_test = train_test_split(
     X, y, test_size=c["test_size"], stratify=y, random_state=c["seed"])
-search = GridSearchCV(RandomForestClassifier(random_state=c["seed"]), c["grid"], cv=c["cv"],
-                      n_jobs=c["n_jobs"]).fit(X_train, y_train)
+pipeline = tabular_pipeline(RandomForestClassifier(random_state=c["seed"]))
+pipeline.set_params(tablevectorizer__high_cardinality__random_state=c["seed"])
+grid = {f"randomforestclassifier__{name}": values for name, values in c["grid"].items()}
+search = GridSearchCV(pipeline, grid, cv=c["cv"], n_jobs=c["n_jobs"]).fit(X_train, y_train)
 y_pred = search.predict(X_test)
 accuracy_score(y_test, y_pred), f1_score(y_test, y_pred)
 roc_auc_score(y_test, search.predict_proba(X_test)[:, 1])
@@ -193,24 +196,39 @@ def scaling(rounds, workdir, tracking_uri=None):
     return overhead, per_child_ms
 
 
-def write_table(rows, folder):
-    """A seeded synthetic CSV of `rows` rows, 20 numeric features and a binary `label`."""
+def write_table(rows, folder, kind="numeric"):
+    """A seeded synthetic CSV of `rows` rows, 20 numeric features and a binary `label`; the
+    "text" kind adds what real tables have: gaps in two numeric columns, three text columns
+    (one with gaps, one derived from a feature so that it informs) and a date column."""
+    import numpy as np
     import pandas as pd
     from sklearn.datasets import make_classification
 
     X, y = make_classification(n_samples=rows, n_features=20, n_informative=10, random_state=0)
-    path = Path(folder, f"table_{rows}.csv")
-    pd.DataFrame(X, columns=[f"x{i}" for i in range(20)]).assign(label=y).to_csv(path, index=False)
+    frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(20)])
+    if kind == "text":
+        rng = np.random.default_rng(0)
+        for column in ("x0", "x1"):
+            frame[column] = frame[column].mask(rng.random(rows) < 0.05)
+        frame["colour"] = pd.Series(rng.choice(["red", "green", "blue", "amber"], rows)).mask(
+            rng.random(rows) < 0.05
+        )
+        frame["size"] = pd.cut(frame.x2, 4, labels=["S", "M", "L", "XL"]).astype(str)
+        frame["city"] = rng.choice([f"city {i}" for i in range(30)], rows)
+        days = pd.to_timedelta(rng.integers(0, 900, rows), unit="D")
+        frame["day"] = (pd.Timestamp("2024-01-01") + days).strftime("%Y-%m-%d")
+    path = Path(folder, f"table_{kind}_{rows}.csv")
+    frame.assign(label=y).to_csv(path, index=False)
     return path
 
 
-def data_sizes(sizes, rounds, workdir):
+def data_sizes(sizes, rounds, workdir, kind="numeric"):
     """Bare vs script (warm store), interleaved, per table size; returns their summaries."""
     warm_dir = Path(tempfile.mkdtemp(dir=workdir))
     measure(script_command(SCALING_GRIDS[9], 1), warm_dir)  # create the warm store
     results = {}
     for rows in sizes:
-        table = write_table(rows, workdir)
+        table = write_table(rows, workdir, kind)
         script = script_command(
             DATA_GRID, DATA_SEARCH["n_jobs"], "--data", str(table), "--target", "label",
             search=DATA_SEARCH,
@@ -233,6 +251,8 @@ PROFILED_STEPS = {
     "autologging: child runs": "mlflow/sklearn/utils.py:_create_child_runs_for_parameter_search",
     "recording the datasets": "autolog_mlflow.py:register_datasets",
     "held-out metrics (bare work too)": "autolog_mlflow.py:score_on_test_split",
+    "describing the data, its profile": "autolog_mlflow.py:describe_data|"
+    "autolog_mlflow.py:log_data_description",
     "logging the best model": "autolog_mlflow.py:log_best_model",
     "naming child runs, reading back, verifying": "autolog_mlflow.py:name_child_runs|"
     "autolog_mlflow.py:read_run_back|autolog_mlflow.py:require_complete",
@@ -258,10 +278,9 @@ def profile_script(command, cwd):
     return seconds
 
 
-def print_data_sizes(results, profile):
-    print(
-        f"\n### Data size: {json.dumps(DATA_GRID)}, cv {DATA_SEARCH['cv']}, n_jobs -1, warm store\n"
-    )
+def print_data_sizes(results, profile, kind):
+    print(f"\n### Data size, {kind} table: {json.dumps(DATA_GRID)}, cv {DATA_SEARCH['cv']}, "
+          "n_jobs -1, warm store\n")  # fmt: skip
     print(
         "| rows | bare s | script s | overhead s | time / bare | bare MiB | script MiB | RSS / bare |"
     )
@@ -350,6 +369,11 @@ def main():
         default=",".join(map(str, DATA_SIZES)),
         help="table sizes in rows, comma-separated; 'none' to skip the data-size sweep",
     )
+    parser.add_argument(
+        "--data-kinds",
+        default="numeric,text",
+        help="tables of the data-size sweep: numeric, and text (text columns, gaps and dates)",
+    )
     parser.add_argument("--only-data-sizes", action="store_true", help="only the data sweep")
     parser.add_argument("--skip-variants", action="store_true", help="no bare/fresh/warm rounds")
     parser.add_argument("--progress-rounds", type=int, default=6, help="0: no progress rounds")
@@ -369,7 +393,8 @@ def main():
     with tempfile.TemporaryDirectory() as workdir:
         if args.data_sizes != "none":
             sizes = [int(size) for size in args.data_sizes.split(",")]
-            print_data_sizes(*data_sizes(sizes, args.data_rounds, workdir))
+            for kind in args.data_kinds.split(","):
+                print_data_sizes(*data_sizes(sizes, args.data_rounds, workdir, kind), kind)
         if args.only_data_sizes:
             return
         for n_jobs in () if args.skip_variants else (1, -1):
