@@ -74,11 +74,14 @@ import skrub
 from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.data import digest_utils
+from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from sklearn import ensemble  # the estimator's module: see ESTIMATOR
 from sklearn import metrics  # look functions up at call time: see score_on_test_split()
 from sklearn.base import clone, is_classifier
 from sklearn.datasets import load_breast_cancer
+from sklearn.metrics import ConfusionMatrixDisplay
 from sklearn.model_selection import GridSearchCV, ParameterGrid, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.utils.multiclass import type_of_target
@@ -107,6 +110,8 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default; artifact
 # The machinery's: rarely touched.
 MAX_CLASSES = 20  # a numeric target with more values (and over 1 per 50 rows) looks continuous
 PROFILE_ROWS = 50_000  # the data profile (data_profile.html) samples larger training tables
+IMPORTANCE_ROWS = 2_000  # the raw columns' permutation importance samples the held-out split
+IMPORTANCE_REPEATS = 5  # shuffles per column
 # The packages the logged model needs to load (and ESTIMATOR's own), pinned to the installed
 # versions, so MLflow need not infer them (a subprocess per model, seconds) nor get them wrong.
 MODEL_PACKAGES = ["mlflow", "scikit-learn", "skrub", "numpy", "pandas", "scipy", "cloudpickle"]
@@ -350,23 +355,29 @@ def run_experiment(args, data, record, original, client, mlflow_warnings, where)
         with rescued_on_failure(search, X_train, run_id):
             held_out_metrics = score_on_test_split(search, X_test, y_test)
             mlflow_warnings.raise_if_any()
-            progress("logging the best model and checking what the store holds ...")
+            mlflow.sklearn.autolog(disable=True)  # its work is done; what follows is ours
+            progress("logging the best model, explaining the run, checking what the store holds")
             log_best_model(search, X_train)
             described = describe_data(data, search.best_estimator_, args)
             log_data_description(described, *profile())
+            importance, importance_rows = explain_run(search, data, args.seed)
             name_child_runs(client, run_id, args.param_grid)
             reproduction = original and log_reproduction(client, original, run_id, record, X_test)
-            report = read_run_back(client, run_id)
+            report = read_run_back(client, run_id) | {
+                "data": described,
+                "compared_with_earlier_runs": compare_with_earlier_runs(client, run_id),
+                "importance": {"held_out_rows": importance_rows,
+                               "columns": importance.to_dict(orient="records")},
+                "reproduction": reproduction,
+            }  # fmt: skip
+            report["summary"] = summary_of(report, importance)
+            mlflow.set_tag("mlflow.note.content", report["summary"])
             require_complete(report, args, search, held_out_metrics)
             mlflow_warnings.raise_if_any()
     run = client.get_run(run_id)
     report["status"] = run.info.status
     report["duration_seconds"] = (run.info.end_time - run.info.start_time) / 1000
-    report["data"] = described
-    report["compared_with_earlier_runs"] = compare_with_earlier_runs(client, run)
     report["browse"] = browse_hints(args.tracking_uri, report)
-    report["load_model"] = f'mlflow.sklearn.load_model("{report["logged_models"][0]["uri"]}")'
-    report["reproduction"] = reproduction
     return report
 
 
@@ -478,7 +489,7 @@ def parse_args(argv=None):
             parser.error(
                 f"--{fixed[0].replace('_', '-')} comes from the record of run {args.reproduce}; "
                 "with --reproduce give only --tracking-uri, --n-jobs, --dask-scheduler, "
-                "--run-name, --json, and --data if the same file has moved"
+                "--run-name, --json, --register-model, and --data if the same file has moved"
             )
     elif (args.data is None) != (args.target is None):
         parser.error("--data and --target go together: give both, or neither")
@@ -996,10 +1007,17 @@ def log_best_model(search, X_train):
 
 
 def name_child_runs(client, run_id, param_grid):
-    """Rename each child run after its hyperparameters, e.g. `max_depth=5 n_estimators=100`."""
-    for child in find_child_runs(client, client.get_run(run_id)):
+    """Name each child run after its hyperparameters (`max_depth=5 n_estimators=100`), and
+    describe it in a line (`rank 1 of 9: mean CV accuracy 0.960 (+/- 0.041)`): one write each."""
+    children = find_child_runs(client, client.get_run(run_id))
+    for child in children:
         name = " ".join(f"{key}={child.data.params[key]}" for key in sorted(param_grid))
-        client.update_run(child.info.run_id, name=name)
+        scores = child.data.metrics
+        line = (f"rank {int(scores['rank_test_score'])} of {len(children)}: mean CV "
+                f"{score_name()} {scores['mean_test_score']:.3f} "
+                f"(+/- {2 * scores['std_test_score']:.3f})")  # fmt: skip
+        client.log_batch(child.info.run_id, tags=[RunTag(MLFLOW_RUN_NAME, name),
+                                                  RunTag("mlflow.note.content", line)])  # fmt: skip
 
 
 def logged_models_of(client, run):
@@ -1192,6 +1210,166 @@ def log_record(record):
         mlflow.log_text(git["diff"], "code/uncommitted.diff")
 
 
+# %% The run explains itself in the MLflow UI: a summary as its description, the grid as a
+# picture, what drives the model, the held-out confusion matrix. Made after autologging is
+# switched off, so that the predictions made here are not logged as metrics of their own.
+def explain_run(search, data, seed):
+    """Log the grid's picture, the raw columns' importance and the held-out confusion matrix;
+    returns the importance table (and how many held-out rows it was measured on)."""
+    plt = pyplot()
+    mlflow.log_figure(grid_scores_figure(search, plt), "grid_scores.png")
+    importance, rows = raw_column_importance(search, data.X_test, data.y_test, seed)
+    mlflow.log_text(importance.to_csv(index=False), "feature_importance.csv")
+    mlflow.log_figure(importance_figure(importance, rows, plt), "feature_importance.png")
+    if is_classifier(search):
+        figure, axes = plt.subplots(figsize=(5, 4), layout="constrained")
+        ConfusionMatrixDisplay.from_predictions(data.y_test, search.predict(data.X_test), ax=axes,
+                                                colorbar=False)  # fmt: skip
+        axes.set_title(f"Held-out confusion matrix ({len(data.y_test)} rows)")
+        mlflow.log_figure(figure, "held_out_confusion_matrix.png")
+    plt.close("all")
+    return importance, rows
+
+
+EXPLANATION = ["grid_scores.png", "feature_importance.csv", "feature_importance.png"]
+
+
+def pyplot():
+    import matplotlib  # imported here: only the explanation draws (autologging imports it too)
+
+    matplotlib.use("Agg")  # files, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def score_name():
+    return SCORING or ("accuracy" if is_classifier(ESTIMATOR) else "R2")
+
+
+def grid_scores_figure(search, plt):
+    """Mean CV score over the grid's two most varied hyperparameters (the others at their best
+    values) as a heatmap, best cell framed; one varied hyperparameter: a line with error bars."""
+    grid, best = search.param_grid, search.best_params_
+    varied = sorted((key for key in grid if len(grid[key]) > 1), key=lambda k: -len(grid[k]))
+    axes_keys, fixed = varied[:2] or list(grid)[:1], [key for key in grid if key not in varied[:2]]
+    rows = [i for i, params in enumerate(search.cv_results_["params"])
+            if all(params[key] == best[key] for key in fixed)]  # fmt: skip
+    mean, std = search.cv_results_["mean_test_score"], search.cv_results_["std_test_score"]
+
+    def position(key, i):
+        return grid[key].index(search.cv_results_["params"][i][key])
+
+    title = f"Mean CV {score_name()}, +/- 2 std"
+    if [key for key in fixed if len(grid[key]) > 1]:
+        title += "\n" + ", ".join(f"{key}={best[key]}" for key in fixed if len(grid[key]) > 1)
+    if len(axes_keys) == 1:
+        (key,) = axes_keys
+        figure, axes = plt.subplots(figsize=(6, 4), layout="constrained")
+        order = sorted(rows, key=lambda i: position(key, i))
+        axes.errorbar(range(len(order)), mean[order], yerr=2 * std[order], marker="o", capsize=4)
+        best_at = order.index(search.best_index_)
+        axes.plot(best_at, mean[search.best_index_], "r*", markersize=16, label="best")
+        axes.set_xticks(range(len(order)), [str(grid[key][position(key, i)]) for i in order])
+        axes.set_xlabel(key)
+        axes.set_ylabel(f"mean CV {score_name()}")
+        axes.legend()
+    else:
+        x, y = axes_keys
+        cells = np.full((len(grid[y]), len(grid[x])), np.nan)
+        spread = np.full_like(cells, np.nan)
+        for i in rows:
+            cells[position(y, i), position(x, i)], spread[position(y, i), position(x, i)] = (
+                mean[i], 2 * std[i])  # fmt: skip
+        figure, axes = plt.subplots(figsize=(1.4 * len(grid[x]) + 3, 0.7 * len(grid[y]) + 2.5),
+                                    layout="constrained")  # fmt: skip
+        image = axes.imshow(cells, cmap="viridis", aspect="auto")
+        figure.colorbar(image, ax=axes, label=f"mean CV {score_name()}")
+        bright = np.nanmin(cells) + 0.6 * (np.nanmax(cells) - np.nanmin(cells))  # viridis: yellow
+        for (row, column), value in np.ndenumerate(cells):
+            if not np.isnan(value):
+                axes.text(column, row, f"{value:.3f}\n+/- {spread[row, column]:.3f}", ha="center",
+                          va="center", color="black" if value > bright else "white")  # fmt: skip
+        frame = plt.Rectangle((position(x, search.best_index_) - 0.5,
+                               position(y, search.best_index_) - 0.5), 1, 1,
+                              fill=False, edgecolor="red", linewidth=3, label="best")  # fmt: skip
+        axes.add_patch(frame)
+        axes.set_xticks(range(len(grid[x])), [str(value) for value in grid[x]])
+        axes.set_yticks(range(len(grid[y])), [str(value) for value in grid[y]])
+        axes.set_xlabel(x)
+        axes.set_ylabel(y)
+    axes.set_title(title)
+    return figure
+
+
+def raw_column_importance(search, X, y, seed):
+    """Permutation importance of each raw column of the table on the held-out rows: how much
+    the held-out score drops when the column's values are shuffled (mean and std of
+    IMPORTANCE_REPEATS shuffles), on a seeded sample of IMPORTANCE_ROWS rows above that.
+
+    TableVectorizer encodes each column on its own, so shuffling a raw column shuffles the
+    columns it became, in the same order: the table is encoded once, and only the estimator
+    predicts again for each shuffle (as for encoded features, but grouped by raw column).
+    """
+    if len(X) > IMPORTANCE_ROWS:
+        X, y = X.sample(IMPORTANCE_ROWS, random_state=seed), y.sample(IMPORTANCE_ROWS, random_state=seed)
+    vectorizer, estimator = search.best_estimator_.steps[0][1], search.best_estimator_.steps[-1][1]
+    encoded, rng = vectorizer.transform(X), np.random.default_rng(seed)
+    baseline = search.scorer_(estimator, encoded, y)
+    table = []
+    for column in X.columns:
+        outputs = vectorizer.input_to_outputs_.get(column, [])  # none: dropped, no information
+        drops = [baseline - search.scorer_(estimator, shuffled(encoded, outputs, rng), y)
+                 for _ in range(IMPORTANCE_REPEATS if outputs else 0)] or [0.0]  # fmt: skip
+        table.append({"column": str(column), "importance": np.mean(drops), "std": np.std(drops)})
+    return pd.DataFrame(table).sort_values("importance", ascending=False, kind="stable"), len(X)
+
+
+def shuffled(encoded, columns, rng):
+    table = encoded.copy()
+    table[columns] = encoded[columns].iloc[rng.permutation(len(encoded))].set_axis(encoded.index)
+    return table
+
+
+def importance_figure(importance, rows, plt):
+    shown = importance.head(20).iloc[::-1]  # the largest on top
+    figure, axes = plt.subplots(figsize=(7, 0.3 * len(shown) + 1.5), layout="constrained")
+    axes.barh(shown["column"], shown["importance"], xerr=shown["std"], capsize=3)
+    axes.set_xlabel(f"drop in held-out {score_name()} when the column is shuffled")
+    axes.set_title(f"What drives the model\npermutation importance on {rows} held-out rows")
+    return figure
+
+
+def summary_of(report, importance):
+    """The run's description, in Markdown: what a reviewer needs in ten seconds."""
+    data, best = report["data"], report["child_runs"][0]
+    comparison = report["compared_with_earlier_runs"]
+    held_out = ", ".join(f"{key.removesuffix('_X_test')} {value:.3f}"
+                         for key, value in report["test_metrics"].items())  # fmt: skip
+    if comparison["earlier_runs"]:
+        verdict = "beats" if comparison["beats_best_earlier"] else "does not beat"
+        compared = (f"{verdict} the best of {comparison['earlier_runs']} earlier runs on the same "
+                    f"data ({comparison['best_earlier_score']:.3f}, run "
+                    f"{comparison['best_earlier_run_id']})")  # fmt: skip
+    else:
+        compared = "the first run on this data in the experiment"
+    top = ", ".join(f"{row.column} ({row.importance:.3f})" for row in importance.head(5).itertuples())
+    return "\n".join([
+        f"**Best: `{best['name']}`**, mean CV {score_name()} {best['mean_test_score']:.3f} "
+        f"(+/- {2 * best['std_test_score']:.3f}, 2 std)",
+        "",
+        f"- Searched: {type(ESTIMATOR).__name__}, {len(report['child_runs'])} candidates x "
+        f"{report['params']['cv']}-fold CV, on {data['source']} ({data['train_rows']} training "
+        f"rows, {data['feature_columns']} columns)",
+        f"- Held out ({data['test_rows']} rows): {held_out}",
+        f"- Compared: {report['compared_with_earlier_runs']['score']} {compared}",
+        f"- Columns that matter most (permutation importance): {top}",
+        f"- Load the model: `{report['load_model']}`",
+        f"- Pictures: {', '.join(name for name in report['artifacts'] if name.endswith('.png'))};"
+        f" the data: {DATA_PROFILE}",
+    ])  # fmt: skip
+
+
 # %% Read the run back from the store, and check it is complete
 def read_run_back(client, run_id):
     """Everything the store holds about the run, as plain data for the report."""
@@ -1231,6 +1409,7 @@ def read_run_back(client, run_id):
         "test_metrics": {
             key: value for key, value in run.data.metrics.items() if key.endswith("_X_test")
         },
+        "load_model": models and f'mlflow.sklearn.load_model("{models[0].model_uri}")',
     }
 
 
@@ -1248,8 +1427,10 @@ def require_complete(report, args, search, held_out_metrics):
     expected = {
         "params": [f"best_{name}" for name in args.param_grid] + ["cv", "param_grid"],
         "metrics": ["best_cv_score", "training_score", *held_out_metrics],
-        "artifacts": ["cv_results.csv", "estimator.html", RECORD, "data.json", DATA_PROFILE]
-        + (["training_confusion_matrix.png"] if is_classifier(search) else []),
+        "artifacts": ["cv_results.csv", "estimator.html", RECORD, "data.json", DATA_PROFILE,
+                      *EXPLANATION]
+        + (["training_confusion_matrix.png", "held_out_confusion_matrix.png"]
+           if is_classifier(search) else []),
     }
     missing = [
         f"{kind[:-1]} {name}" for kind, names in expected.items() for name in names
@@ -1271,9 +1452,10 @@ def require_complete(report, args, search, held_out_metrics):
 
 
 # %% Compare with earlier runs of the experiment on the same data
-def compare_with_earlier_runs(client, run):
+def compare_with_earlier_runs(client, run_id):
     """This run's held-out score against the best earlier run's on the same training and test
     data (same dataset digests): scores on other data are not comparable."""
+    run = client.get_run(run_id)
     digests = dataset_digests(run)
     conditions = [
         "tags.mlflow.parentRunId IS NULL",
@@ -1564,6 +1746,7 @@ def print_report(report):
     print("\nHeld-out test metrics (the search never saw these rows):")
     for key, value in report["test_metrics"].items():
         print(f"  {key}: {value:.3f}")
+    print_importance(report["importance"])
     print_comparison(report["compared_with_earlier_runs"])
     print('\nBrowse in the MLflow UI ("Model training" view):')
     if report["browse"]["ui_command"]:
@@ -1604,6 +1787,13 @@ def print_data(data):
     for column, treatment in data["treatment"].items():
         print(f"  {column}: {treatment}")
     print(f"  profile: {data['profile']['artifact']} ({data['profile']['covers']})")
+
+
+def print_importance(importance):
+    print(f"\nWhat drives the model: held-out {score_name()} lost when a column is shuffled "
+          f"({importance['held_out_rows']} rows; feature_importance.png):")  # fmt: skip
+    for row in importance["columns"][:5]:
+        print(f"  {row['column']}: {row['importance']:.3f} (+/- {row['std']:.3f})")
 
 
 def print_comparison(comparison):
