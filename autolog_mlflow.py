@@ -77,8 +77,10 @@ from mlflow.data import digest_utils
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
-from sklearn import ensemble  # the estimator's module: see ESTIMATOR
-from sklearn import metrics  # look functions up at call time: see score_on_test_split()
+from sklearn import (
+    ensemble,  # the estimator's module: see ESTIMATOR
+    metrics,  # look functions up at call time: see score_on_test_split()
+)
 from sklearn.base import clone, is_classifier
 from sklearn.datasets import load_breast_cancer
 from sklearn.metrics import ConfusionMatrixDisplay
@@ -219,8 +221,10 @@ def check_target(y, name):
         return
     distinct = y.nunique()
     # Integer quantities (prices, ages) look like many classes to scikit-learn's type_of_target.
-    if pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y) and (
-        type_of_target(y) == "continuous" or distinct > max(MAX_CLASSES, len(y) // 50)
+    if (
+        pd.api.types.is_numeric_dtype(y)
+        and not pd.api.types.is_bool_dtype(y)
+        and (type_of_target(y) == "continuous" or distinct > max(MAX_CLASSES, len(y) // 50))
     ):
         raise BadInput(
             f"--target {name} looks continuous ({distinct} distinct numbers in {len(y)} rows): "
@@ -482,18 +486,23 @@ def parse_args(argv=None):
     )
     args = parser.parse_args(argv)
     if args.reproduce:
-        unset = object()  # what argparse leaves alone in a given namespace: not on the line
-        given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(RECORDED, unset)))
-        fixed = [name for name in RECORDED if getattr(given, name) is not unset]
-        if fixed:
-            parser.error(
-                f"--{fixed[0].replace('_', '-')} comes from the record of run {args.reproduce}; "
-                "with --reproduce give only --tracking-uri, --n-jobs, --dask-scheduler, "
-                "--run-name, --json, --register-model, and --data if the same file has moved"
-            )
+        check_reproduce_options(parser, argv, args.reproduce)
     elif (args.data is None) != (args.target is None):
         parser.error("--data and --target go together: give both, or neither")
     return args
+
+
+def check_reproduce_options(parser, argv, run_id):
+    """With --reproduce, the options that define the experiment come from the run's record."""
+    unset = object()  # what argparse leaves alone in a given namespace: not on the line
+    given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(RECORDED, unset)))
+    fixed = [name for name in RECORDED if getattr(given, name) is not unset]
+    if fixed:
+        parser.error(
+            f"--{fixed[0].replace('_', '-')} comes from the record of run {run_id}; "
+            "with --reproduce give only --tracking-uri, --n-jobs, --dask-scheduler, "
+            "--run-name, --json, --register-model, and --data if the same file has moved"
+        )
 
 
 EXAMPLE_GRID = '\'{"n_estimators": [50, 100], "max_depth": [null, 5]}\''
@@ -707,7 +716,8 @@ def search_backend(args):
         return
     try:  # optional: imported only when asked for
         import joblib
-        from distributed import Client, LocalCluster
+        from distributed import Client as DaskClient
+        from distributed import LocalCluster
     except ImportError:
         raise BadInput("--dask-scheduler needs Dask: pip install -r requirements-dask.txt")
     with contextlib.ExitStack() as stack:
@@ -717,7 +727,7 @@ def search_backend(args):
                 LocalCluster(host="127.0.0.1", threads_per_worker=1, dashboard_address=None)
             ).scheduler_address
         try:
-            stack.enter_context(Client(address, timeout=DASK_CONNECT_TIMEOUT))
+            stack.enter_context(DaskClient(address, timeout=DASK_CONNECT_TIMEOUT))
         except OSError as e:
             raise Unreachable(f"cannot reach the Dask scheduler {address}: {e}")
         stack.enter_context(joblib.parallel_backend("dask"))
@@ -862,7 +872,10 @@ class SearchProgress:
         elif context.max_subtasks == 0:  # a copy in a worker: tell this process
             # Progress must never fail a fit: a worker that cannot reach this process (a Dask
             # worker on another machine) stays silent, and the count jumps at the end.
-            with contextlib.suppress(Exception), connection.Client(self.address, authkey=self.authkey) as c:
+            with (
+                contextlib.suppress(Exception),
+                connection.Client(self.address, authkey=self.authkey) as c,
+            ):
                 c.send("fit done")
 
     def teardown(self, estimator, context):
@@ -974,7 +987,9 @@ def register_datasets(dataset_of, X_train, X_test):
 def installed_versions():
     """MODEL_PACKAGES and the distribution that provides ESTIMATOR, at their installed versions."""
     estimator_package = packages_distributions()[type(ESTIMATOR).__module__.split(".")[0]][0]
-    return {package: version(package) for package in dict.fromkeys([*MODEL_PACKAGES, estimator_package])}
+    return {
+        package: version(package) for package in dict.fromkeys([*MODEL_PACKAGES, estimator_package])
+    }
 
 
 def model_options(X_train):
@@ -1312,7 +1327,10 @@ def raw_column_importance(search, X, y, seed):
     predicts again for each shuffle (as for encoded features, but grouped by raw column).
     """
     if len(X) > IMPORTANCE_ROWS:
-        X, y = X.sample(IMPORTANCE_ROWS, random_state=seed), y.sample(IMPORTANCE_ROWS, random_state=seed)
+        X, y = (
+            X.sample(IMPORTANCE_ROWS, random_state=seed),
+            y.sample(IMPORTANCE_ROWS, random_state=seed),
+        )
     vectorizer, estimator = search.best_estimator_.steps[0][1], search.best_estimator_.steps[-1][1]
     encoded, rng = vectorizer.transform(X), np.random.default_rng(seed)
     baseline = search.scorer_(estimator, encoded, y)
@@ -1353,20 +1371,24 @@ def summary_of(report, importance):
                     f"{comparison['best_earlier_run_id']})")  # fmt: skip
     else:
         compared = "the first run on this data in the experiment"
-    top = ", ".join(f"{row.column} ({row.importance:.3f})" for row in importance.head(5).itertuples())
+    top = ", ".join(
+        f"{row.column} ({row.importance:.3f})" for row in importance.head(5).itertuples()
+    )
+    pictures = ", ".join(name for name in report["artifacts"] if name.endswith(".png"))
+    searched = (f"{type(ESTIMATOR).__name__}, {len(report['child_runs'])} candidates x "
+                f"{report['params']['cv']}-fold CV, on {data['source']} ({data['train_rows']} "
+                f"training rows, {data['feature_columns']} columns)")  # fmt: skip
+    headline = (f"**Best: `{best['name']}`**, mean CV {score_name()} "
+                f"{best['mean_test_score']:.3f} (+/- {2 * best['std_test_score']:.3f}, 2 std)")  # fmt: skip
     return "\n".join([
-        f"**Best: `{best['name']}`**, mean CV {score_name()} {best['mean_test_score']:.3f} "
-        f"(+/- {2 * best['std_test_score']:.3f}, 2 std)",
+        headline,
         "",
-        f"- Searched: {type(ESTIMATOR).__name__}, {len(report['child_runs'])} candidates x "
-        f"{report['params']['cv']}-fold CV, on {data['source']} ({data['train_rows']} training "
-        f"rows, {data['feature_columns']} columns)",
+        f"- Searched: {searched}",
         f"- Held out ({data['test_rows']} rows): {held_out}",
-        f"- Compared: {report['compared_with_earlier_runs']['score']} {compared}",
+        f"- Compared: {comparison['score']} {compared}",
         f"- Columns that matter most (permutation importance): {top}",
         f"- Load the model: `{report['load_model']}`",
-        f"- Pictures: {', '.join(name for name in report['artifacts'] if name.endswith('.png'))};"
-        f" the data: {DATA_PROFILE}",
+        f"- Pictures: {pictures}; the data: {DATA_PROFILE}",
     ])  # fmt: skip
 
 
@@ -1427,10 +1449,19 @@ def require_complete(report, args, search, held_out_metrics):
     expected = {
         "params": [f"best_{name}" for name in args.param_grid] + ["cv", "param_grid"],
         "metrics": ["best_cv_score", "training_score", *held_out_metrics],
-        "artifacts": ["cv_results.csv", "estimator.html", RECORD, "data.json", DATA_PROFILE,
-                      *EXPLANATION]
-        + (["training_confusion_matrix.png", "held_out_confusion_matrix.png"]
-           if is_classifier(search) else []),
+        "artifacts": [
+            "cv_results.csv",
+            "estimator.html",
+            RECORD,
+            "data.json",
+            DATA_PROFILE,
+            *EXPLANATION,
+        ]
+        + (
+            ["training_confusion_matrix.png", "held_out_confusion_matrix.png"]
+            if is_classifier(search)
+            else []
+        ),
     }
     missing = [
         f"{kind[:-1]} {name}" for kind, names in expected.items() for name in names

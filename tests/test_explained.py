@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import penguins
 from sklearn.model_selection import GridSearchCV
-from test_tables import penguins, table_run  # noqa: F401 (the shared table run)
 
 import autolog_mlflow
 
