@@ -76,6 +76,7 @@ from mlflow import MlflowClient
 from mlflow.data import digest_utils
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.types import DataType
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from sklearn import (
     ensemble,  # the estimator's module: see ESTIMATOR
@@ -1093,16 +1094,19 @@ def rescued_on_failure(search, X_train, run_id):
 # %% Dataset logging in proportion to the data (works around MLflow 3.17.2 internals)
 # On a 200,000-row table, MLflow's dataset logging took longer than the search itself.
 # Autologging builds a dataset for the same frame up to three times (before the fit, after it,
-# and at every predict call on the test split); each build visits every value in Python twice:
-# to infer the schema (mlflow.types.utils._infer_required, 12 million calls) and to find the
-# string columns for the digest (compute_pandas_digest). Within the run, each frame's dataset
-# is built once, and both visits are vectorised for the columns where that cannot change the
-# answer. Nothing recorded changes: tests/test_mlflow_internals.py compares the results with
-# MLflow's own and fails if an upgrade moves what is replaced here.
+# and at every predict call on the test split); each build visits every value in Python: to
+# infer the schema (mlflow.types.utils._infer_required, 12 million calls on 20 numeric columns;
+# _infer_pandas_column, 16 s for four text columns) and to find the string columns for the
+# digest (compute_pandas_digest). Within the run, each frame's dataset is built once, and the
+# visits are vectorised for the columns where that cannot change the answer. Nothing recorded
+# changes: tests/test_mlflow_internals.py compares the results with MLflow's own and fails if
+# an upgrade moves what is replaced here.
 @contextlib.contextmanager
 def datasets_built_once():
     """Within the block, autologging builds one dataset per frame; yields the builder."""
-    infer_required, from_pandas = mlflow.types.utils._infer_required, mlflow.sklearn.from_pandas
+    types = mlflow.types.utils
+    originals = types._infer_required, types._infer_pandas_column, mlflow.sklearn.from_pandas
+    infer_required, infer_pandas_column, from_pandas = originals
     built = {}  # digest -> dataset: the store keeps one record per name and digest anyway
 
     def dataset_of(df, source=None):  # as autologging calls it: a frame and a code source
@@ -1111,14 +1115,21 @@ def datasets_built_once():
             built[digest] = from_pandas(df, source=source, digest=digest)
         return built[digest]
 
-    def required_vectorised(column):
-        return required(column, infer_required)
-
-    mlflow.sklearn.from_pandas, mlflow.types.utils._infer_required = dataset_of, required_vectorised
+    types._infer_required = lambda column: required(column, infer_required)
+    types._infer_pandas_column = lambda column: column_type(column, infer_pandas_column)
+    mlflow.sklearn.from_pandas = dataset_of
     try:
         yield dataset_of
     finally:
-        mlflow.sklearn.from_pandas, mlflow.types.utils._infer_required = from_pandas, infer_required
+        types._infer_required, types._infer_pandas_column, mlflow.sklearn.from_pandas = originals
+
+
+def column_type(column, infer_pandas_column):
+    """MLflow's schema type of a column; for a pandas string column with a value, `string`
+    (MLflow's loop finds str values and missing ones, the latter of no type)."""
+    if isinstance(column, pd.Series) and is_string(column) and column.notna().any():
+        return DataType.string
+    return infer_pandas_column(column)
 
 
 def required(column, infer_required):
