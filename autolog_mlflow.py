@@ -257,7 +257,8 @@ else:
 
 
 def score_on_test_split(search, X_test, y_test):
-    """Score the best model on the held-out split; returns the names of the metrics logged.
+    """Score the best model on the held-out split; returns the names of the metrics logged, and
+    the predictions.
 
     Autologging replaces the functions of `sklearn.metrics` when it is enabled, so they are
     looked up on the module here, at call time: a function imported by name before that would
@@ -282,7 +283,7 @@ def score_on_test_split(search, X_test, y_test):
         logged = ["r2_score_X_test", "mean_absolute_error_X_test"]
     if SCORING:
         mlflow.log_metric(HELD_OUT_SCORE, search.score(X_test, y_test))
-    return [*logged, HELD_OUT_SCORE] if HELD_OUT_SCORE not in logged else logged
+    return ([*logged, HELD_OUT_SCORE] if HELD_OUT_SCORE not in logged else logged), y_pred
 
 
 # %% Main flow: check the input and the store before any run exists, run the experiment in one
@@ -358,14 +359,14 @@ def run_experiment(args, data, record, original, client, mlflow_warnings, where)
         search = build_search(args).set_callbacks(SearchProgress())  # progress on stderr
         search.fit(X_train, y_train)
         with rescued_on_failure(search, X_train, run_id):
-            held_out_metrics = score_on_test_split(search, X_test, y_test)
+            held_out_metrics, y_pred = score_on_test_split(search, X_test, y_test)
             mlflow_warnings.raise_if_any()
             mlflow.sklearn.autolog(disable=True)  # its work is done; what follows is ours
             progress("logging the best model, explaining the run, checking what the store holds")
             log_best_model(search, X_train)
             described = describe_data(data, search.best_estimator_, args)
             log_data_description(described, *profile())
-            importance, importance_rows = explain_run(search, data, args.seed)
+            importance, importance_rows = explain_run(search, data, y_pred, args.seed)
             name_child_runs(client, run_id, args.param_grid)
             reproduction = original and log_reproduction(client, original, run_id, record, X_test)
             report = read_run_back(client, run_id) | {
@@ -1239,7 +1240,7 @@ def log_record(record):
 # %% The run explains itself in the MLflow UI: a summary as its description, the grid as a
 # picture, what drives the model, the held-out confusion matrix. Made after autologging is
 # switched off, so that the predictions made here are not logged as metrics of their own.
-def explain_run(search, data, seed):
+def explain_run(search, data, y_pred, seed):
     """Log the grid's picture, the raw columns' importance and the held-out confusion matrix;
     returns the importance table (and how many held-out rows it was measured on)."""
     plt = pyplot()
@@ -1249,8 +1250,7 @@ def explain_run(search, data, seed):
     mlflow.log_figure(importance_figure(importance, rows, plt), "feature_importance.png")
     if is_classifier(search):
         figure, axes = plt.subplots(figsize=(5, 4), layout="constrained")
-        ConfusionMatrixDisplay.from_predictions(data.y_test, search.predict(data.X_test), ax=axes,
-                                                colorbar=False)  # fmt: skip
+        ConfusionMatrixDisplay.from_predictions(data.y_test, y_pred, ax=axes, colorbar=False)
         axes.set_title(f"Held-out confusion matrix ({len(data.y_test)} rows)")
         mlflow.log_figure(figure, "held_out_confusion_matrix.png")
     plt.close("all")
