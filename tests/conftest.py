@@ -26,10 +26,10 @@ def script_env():
     return {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
 
 
-def run_script(workdir, *args, timeout=600):
-    """Run the script in `workdir` (so its default store lands there) and wait for it."""
+def run_script(workdir, *args, timeout=600, script=SCRIPT):
+    """Run the script (or a copy) in `workdir`, so its default store lands there; wait for it."""
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
+        [sys.executable, str(script), *args],
         cwd=workdir,
         env=script_env(),
         capture_output=True,
@@ -100,8 +100,8 @@ def parent_runs(tracking_uri):
     return client.search_runs(experiments, filter_string="tags.mlflow.parentRunId IS NULL")
 
 
-def finished_run(workdir, *args):
-    result = run_script(workdir, "--json", *args)
+def finished_run(workdir, *args, script=SCRIPT):
+    result = run_script(workdir, "--json", *args, script=script)
     assert result.returncode == 0, result.stderr
     return ScriptRun(workdir, result)
 
