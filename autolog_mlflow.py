@@ -313,12 +313,11 @@ def main(argv=None):
         return code
 
     try:
-        args, original = experiment_to_reproduce(args) if args.reproduce else (args, None)
-        record = record_of(args)
-        data = split_data(*load_data(args), args)
+        experiment = experiment_of(args)
+        args = experiment.args  # with --reproduce, the original run's options
         client = prepare_tracking(args)
         with search_backend(args) as where:
-            report = run_experiment(args, data, record, original, client, mlflow_warnings, where)
+            report = run_experiment(experiment, client, mlflow_warnings, where)
         report["registration"] = (
             None if args.register_model is None
             else register_best_model(client, args.register_model, report)
@@ -340,49 +339,69 @@ def main(argv=None):
     return EXIT_DIFFERENT if reproduction and reproduction["verdict"] != "identical" else 0
 
 
-def run_experiment(args, data, record, original, client, mlflow_warnings, where):
+class Experiment(NamedTuple):
+    args: argparse.Namespace  # the options
+    data: Data  # the split
+    record: dict  # what it takes to run it again
+    original: dict | None  # with --reproduce: the run it reproduces, and its record
+
+
+def experiment_of(args):
+    """The experiment to run: the options given, or with --reproduce a past run's record."""
+    args, original = experiment_to_reproduce(args) if args.reproduce else (args, None)
+    return Experiment(args, split_data(*load_data(args), args), record_of(args), original)
+
+
+def run_experiment(experiment, client, mlflow_warnings, where):
     """The search and everything logged about it, in one run; returns the report."""
-    X_train, X_test, y_train, y_test, _ = data
+    args, data = experiment.args, experiment.data
     enable_autologging(args)
     with (
         tracked_run(args.run_name) as run,
         datasets_built_once() as dataset_of,
-        data_profile(X_train, y_train, args.seed) as profile,
+        data_profile(data.X_train, data.y_train, args.seed) as profile,
     ):
-        run_id = run.info.run_id
         candidates = len(ParameterGrid(args.param_grid))
-        progress(f"run {run_id}: searching {candidates} candidate{'s' * (candidates > 1)} "
-                 f"with {args.cv}-fold CV on {where} ...")  # fmt: skip
-        log_record(record)
-        register_datasets(dataset_of, X_train, X_test)
+        progress(f"run {run.info.run_id}: searching {candidates} candidate"
+                 f"{'s' * (candidates > 1)} with {args.cv}-fold CV on {where} ...")  # fmt: skip
+        log_record(experiment.record)
+        register_datasets(dataset_of, data.X_train, data.X_test)
         search = build_search(args).set_callbacks(SearchProgress())  # progress on stderr
-        search.fit(X_train, y_train)
-        with rescued_on_failure(search, X_train, run_id):
-            held_out_metrics, y_pred = score_on_test_split(search, X_test, y_test)
-            mlflow_warnings.raise_if_any()
-            mlflow.sklearn.autolog(disable=True)  # its work is done; what follows is ours
-            progress("logging the best model, explaining the run, checking what the store holds")
-            log_best_model(search, X_train)
-            described = describe_data(data, search.best_estimator_, args)
-            log_data_description(described, *profile())
-            importance, importance_rows = explain_run(search, data, y_pred, args.seed)
-            name_child_runs(client, run_id, args.param_grid)
-            reproduction = original and log_reproduction(client, original, run_id, record, X_test)
-            report = read_run_back(client, run_id) | {
-                "data": described,
-                "compared_with_earlier_runs": compare_with_earlier_runs(client, run_id),
-                "importance": {"held_out_rows": importance_rows,
-                               "columns": importance.to_dict(orient="records")},
-                "reproduction": reproduction,
-            }  # fmt: skip
-            report["summary"] = summary_of(report, importance)
-            mlflow.set_tag("mlflow.note.content", report["summary"])
-            require_complete(report, args, search, held_out_metrics)
-            mlflow_warnings.raise_if_any()
-    run = client.get_run(run_id)
-    report["status"] = run.info.status
-    report["duration_seconds"] = (run.info.end_time - run.info.start_time) / 1000
+        search.fit(data.X_train, data.y_train)
+        with rescued_on_failure(search, data.X_train, run.info.run_id):
+            report = log_what_the_search_found(experiment, search, profile, client, mlflow_warnings)
+    finished = client.get_run(run.info.run_id)
+    report["status"] = finished.info.status
+    report["duration_seconds"] = (finished.info.end_time - finished.info.start_time) / 1000
     report["browse"] = browse_hints(args.tracking_uri, report)
+    return report
+
+
+def log_what_the_search_found(experiment, search, profile, client, mlflow_warnings):
+    """Held-out scores, the model, the data, the explanation; then read the run back, check it
+    is complete and describe it. Returns the report."""
+    (args, data, record, original), run_id = experiment, mlflow.active_run().info.run_id
+    held_out_metrics, y_pred = score_on_test_split(search, data.X_test, data.y_test)
+    mlflow_warnings.raise_if_any()
+    mlflow.sklearn.autolog(disable=True)  # its work is done; what follows is ours
+    progress("logging the best model, explaining the run, checking what the store holds ...")
+    log_best_model(search, data.X_train)
+    described = describe_data(data, search.best_estimator_, args)
+    log_data_description(described, *profile())
+    importance, importance_rows = explain_run(search, data, y_pred, args.seed)
+    name_child_runs(client, run_id, args.param_grid)
+    reproduction = original and log_reproduction(client, original, run_id, record, data.X_test)
+    report = read_run_back(client, run_id) | {
+        "data": described,
+        "compared_with_earlier_runs": compare_with_earlier_runs(client, run_id),
+        "importance": {"held_out_rows": importance_rows,
+                       "columns": importance.to_dict(orient="records")},
+        "reproduction": reproduction,
+    }  # fmt: skip
+    report["summary"] = summary_of(report, importance)
+    mlflow.set_tag("mlflow.note.content", report["summary"])
+    require_complete(report, args, search, held_out_metrics)
+    mlflow_warnings.raise_if_any()
     return report
 
 
