@@ -381,7 +381,10 @@ def log_what_the_search_found(experiment, search, profile, client, mlflow_warnin
     """Held-out scores, the model, the data, the explanation; then read the run back, check it
     is complete and describe it. Returns the report."""
     (args, data, record, original), run_id = experiment, mlflow.active_run().info.run_id
-    held_out_metrics, y_pred = score_on_test_split(search, data.X_test, data.y_test)
+    # Autologging names a held-out metric after the variable that holds the rows, in the
+    # outermost frame that passes them on: here, X_test (accuracy_score_X_test).
+    X_test, y_test = data.X_test, data.y_test
+    held_out_metrics, y_pred = score_on_test_split(search, X_test, y_test)
     mlflow_warnings.raise_if_any()
     mlflow.sklearn.autolog(disable=True)  # its work is done; what follows is ours
     progress("logging the best model, explaining the run, checking what the store holds ...")
@@ -390,8 +393,10 @@ def log_what_the_search_found(experiment, search, profile, client, mlflow_warnin
     log_data_description(described, *profile())
     importance, importance_rows = explain_run(search, data, y_pred, args.seed)
     name_child_runs(client, run_id, args.param_grid)
-    reproduction = original and log_reproduction(client, original, run_id, record, data.X_test)
-    report = read_run_back(client, run_id) | {
+    reproduction = original and log_reproduction(client, original, run_id, record, X_test)
+    report = read_run_back(client, run_id)
+    require_complete(report, args, search, held_out_metrics)
+    report |= {
         "data": described,
         "compared_with_earlier_runs": compare_with_earlier_runs(client, run_id),
         "importance": {"held_out_rows": importance_rows,
@@ -400,7 +405,6 @@ def log_what_the_search_found(experiment, search, profile, client, mlflow_warnin
     }  # fmt: skip
     report["summary"] = summary_of(report, importance)
     mlflow.set_tag("mlflow.note.content", report["summary"])
-    require_complete(report, args, search, held_out_metrics)
     mlflow_warnings.raise_if_any()
     return report
 
