@@ -225,8 +225,8 @@ def test_edited_script_is_recorded_as_a_code_change_and_its_results_differ_exit_
     original_id = json.loads(original.stdout)["run_id"]
     assert record(ScriptRun(tmp_path, original))["git"]["dirty"] is False
 
-    edit = ("RandomForestClassifier(random_state=args.seed)",
-            'RandomForestClassifier(random_state=args.seed, criterion="entropy")')  # fmt: skip
+    edit = ("ESTIMATOR = ensemble.RandomForestClassifier()",
+            'ESTIMATOR = ensemble.RandomForestClassifier(criterion="entropy")')  # fmt: skip
     assert script.read_text().count(edit[0]) == 1
     script.write_text(script.read_text().replace(*edit))
     result = run_copy(script, tmp_path, "--reproduce", original_id)
