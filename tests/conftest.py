@@ -26,12 +26,13 @@ def script_env():
     return {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
 
 
-def run_script(workdir, *args, timeout=600):
-    """Run the script in `workdir` (so its default store lands there) and wait for it."""
+def run_script(workdir, *args, timeout=600, env=None):
+    """Run the script in `workdir` (so its default store lands there) and wait for it; `env`
+    adds to its environment."""
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args],
         cwd=workdir,
-        env=script_env(),
+        env=script_env() | (env or {}),
         capture_output=True,
         text=True,
         timeout=timeout,
