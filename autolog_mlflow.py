@@ -78,7 +78,9 @@ from mlflow.data import digest_utils
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.types import DataType
+from mlflow.utils.credentials import get_default_host_creds, read_mlflow_creds
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+from mlflow.utils.rest_utils import http_request, verify_rest_response
 from sklearn import (
     ensemble,  # the estimator's module: see ESTIMATOR
     metrics,  # look functions up at call time: see score_on_test_split()
@@ -638,6 +640,48 @@ def check_server_answers(uri):
         raise Unreachable(f"cannot reach the tracking server {redact(uri, uri)}: {reason}")
 
 
+# MLflow's login (`mlflow server --app-name basic-auth`): who the server says the user is, and
+# what the user may do there, resolved as for the user's own requests (tools/TEAM-SERVER.md).
+WHO_AM_I = "/api/2.0/mlflow/users/current"
+PERMISSION = "/api/3.0/mlflow/users/permissions/get"
+MAY_WRITE = ("EDIT", "MANAGE")
+
+
+def check_login(uri):
+    """The user a server's login knows ({"username", "is_admin"}), or None for a server without
+    one. Credentials are MLflow's (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or
+    ~/.mlflow/credentials); they go to the server only, never to the output or the run."""
+    response = http_request(get_default_host_creds(uri), WHO_AM_I, "GET", max_retries=0,
+                            timeout=SERVER_CHECK_TIMEOUT)  # fmt: skip
+    if response.status_code == 401:
+        creds = read_mlflow_creds()
+        if not (creds.username and creds.password):
+            raise BadInput(
+                f"the server at {redact(uri, uri)} needs a login: set MLFLOW_TRACKING_USERNAME "
+                "and MLFLOW_TRACKING_PASSWORD"
+            )
+        raise BadInput(f"the server at {redact(uri, uri)} refused the login for {creds.username}")
+    return verify_rest_response(response, WHO_AM_I).json()["user"] if response.ok else None
+
+
+def may(uri, user, resource_type, resource_id, permissions):
+    """Whether `user` holds one of `permissions` on the resource (an admin holds all)."""
+    if user["is_admin"]:
+        return True
+    asked = {"username": user["username"], "resource_type": resource_type,
+             "resource_id": resource_id}  # fmt: skip
+    response = http_request(get_default_host_creds(uri), PERMISSION, "GET", params=asked,
+                            max_retries=0, timeout=SERVER_CHECK_TIMEOUT)  # fmt: skip
+    return verify_rest_response(response, PERMISSION).json()["permission"] in permissions
+
+
+def may_not_write(user, experiment_name, uri):
+    return BadInput(
+        f"{user['username']} may not write to experiment {experiment_name} on {redact(uri, uri)}: "
+        "ask its owner for EDIT"
+    )
+
+
 def sqlite_path(uri):
     return Path(urlparse(uri).path[1:]) if uri.startswith("sqlite:///") else None
 
@@ -713,39 +757,57 @@ def experiment_of_launching_run(client):
 
 def prepare_tracking(args):
     """Check the store and open the experiment, so that bad input never leaves a run behind."""
-    uri = args.tracking_uri
+    uri, user = args.tracking_uri, None
     check_uri_form(uri)
     if uri.startswith(("http://", "https://")):
         check_server_answers(uri)
+        user = check_login(uri)
     if sqlite_path(uri):
         require_writable(sqlite_path(uri).parent, "tracking store")
     mlflow.set_tracking_uri(uri)
     with store_lock(uri):
         client = MlflowClient()  # creates the store's tables if they are missing
-        experiment = experiment_of_launching_run(client) or open_experiment(
-            client, args.experiment_name
-        )
+        try:
+            experiment = experiment_of_launching_run(client) or open_experiment(
+                client, args.experiment_name
+            )
+        except MlflowException as e:
+            if user is None or e.error_code != "PERMISSION_DENIED":
+                raise
+            raise may_not_write(user, args.experiment_name, uri)
+    if user and not may(uri, user, "experiment", experiment.experiment_id, MAY_WRITE):
+        raise may_not_write(user, experiment.name, uri)
     location = urlparse(experiment.artifact_location)
     if location.scheme in ("", "file"):
         require_writable(location.path, "run artifacts")
     if args.register_model is not None:
-        check_registry(client, args.register_model)
+        check_registry(client, args.register_model, uri, user)
     mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return client
 
 
-def check_registry(client, name):
-    """A name the registry refuses, or a store without a usable registry: bad input, now."""
+def check_registry(client, name, uri, user):
+    """A name the registry refuses, a model the user may not change, or a store without a usable
+    registry: bad input, now. Registering moves the model's aliases, and MLflow's login lets
+    only MANAGE remove one (the challenger, when the new version becomes the champion)."""
     try:
         client.get_registered_model(name)
+        allowed = user is None or may(uri, user, "registered_model", name, ["MANAGE"])
     except MlflowException as e:
         if e.error_code == "INVALID_PARAMETER_VALUE":
             raise BadInput(f"--register-model {name!r}: {first_line(e)}")
-        if e.error_code != "RESOURCE_DOES_NOT_EXIST":  # a new name: created at registration
+        refused = e.error_code == "PERMISSION_DENIED" and user is not None
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST" and not refused:
             raise BadInput(
                 f"the tracking store has no usable model registry ({first_line(e)}); "
                 "drop --register-model or choose another --tracking-uri"
             )
+        allowed = not refused  # a new name: created at registration, and managed by its creator
+    if not allowed:
+        raise BadInput(
+            f"{user['username']} may not register versions of model {name} on "
+            f"{redact(uri, uri)}: ask its owner for MANAGE"
+        )
 
 
 # %% Where the search's fits run: local processes, or a Dask cluster
@@ -1647,6 +1709,7 @@ def read_original(args):
         )
     if uri.startswith(("http://", "https://")):
         check_server_answers(uri)
+        check_login(uri)
     client = MlflowClient(uri)
     try:
         run = client.get_run(run_id)

@@ -4,6 +4,7 @@
     python benchmarks/overhead.py --rounds 2 --skip-scaling   # a quick look
     python benchmarks/overhead.py --data-sizes none --skip-variants   # only the scaling
     python benchmarks/overhead.py --only-progress   # only the live progress's cost
+    python benchmarks/overhead.py --only-login      # only the cost of a server's login
 
 Whole processes, interleaved (A B C, A B C, ...) so that a noisy machine hurts every variant
 alike, and compared by their medians:
@@ -16,12 +17,16 @@ and by PostgreSQL (tools/postgres.py; Debian's, as tests/setup.sh installs it); 
 run is the slope of the logging overhead (script minus bare) between the smallest and the
 largest grid. And the search's live progress (autolog_mlflow.SearchProgress, a scikit-learn
 callback): the default search fitted with and without it, interleaved in one process, with
-stderr on a pseudo-terminal (the bar) and on a pipe (plain lines). Not a test: it prints figures
-and ratios, and asserts nothing.
+stderr on a pseudo-terminal (the bar) and on a pipe (plain lines). And a team server's login
+(--only-login): the same one-candidate run by a team member through three team servers on
+PostgreSQL (tools/team_server.py), without a login, with MLflow's basic-auth app, and with its
+login cache on; beside it the cost of one request on each, and of one password check. Not a
+test: it prints figures and ratios, and asserts nothing.
 """
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -36,8 +41,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
+import requests
 from mlflow_ui import mlflow_server
-from postgres import postgres_server
+from team_server import ADMIN, team_server
 
 SCRIPT = ROOT / "autolog_mlflow.py"
 SEARCH = {"cv": 5, "seed": 42, "test_size": 0.25}
@@ -116,10 +122,12 @@ print(json.dumps(seconds))
 """
 
 
-def measure(command, cwd):
-    """Wall seconds and peak RSS (MiB, the largest process of the tree) of one command."""
+def measure(command, cwd, env=None):
+    """Wall seconds and peak RSS (MiB, the largest process of the tree) of one command; `env`
+    adds to its environment."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env=os.environ | (env or {}))  # fmt: skip
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
     stderr = process.stderr.read().decode()
@@ -347,6 +355,91 @@ def print_progress_overhead(results):
         )
 
 
+# A team server's login: the same small run through a server without a login and through two
+# with MLflow's basic-auth app, its login cache off (MLflow's default) and on (team_server.py's).
+LOGIN_SERVERS = {"no login": None, "login, no cache": 0, "login, cache 60 s": 60}
+LOGIN_GRID = {"n_estimators": [5], "max_depth": [2]}
+MEMBER = "member"  # an ordinary user: admins skip the permission checks that members pay for
+REQUESTS = 20  # timed requests per server and user
+
+
+def login_overhead(rounds, workdir):
+    """Per server: the run's seconds by round, and one request's seconds as each user."""
+    users = {name: (name, f"{name}-{os.urandom(8).hex()}") for name in (ADMIN, MEMBER)}
+    member = dict(zip(["MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"], users[MEMBER]))
+    command = script_command(LOGIN_GRID, 1, search=SEARCH | {"cv": 2})
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for name, cache in LOGIN_SERVERS.items():
+            folder = tempfile.mkdtemp(dir=workdir)
+            password = None if cache is None else users[ADMIN][1]
+            servers[name] = stack.enter_context(team_server(folder, password,
+                                                            login_cache_seconds=cache))  # fmt: skip
+            if password:
+                create = {"username": MEMBER, "password": users[MEMBER][1]}
+                requests.post(f"{servers[name].url}/api/2.0/mlflow/users/create",
+                              auth=users[ADMIN], json=create).raise_for_status()  # fmt: skip
+            # The member's first run creates the experiment (and owns it), and warms the store.
+            measure([*command, "--tracking-uri", servers[name].url], workdir, member)
+        seconds = {name: [] for name in servers}
+        for round_ in range(rounds):
+            names = list(servers)
+            for name in names[round_ % 3 :] + names[: round_ % 3]:  # each goes first in turn
+                run = [*command, "--tracking-uri", servers[name].url]
+                seconds[name].append(measure(run, workdir, member)[0])
+            print(f"  login round {round_ + 1}/{rounds}", file=sys.stderr, flush=True)
+        per_request = {
+            (name, user): request_seconds(server.url, users[user])
+            for (name, server), user in itertools.product(servers.items(), users)
+        }
+    return seconds, per_request
+
+
+def request_seconds(url, credentials):
+    """The median seconds of a cheap authenticated read (an experiment by name), after one
+    untimed request that fills a login cache."""
+    session = requests.Session()
+    session.auth = credentials
+    read = f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+    session.get(read).raise_for_status()
+    timed = []
+    for _ in range(REQUESTS):
+        start = time.perf_counter()
+        session.get(read).raise_for_status()
+        timed.append(time.perf_counter() - start)
+    return statistics.median(timed)
+
+
+def password_check_seconds():
+    """One check of a password against the hash MLflow's auth app stores (werkzeug's default)."""
+    from werkzeug.security import check_password_hash, generate_password_hash
+
+    stored = generate_password_hash("a-password-of-some-length")
+    start = time.perf_counter()
+    for _ in range(5):
+        check_password_hash(stored, "a-password-of-some-length")
+    return (time.perf_counter() - start) / 5, stored.split("$")[0]
+
+
+def print_login_overhead(seconds, per_request):
+    plain = statistics.median(seconds["no login"])
+    check, method = password_check_seconds()
+    print("\n### A team server's login: one candidate, cv 2, run by a team member\n")
+    print(
+        "| server | run median s | min-max s | run / no login | request as admin ms "
+        "| request as member ms |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        print(
+            f"| {name} | {median:.2f} | {min(values):.2f}-{max(values):.2f} "
+            f"| {median / plain:.2f} | {1000 * per_request[name, ADMIN]:.0f} "
+            f"| {1000 * per_request[name, MEMBER]:.0f} |"
+        )
+    print(f"\nOne password check ({method}) in this process: {1000 * check:.0f} ms.")
+
+
 def machine():
     import mlflow
     import sklearn
@@ -378,9 +471,15 @@ def main():
     parser.add_argument("--skip-variants", action="store_true", help="no bare/fresh/warm rounds")
     parser.add_argument("--progress-rounds", type=int, default=6, help="0: no progress rounds")
     parser.add_argument("--only-progress", action="store_true", help="only the progress rounds")
+    parser.add_argument("--login-rounds", type=int, default=3, help="rounds of --only-login")
+    parser.add_argument("--only-login", action="store_true", help="only a server's login cost")
     args = parser.parse_args()
 
     print(f"Machine: {machine()}")
+    if args.only_login:
+        with tempfile.TemporaryDirectory() as workdir:
+            print_login_overhead(*login_overhead(args.login_rounds, workdir))
+        return
     if args.progress_rounds:
         rounds = args.progress_rounds
         print_progress_overhead({
@@ -405,12 +504,7 @@ def main():
         server_dir = tempfile.mkdtemp(dir=workdir)
         with mlflow_server(f"sqlite:///{server_dir}/mlflow.db", server_dir, "server") as server:
             results["mlflow server on SQLite"] = scaling(args.scaling_rounds, workdir, server.url)
-        with (
-            postgres_server() as database,
-            mlflow_server(
-                database, server_dir, "server", ["--artifacts-destination", server_dir]
-            ) as server,
-        ):
+        with team_server(tempfile.mkdtemp(dir=workdir)) as server:
             results["mlflow server on PostgreSQL"] = scaling(
                 args.scaling_rounds, workdir, server.url
             )

@@ -26,12 +26,13 @@ def script_env():
     return {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
 
 
-def run_script(workdir, *args, timeout=600, script=SCRIPT):
-    """Run the script (or a copy) in `workdir`, so its default store lands there; wait for it."""
+def run_script(workdir, *args, timeout=600, script=SCRIPT, env=None):
+    """Run the script (or a copy) in `workdir`, so its default store lands there, and wait for
+    it; `env` adds to its environment."""
     return subprocess.run(
         [sys.executable, str(script), *args],
         cwd=workdir,
-        env=script_env(),
+        env=script_env() | (env or {}),
         capture_output=True,
         text=True,
         timeout=timeout,

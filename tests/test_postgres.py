@@ -1,6 +1,7 @@
 """A team's tracking server, as the README sets it up: `mlflow server` on a real PostgreSQL
-(Debian's, started by tools/postgres.py), artifacts in a folder the server serves, no pool
-tweaks. Every run goes through the server's REST API; the database is then read directly."""
+(Debian's), artifacts in a folder the server serves, no pool tweaks, no login
+(tools/team_server.py; tests/test_auth.py has the login). Every run goes through the server's
+REST API; the database is then read directly."""
 
 import json
 
@@ -8,20 +9,12 @@ import psycopg
 import pytest
 from conftest import QUICK, run_eight_at_once, run_script
 from mlflow import MlflowClient
-from mlflow_ui import mlflow_server
-from postgres import postgres_server
+from team_server import team_server as started_team_server
 
 
 @pytest.fixture(scope="module")
 def team_server(tmp_path_factory):
-    artifacts = tmp_path_factory.mktemp("artifacts")
-    with (
-        postgres_server() as database,
-        mlflow_server(
-            database, artifacts, "server", ["--artifacts-destination", str(artifacts)]
-        ) as server,
-    ):
-        server.database = database
+    with started_team_server(tmp_path_factory.mktemp("team")) as server:
         yield server
 
 

@@ -62,24 +62,27 @@ class Server:
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_store_uri, workdir, command="ui", extra_args=(), env=None):
-    """Run `mlflow ui` (or `mlflow server`) on a free port of 127.0.0.1; yield a Server.
+def mlflow_server(
+    backend_store_uri, workdir, command="ui", extra_args=(), env=None, host="127.0.0.1", port=None
+):
+    """Run `mlflow ui` (or `mlflow server`) on `host` (a free port unless given); yield a Server.
 
     One worker and no job execution: ready in seconds, in 2 processes instead of 15. No
     connection pool for a SQLite store: under 8 concurrent clients the default pool (5 + 10
     connections, 30 s wait) runs dry and requests fail. Other databases keep MLflow's defaults.
     """
-    port = free_port()
+    port = port or free_port()
     sqlite = SQLITE_SERVER_SETTINGS if backend_store_uri.startswith("sqlite:") else {}
     env = os.environ | SERVER_SETTINGS | sqlite | (env or {})
     with open(os.path.join(workdir, f"mlflow-{command}-{port}.log"), "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "mlflow", command, "--backend-store-uri", backend_store_uri,
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *extra_args],
+             "--host", host, "--port", str(port), "--workers", "1", *extra_args],
             cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so its workers stop with it
         )  # fmt: skip
-        server = Server(f"http://127.0.0.1:{port}", process)
+        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # where this machine reaches it
+        server = Server(f"http://{local}:{port}", process)
         try:
             wait_until_healthy(server.url, process)
             yield server
