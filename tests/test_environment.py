@@ -64,7 +64,7 @@ def installed():
 
 def test_top_level_choices_are_the_stack_pinned_exactly():
     pinned = top_level_pins(ROOT / "requirements.in")
-    assert set(pinned) == {"mlflow", "scikit-learn", "pandas", "numpy", "filelock", "rich"}
+    assert set(pinned) == {"mlflow", "scikit-learn", "pandas", "numpy", "filelock", "rich", "skrub"}
     assert pinned["mlflow"].startswith("3.")
 
 
