@@ -1509,9 +1509,16 @@ def importance_figure(importance, rows, plt):
     return figure
 
 
+def best_child(report):
+    """The child run of the search's best candidate (among tied ranks, the one it refitted)."""
+    best = " ".join(f"{key.removeprefix('best_')}={value}"
+                    for key, value in sorted(report["params"].items()) if key.startswith("best_"))  # fmt: skip
+    return next(child for child in report["child_runs"] if child["name"] == best)
+
+
 def summary_of(report, importance):
     """The run's description, in Markdown: what a reviewer needs in ten seconds."""
-    data, best = report["data"], report["child_runs"][0]
+    data, best = report["data"], best_child(report)
     comparison = report["compared_with_earlier_runs"]
     held_out = ", ".join(f"{key.removesuffix('_X_test')} {value:.3f}"
                          for key, value in report["test_metrics"].items())  # fmt: skip
@@ -1536,7 +1543,7 @@ def summary_of(report, importance):
         "",
         f"- Searched: {searched}",
         f"- Held out ({data['test_rows']} rows): {held_out}",
-        f"- Compared: {comparison['score']} {compared}",
+        f"- Compared on {comparison['score']}: {compared}",
         f"- Columns that matter most (permutation importance): {top}",
         f"- Load the model: `{report['load_model']}`",
         f"- Pictures: {pictures}; the data: {DATA_PROFILE}",

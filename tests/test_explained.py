@@ -25,7 +25,12 @@ def artifact(run, path, tmp_path):
 def test_run_description_names_the_best_candidate_and_the_held_out_score(table_run):
     description = table_run.run.data.tags["mlflow.note.content"]
     report = table_run.report
-    best = report["child_runs"][0]
+    best = autolog_mlflow.best_child(report)
+    params = report["params"]  # the refitted candidate, not only one of those tied at rank 1
+    assert (
+        best["name"]
+        == f"max_depth={params['best_max_depth']} n_estimators={params['best_n_estimators']}"
+    )
     first_line = description.splitlines()[0]
     assert first_line.startswith(f"**Best: `{best['name']}`**, mean CV accuracy")
     accuracy = report["test_metrics"]["accuracy_score_X_test"]
