@@ -117,7 +117,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default; artifact
 MAX_CLASSES = 20  # a numeric target with more values (and over 1 per 50 rows) looks continuous
 PROFILE_ROWS = 50_000  # the data profile (data_profile.html) samples larger training tables
 IMPORTANCE_ROWS = 2_000  # the raw columns' permutation importance samples the held-out split
-IMPORTANCE_REPEATS = 5  # shuffles per column
+IMPORTANCE_REPEATS = 3  # shuffles per column (each one a prediction of the held-out rows)
 # The packages the logged model needs to load (and ESTIMATOR's own), pinned to the installed
 # versions, so MLflow need not infer them (a subprocess per model, seconds) nor get them wrong.
 MODEL_PACKAGES = ["mlflow", "scikit-learn", "skrub", "numpy", "pandas", "scipy", "cloudpickle"]
