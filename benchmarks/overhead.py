@@ -4,6 +4,7 @@
     python benchmarks/overhead.py --rounds 2 --skip-scaling   # a quick look
     python benchmarks/overhead.py --data-sizes none --skip-variants   # only the scaling
     python benchmarks/overhead.py --only-progress   # only the live progress's cost
+    python benchmarks/overhead.py --only-heartbeat  # only the heartbeat's cost
 
 Whole processes, interleaved (A B C, A B C, ...) so that a noisy machine hurts every variant
 alike, and compared by their medians:
@@ -16,8 +17,10 @@ and by PostgreSQL (tools/postgres.py; Debian's, as tests/setup.sh installs it); 
 run is the slope of the logging overhead (script minus bare) between the smallest and the
 largest grid. And the search's live progress (autolog_mlflow.SearchProgress, a scikit-learn
 callback): the default search fitted with and without it, interleaved in one process, with
-stderr on a pseudo-terminal (the bar) and on a pipe (plain lines). Not a test: it prints figures
-and ratios, and asserts nothing.
+stderr on a pseudo-terminal (the bar) and on a pipe (plain lines). And the heartbeat that lets
+a dead run be found: the default run on a warm store, with copies of the script that beat every
+second, or once a day (no beat after the first), beside the default period. Not a test: it
+prints figures and ratios, and asserts nothing.
 """
 
 import argparse
@@ -346,6 +349,42 @@ def print_progress_overhead(results):
         )
 
 
+# The heartbeat's period in each variant (seconds; None: the script's own HEARTBEAT_SECONDS).
+HEARTBEATS = {"once a day (none after the first)": 86_400, "default": None, "every second": 1}
+
+
+def heartbeat_cost(rounds, workdir):
+    """Whole-process seconds of the default run, warm store, per heartbeat period, interleaved;
+    the other periods run a copy of the script with only HEARTBEAT_SECONDS edited."""
+    commands = {}
+    for label, seconds in HEARTBEATS.items():
+        command = script_command(DEFAULT_GRID, -1)
+        if seconds is not None:
+            copy = Path(tempfile.mkdtemp(dir=workdir), SCRIPT.name)
+            edited = f"HEARTBEAT_SECONDS = {seconds}  # instead of "
+            copy.write_text(SCRIPT.read_text().replace("HEARTBEAT_SECONDS = ", edited, 1))
+            command[1] = str(copy)
+        commands[label] = command
+    warm_dir = Path(tempfile.mkdtemp(dir=workdir))
+    measure(commands["default"], warm_dir)  # create the warm store
+    samples = {label: [] for label in commands}
+    for round_ in range(rounds):
+        for label, command in commands.items():
+            samples[label].append(measure(command, warm_dir))
+        print(f"  heartbeat round {round_ + 1}/{rounds}", file=sys.stderr, flush=True)
+    return {label: summary(values) for label, values in samples.items()}
+
+
+def print_heartbeat_cost(results):
+    none = results["once a day (none after the first)"]["median"]
+    print("\n### Heartbeat: the default run (9 candidates x 5 folds, n_jobs -1), warm store\n")
+    print("| heartbeat | median s | min-max s | time / once a day |")
+    print("|---|---|---|---|")
+    for label, r in results.items():
+        print(f"| {label} | {r['median']:.2f} | {r['min']:.2f}-{r['max']:.2f} "
+              f"| {r['median'] / none:.3f} |")  # fmt: skip
+
+
 def machine():
     import sklearn
 
@@ -378,9 +417,16 @@ def main():
     parser.add_argument("--skip-variants", action="store_true", help="no bare/fresh/warm rounds")
     parser.add_argument("--progress-rounds", type=int, default=6, help="0: no progress rounds")
     parser.add_argument("--only-progress", action="store_true", help="only the progress rounds")
+    parser.add_argument("--heartbeat-rounds", type=int, default=5, help="0: no heartbeat rounds")
+    parser.add_argument("--only-heartbeat", action="store_true", help="only the heartbeat rounds")
     args = parser.parse_args()
 
     print(f"Machine: {machine()}")
+    if args.heartbeat_rounds:
+        with tempfile.TemporaryDirectory() as workdir:
+            print_heartbeat_cost(heartbeat_cost(args.heartbeat_rounds, workdir))
+    if args.only_heartbeat:
+        return
     if args.progress_rounds:
         rounds = args.progress_rounds
         print_progress_overhead({
