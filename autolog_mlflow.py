@@ -29,8 +29,9 @@ Run it:
     mlflow ui                                         # same folder: browse and compare runs
 
 Every run records what it takes to run it again: the configuration and command line, the
-script itself, the git commit and any uncommitted diff, the data file's SHA-256, and every
-installed package. `--reproduce` reads that record back and ends with a verdict.
+script itself, the git commit and any uncommitted diff of the code it ran, the data file's
+SHA-256, and every installed package. `--reproduce` reads that record back and ends with a
+verdict.
 
 Exit codes: 0 success (and, with --reproduce, identical results), 2 bad input (nothing
 logged), 3 --reproduce found different results, 1 any other failure, 130 Ctrl-C and 143
@@ -76,11 +77,17 @@ import skrub
 from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.data import digest_utils
+from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
-from sklearn import ensemble  # the estimator's module: see ESTIMATOR
-from sklearn import metrics  # look functions up at call time: see score_on_test_split()
+from mlflow.types import DataType
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+from sklearn import (
+    ensemble,  # the estimator's module: see ESTIMATOR
+    metrics,  # look functions up at call time: see score_on_test_split()
+)
 from sklearn.base import clone, is_classifier
 from sklearn.datasets import load_breast_cancer
+from sklearn.metrics import ConfusionMatrixDisplay
 from sklearn.model_selection import GridSearchCV, ParameterGrid, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.utils.multiclass import type_of_target
@@ -109,6 +116,8 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default; artifact
 # The machinery's: rarely touched.
 MAX_CLASSES = 20  # a numeric target with more values (and over 1 per 50 rows) looks continuous
 PROFILE_ROWS = 50_000  # the data profile (data_profile.html) samples larger training tables
+IMPORTANCE_ROWS = 2_000  # the raw columns' permutation importance samples the held-out split
+IMPORTANCE_REPEATS = 5  # shuffles per column
 # The packages the logged model needs to load (and ESTIMATOR's own), pinned to the installed
 # versions, so MLflow need not infer them (a subprocess per model, seconds) nor get them wrong.
 MODEL_PACKAGES = ["mlflow", "scikit-learn", "skrub", "numpy", "pandas", "scipy", "cloudpickle"]
@@ -218,8 +227,10 @@ def check_target(y, name):
         return
     distinct = y.nunique()
     # Integer quantities (prices, ages) look like many classes to scikit-learn's type_of_target.
-    if pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y) and (
-        type_of_target(y) == "continuous" or distinct > max(MAX_CLASSES, len(y) // 50)
+    if (
+        pd.api.types.is_numeric_dtype(y)
+        and not pd.api.types.is_bool_dtype(y)
+        and (type_of_target(y) == "continuous" or distinct > max(MAX_CLASSES, len(y) // 50))
     ):
         raise BadInput(
             f"--target {name} looks continuous ({distinct} distinct numbers in {len(y)} rows): "
@@ -251,7 +262,8 @@ else:
 
 
 def score_on_test_split(search, X_test, y_test):
-    """Score the best model on the held-out split; returns the names of the metrics logged.
+    """Score the best model on the held-out split; returns the names of the metrics logged, and
+    the predictions.
 
     Autologging replaces the functions of `sklearn.metrics` when it is enabled, so they are
     looked up on the module here, at call time: a function imported by name before that would
@@ -276,7 +288,7 @@ def score_on_test_split(search, X_test, y_test):
         logged = ["r2_score_X_test", "mean_absolute_error_X_test"]
     if SCORING:
         mlflow.log_metric(HELD_OUT_SCORE, search.score(X_test, y_test))
-    return [*logged, HELD_OUT_SCORE] if HELD_OUT_SCORE not in logged else logged
+    return ([*logged, HELD_OUT_SCORE] if HELD_OUT_SCORE not in logged else logged), y_pred
 
 
 # %% Main flow: check the input and the store before any run exists, run the experiment in one
@@ -297,9 +309,7 @@ def main(argv=None):
     args = parse_args(argv)
     for name, value in MLFLOW_SETTINGS.items():
         os.environ.setdefault(name, value)
-    # MLflow's warnings are collected, to fail the run on them, instead of printed.
-    mlflow_warnings = MlflowWarnings()
-    logging.getLogger("mlflow").handlers = [mlflow_warnings]
+    mlflow_warnings = watch_mlflow_logging()
     signal.signal(signal.SIGTERM, raise_terminated)
 
     def fail(message, code):
@@ -309,12 +319,11 @@ def main(argv=None):
     try:
         if args.close_dead_runs:  # the sweep alone: no data, no run
             return sweep_only(args)
-        args, original = experiment_to_reproduce(args) if args.reproduce else (args, None)
-        record = record_of(args)
-        data = split_data(*load_data(args), args)
+        experiment = experiment_of(args)
+        args = experiment.args  # with --reproduce, the original run's options
         client = prepare_tracking(args)
         with search_backend(args) as where:
-            report = run_experiment(args, data, record, original, client, mlflow_warnings, where)
+            report = run_experiment(experiment, client, mlflow_warnings, where)
         report["registration"] = (
             None if args.register_model is None
             else register_best_model(client, args.register_model, report)
@@ -336,46 +345,76 @@ def main(argv=None):
     return EXIT_DIFFERENT if reproduction and reproduction["verdict"] != "identical" else 0
 
 
-def run_experiment(args, data, record, original, client, mlflow_warnings, where):
+class Experiment(NamedTuple):
+    args: argparse.Namespace  # the options
+    data: Data  # the split
+    record: dict  # what it takes to run it again
+    original: dict | None  # with --reproduce: the run it reproduces, and its record
+
+
+def experiment_of(args):
+    """The experiment to run: the options given, or with --reproduce a past run's record."""
+    args, original = experiment_to_reproduce(args) if args.reproduce else (args, None)
+    return Experiment(args, split_data(*load_data(args), args), record_of(args), original)
+
+
+def run_experiment(experiment, client, mlflow_warnings, where):
     """The search and everything logged about it, in one run; returns the report."""
-    X_train, X_test, y_train, y_test, _ = data
+    args, data = experiment.args, experiment.data
     enable_autologging(args)
     with (
         tracked_run(args.run_name) as run,
         heartbeat(run.info.run_id),
         datasets_built_once() as dataset_of,
-        data_profile(X_train, y_train, args.seed) as profile,
+        data_profile(data.X_train, data.y_train, args.seed) as profile,
     ):
-        run_id = run.info.run_id
         closed_dead_runs = close_dead_runs(client, run.info.experiment_id)
         candidates = len(ParameterGrid(args.param_grid))
-        progress(f"run {run_id}: searching {candidates} candidate{'s' * (candidates > 1)} "
-                 f"with {args.cv}-fold CV on {where} ...")  # fmt: skip
-        log_record(record)
-        register_datasets(dataset_of, X_train, X_test)
+        progress(f"run {run.info.run_id}: searching {candidates} candidate"
+                 f"{'s' * (candidates > 1)} with {args.cv}-fold CV on {where} ...")  # fmt: skip
+        log_record(experiment.record)
+        register_datasets(dataset_of, data.X_train, data.X_test)
         search = build_search(args).set_callbacks(SearchProgress())  # progress on stderr
-        search.fit(X_train, y_train)
-        with rescued_on_failure(search, X_train, run_id):
-            held_out_metrics = score_on_test_split(search, X_test, y_test)
-            mlflow_warnings.raise_if_any()
-            progress("logging the best model and checking what the store holds ...")
-            log_best_model(search, X_train)
-            described = describe_data(data, search.best_estimator_, args)
-            log_data_description(described, *profile())
-            name_child_runs(client, run_id, args.param_grid)
-            reproduction = original and log_reproduction(client, original, run_id, record, X_test)
-            report = read_run_back(client, run_id)
-            require_complete(report, args, search, held_out_metrics)
-            mlflow_warnings.raise_if_any()
-    run = client.get_run(run_id)
-    report["status"] = run.info.status
-    report["duration_seconds"] = (run.info.end_time - run.info.start_time) / 1000
-    report["data"] = described
-    report["compared_with_earlier_runs"] = compare_with_earlier_runs(client, run)
+        search.fit(data.X_train, data.y_train)
+        with rescued_on_failure(search, data.X_train, run.info.run_id):
+            report = log_what_the_search_found(experiment, search, profile, client, mlflow_warnings)
+    finished = client.get_run(run.info.run_id)
+    report["status"] = finished.info.status
+    report["duration_seconds"] = (finished.info.end_time - finished.info.start_time) / 1000
     report["browse"] = browse_hints(args.tracking_uri, report)
-    report["load_model"] = f'mlflow.sklearn.load_model("{report["logged_models"][0]["uri"]}")'
-    report["reproduction"] = reproduction
     report["closed_dead_runs"] = closed_dead_runs
+    return report
+
+
+def log_what_the_search_found(experiment, search, profile, client, mlflow_warnings):
+    """Held-out scores, the model, the data, the explanation; then read the run back, check it
+    is complete and describe it. Returns the report."""
+    (args, data, record, original), run_id = experiment, mlflow.active_run().info.run_id
+    # Autologging names a held-out metric after the variable that holds the rows, in the
+    # outermost frame that passes them on: here, X_test (accuracy_score_X_test).
+    X_test, y_test = data.X_test, data.y_test
+    held_out_metrics, y_pred = score_on_test_split(search, X_test, y_test)
+    mlflow_warnings.raise_if_any()
+    mlflow.sklearn.autolog(disable=True)  # its work is done; what follows is ours
+    progress("logging the best model, explaining the run, checking what the store holds ...")
+    log_best_model(search, data.X_train)
+    described = describe_data(data, search.best_estimator_, args)
+    log_data_description(described, *profile())
+    importance, importance_rows = explain_run(search, data, y_pred, args.seed)
+    name_child_runs(client, run_id, args.param_grid)
+    reproduction = original and log_reproduction(client, original, run_id, record, X_test)
+    report = read_run_back(client, run_id)
+    require_complete(report, args, search, held_out_metrics)
+    report |= {
+        "data": described,
+        "compared_with_earlier_runs": compare_with_earlier_runs(client, run_id),
+        "importance": {"held_out_rows": importance_rows,
+                       "columns": importance.to_dict(orient="records")},
+        "reproduction": reproduction,
+    }  # fmt: skip
+    report["summary"] = summary_of(report, importance)
+    mlflow.set_tag("mlflow.note.content", report["summary"])
+    mlflow_warnings.raise_if_any()
     return report
 
 
@@ -489,18 +528,23 @@ def parse_args(argv=None):
         parser.error("--close-dead-runs starts no run: give it without --reproduce and "
                      "--register-model")  # fmt: skip
     if args.reproduce:
-        unset = object()  # what argparse leaves alone in a given namespace: not on the line
-        given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(RECORDED, unset)))
-        fixed = [name for name in RECORDED if getattr(given, name) is not unset]
-        if fixed:
-            parser.error(
-                f"--{fixed[0].replace('_', '-')} comes from the record of run {args.reproduce}; "
-                "with --reproduce give only --tracking-uri, --n-jobs, --dask-scheduler, "
-                "--run-name, --json, and --data if the same file has moved"
-            )
+        check_reproduce_options(parser, argv, args.reproduce)
     elif (args.data is None) != (args.target is None):
         parser.error("--data and --target go together: give both, or neither")
     return args
+
+
+def check_reproduce_options(parser, argv, run_id):
+    """With --reproduce, the options that define the experiment come from the run's record."""
+    unset = object()  # what argparse leaves alone in a given namespace: not on the line
+    given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(RECORDED, unset)))
+    fixed = [name for name in RECORDED if getattr(given, name) is not unset]
+    if fixed:
+        parser.error(
+            f"--{fixed[0].replace('_', '-')} comes from the record of run {run_id}; "
+            "with --reproduce give only --tracking-uri, --n-jobs, --dask-scheduler, "
+            "--run-name, --json, --register-model, and --data if the same file has moved"
+        )
 
 
 EXAMPLE_GRID = '\'{"n_estimators": [50, 100], "max_depth": [null, 5]}\''
@@ -648,17 +692,34 @@ def store_lock(uri):
 
 
 def open_experiment(client, name):
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        with contextlib.suppress(MlflowException):  # another process created it meanwhile
-            client.create_experiment(name)
-        experiment = client.get_experiment_by_name(name)
+    experiment = client.get_experiment_by_name(name) or create_experiment(client, name)
     if experiment.lifecycle_stage == "deleted":
         raise BadInput(
             f"experiment {name!r} is deleted; restore it (mlflow experiments restore "
             f"--experiment-id {experiment.experiment_id}) or choose another --experiment-name"
         )
     return experiment
+
+
+# Why a store refuses to create an experiment when the user can put it right: the remedy.
+EXPERIMENT_REFUSALS = {
+    "INVALID_PARAMETER_VALUE": "choose another --experiment-name",  # e.g. empty, too long
+    "PERMISSION_DENIED": "ask for permission to create experiments, or give an existing "
+    "--experiment-name",
+}
+
+
+def create_experiment(client, name):
+    try:
+        return client.get_experiment(client.create_experiment(name))
+    except MlflowException as e:
+        experiment = client.get_experiment_by_name(name)  # another process created it meanwhile
+        if experiment is not None:
+            return experiment
+        remedy = EXPERIMENT_REFUSALS.get(e.error_code)
+        if remedy:
+            raise BadInput(f"cannot create experiment {name!r} ({first_line(e)}); {remedy}")
+        raise RuntimeError(f"cannot create experiment {name!r}: {first_line(e)}") from e
 
 
 def experiment_of_launching_run(client):
@@ -714,7 +775,8 @@ def search_backend(args):
         return
     try:  # optional: imported only when asked for
         import joblib
-        from distributed import Client, LocalCluster
+        from distributed import Client as DaskClient
+        from distributed import LocalCluster
     except ImportError:
         raise BadInput("--dask-scheduler needs Dask: pip install -r requirements-dask.txt")
     with contextlib.ExitStack() as stack:
@@ -724,7 +786,7 @@ def search_backend(args):
                 LocalCluster(host="127.0.0.1", threads_per_worker=1, dashboard_address=None)
             ).scheduler_address
         try:
-            stack.enter_context(Client(address, timeout=DASK_CONNECT_TIMEOUT))
+            stack.enter_context(DaskClient(address, timeout=DASK_CONNECT_TIMEOUT))
         except OSError as e:
             raise Unreachable(f"cannot reach the Dask scheduler {address}: {e}")
         stack.enter_context(joblib.parallel_backend("dask"))
@@ -869,7 +931,10 @@ class SearchProgress:
         elif context.max_subtasks == 0:  # a copy in a worker: tell this process
             # Progress must never fail a fit: a worker that cannot reach this process (a Dask
             # worker on another machine) stays silent, and the count jumps at the end.
-            with contextlib.suppress(Exception), connection.Client(self.address, authkey=self.authkey) as c:
+            with (
+                contextlib.suppress(Exception),
+                connection.Client(self.address, authkey=self.authkey) as c,
+            ):
                 c.send("fit done")
 
     def teardown(self, estimator, context):
@@ -936,14 +1001,30 @@ class MlflowWarnings(logging.Handler):
         self.messages = []
 
     def emit(self, record):
-        message = record.getMessage()
-        # We log with cloudpickle on purpose (the README says why and when that is safe).
-        if not message.startswith("Saving scikit-learn models in the pickle"):
-            self.messages.append(message)
+        self.messages.append(record.getMessage())
 
     def raise_if_any(self):
         if self.messages:
             raise RuntimeError(f"MLflow reported a problem: {self.messages[0]}")
+
+
+def watch_mlflow_logging():
+    """MLflow's warnings and errors: printed on stderr by MLflow as usual, and collected to fail
+    the run on them. Returns the collector."""
+    mlflow_logger = logging.getLogger("mlflow")
+    if "MLFLOW_LOGGING_LEVEL" not in os.environ:  # the user's choice wins
+        # MLflow's INFO lines ("Creating initial MLflow database tables...") are no news
+        # beside the script's own progress lines.
+        mlflow_logger.setLevel(logging.WARNING)
+    # We log with cloudpickle on purpose (the README says why and when that is safe). The
+    # filter sits on the logger that warns of it, so neither MLflow's handler nor ours sees it.
+    cloudpickle_warning = "Saving scikit-learn models in the pickle"
+    logging.getLogger("mlflow.sklearn").addFilter(
+        lambda record: not record.getMessage().startswith(cloudpickle_warning)
+    )
+    collector = MlflowWarnings()
+    mlflow_logger.addHandler(collector)  # beside MLflow's own handler, which prints
+    return collector
 
 
 def enable_autologging(args):
@@ -981,7 +1062,9 @@ def register_datasets(dataset_of, X_train, X_test):
 def installed_versions():
     """MODEL_PACKAGES and the distribution that provides ESTIMATOR, at their installed versions."""
     estimator_package = packages_distributions()[type(ESTIMATOR).__module__.split(".")[0]][0]
-    return {package: version(package) for package in dict.fromkeys([*MODEL_PACKAGES, estimator_package])}
+    return {
+        package: version(package) for package in dict.fromkeys([*MODEL_PACKAGES, estimator_package])
+    }
 
 
 def model_options(X_train):
@@ -1014,10 +1097,17 @@ def log_best_model(search, X_train):
 
 
 def name_child_runs(client, run_id, param_grid):
-    """Rename each child run after its hyperparameters, e.g. `max_depth=5 n_estimators=100`."""
-    for child in find_child_runs(client, client.get_run(run_id)):
+    """Name each child run after its hyperparameters (`max_depth=5 n_estimators=100`), and
+    describe it in a line (`rank 1 of 9: mean CV accuracy 0.960 (+/- 0.041)`): one write each."""
+    children = find_child_runs(client, client.get_run(run_id))
+    for child in children:
         name = " ".join(f"{key}={child.data.params[key]}" for key in sorted(param_grid))
-        client.update_run(child.info.run_id, name=name)
+        scores = child.data.metrics
+        line = (f"rank {int(scores['rank_test_score'])} of {len(children)}: mean CV "
+                f"{score_name()} {scores['mean_test_score']:.3f} "
+                f"(+/- {2 * scores['std_test_score']:.3f})")  # fmt: skip
+        client.log_batch(child.info.run_id, tags=[RunTag(MLFLOW_RUN_NAME, name),
+                                                  RunTag("mlflow.note.content", line)])  # fmt: skip
 
 
 def logged_models_of(client, run):
@@ -1194,7 +1284,11 @@ def close_dead_runs(client, experiment_id):
             continue
         # It ran at least until its last beat (whole seconds: never before its start).
         end_time = max(last_beat(run.data.tags) * 1000, run.info.start_time)
-        client.set_tag(run.info.run_id, CRASHED, evidence)
+        tags = [RunTag(CRASHED, evidence)]
+        if "mlflow.note.content" not in run.data.tags:  # no summary: it died before that
+            # The run's description, atop its page in the UI: why it is FAILED.
+            tags.append(RunTag("mlflow.note.content", f"**Died**: {evidence}."))
+        client.log_batch(run.info.run_id, tags=tags)
         client.set_terminated(run.info.run_id, "FAILED", end_time=end_time)
         progress(f"closed run {run.info.run_id}, which had died: {evidence}")
         closed.append({"run_id": run.info.run_id, "run_name": run.info.run_name,
@@ -1225,16 +1319,19 @@ def print_closed_runs(closed):
 # %% Dataset logging in proportion to the data (works around MLflow 3.17.2 internals)
 # On a 200,000-row table, MLflow's dataset logging took longer than the search itself.
 # Autologging builds a dataset for the same frame up to three times (before the fit, after it,
-# and at every predict call on the test split); each build visits every value in Python twice:
-# to infer the schema (mlflow.types.utils._infer_required, 12 million calls) and to find the
-# string columns for the digest (compute_pandas_digest). Within the run, each frame's dataset
-# is built once, and both visits are vectorised for the columns where that cannot change the
-# answer. Nothing recorded changes: tests/test_mlflow_internals.py compares the results with
-# MLflow's own and fails if an upgrade moves what is replaced here.
+# and at every predict call on the test split); each build visits every value in Python: to
+# infer the schema (mlflow.types.utils._infer_required, 12 million calls on 20 numeric columns;
+# _infer_pandas_column, 16 s for four text columns) and to find the string columns for the
+# digest (compute_pandas_digest). Within the run, each frame's dataset is built once, and the
+# visits are vectorised for the columns where that cannot change the answer. Nothing recorded
+# changes: tests/test_mlflow_internals.py compares the results with MLflow's own and fails if
+# an upgrade moves what is replaced here.
 @contextlib.contextmanager
 def datasets_built_once():
     """Within the block, autologging builds one dataset per frame; yields the builder."""
-    infer_required, from_pandas = mlflow.types.utils._infer_required, mlflow.sklearn.from_pandas
+    types = mlflow.types.utils
+    originals = types._infer_required, types._infer_pandas_column, mlflow.sklearn.from_pandas
+    infer_required, infer_pandas_column, from_pandas = originals
     built = {}  # digest -> dataset: the store keeps one record per name and digest anyway
 
     def dataset_of(df, source=None):  # as autologging calls it: a frame and a code source
@@ -1243,14 +1340,21 @@ def datasets_built_once():
             built[digest] = from_pandas(df, source=source, digest=digest)
         return built[digest]
 
-    def required_vectorised(column):
-        return required(column, infer_required)
-
-    mlflow.sklearn.from_pandas, mlflow.types.utils._infer_required = dataset_of, required_vectorised
+    types._infer_required = lambda column: required(column, infer_required)
+    types._infer_pandas_column = lambda column: column_type(column, infer_pandas_column)
+    mlflow.sklearn.from_pandas = dataset_of
     try:
         yield dataset_of
     finally:
-        mlflow.sklearn.from_pandas, mlflow.types.utils._infer_required = from_pandas, infer_required
+        types._infer_required, types._infer_pandas_column, mlflow.sklearn.from_pandas = originals
+
+
+def column_type(column, infer_pandas_column):
+    """MLflow's schema type of a column; for a pandas string column with a value, `string`
+    (MLflow's loop finds str values and missing ones, the latter of no type)."""
+    if isinstance(column, pd.Series) and is_string(column) and column.notna().any():
+        return DataType.string
+    return infer_pandas_column(column)
 
 
 def required(column, infer_required):
@@ -1296,7 +1400,7 @@ def record_of(args):
         "configuration": vars(args) | {"tracking_uri": redact(uri, uri)},
         "command_line": [redact(word, uri) for word in sys.argv],
         "script": {"file": script.name, "sha256": sha256_of(script)},
-        "git": git_state(script.parent),
+        "git": git_state(script),
         "data": None if args.data is None else data_file(args.data),
         "environment": {
             "python": sys.version.split()[0],
@@ -1325,19 +1429,42 @@ def data_file(path):
         raise BadInput(f"cannot read --data {path}: {e.strerror}")
 
 
-def git_state(folder):
-    """The commit of the script's working tree and its uncommitted edits (None without git)."""
+def git_state(script):
+    """The commit of the repository holding the script, and the uncommitted edits of the code
+    this run executes: the script and the modules it imported from that repository (None
+    without git). Nothing else of the repository: copied into a bigger one, the script must
+    not upload everybody's work in progress there (configuration files, secrets)."""
 
-    def git(*words):
+    def git(folder, *words):
         command = ["git", "-C", str(folder), *words]
         return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
     try:
-        commit = git("rev-parse", "HEAD").strip()
-        diff = git("diff", "HEAD", "--no-ext-diff")  # edits to tracked files, staged or not
+        top = Path(git(script.parent, "rev-parse", "--show-toplevel").strip())
+        commit = git(top, "rev-parse", "HEAD").strip()
+        # Tracked files only: untracked ones have no diff, and a virtual environment inside
+        # the repository would otherwise put thousands of paths on the command line.
+        code = sorted(code_files_in(top, script) & set(git(top, "ls-files", "-z").split("\0")))
+        # Staged or not. Without paths `git diff` shows the whole repository: hence the guard.
+        diff = git(top, "diff", "HEAD", "--no-ext-diff", "--", *code) if code else ""
     except (OSError, subprocess.CalledProcessError):  # no git, or not a repository
         return None
     return {"commit": commit, "dirty": bool(diff), "diff": diff}
+
+
+def code_files_in(top, script):
+    """The script and the files of the modules imported so far that lie under `top`, as git
+    names them (relative, with forward slashes)."""
+    # Resolving links costs 0.3 s for the 2,600 modules a run imports: those of the standard
+    # library and the installed packages, under the interpreter's prefixes, are passed over
+    # first (unless the repository lies there too; a virtual environment in it is untracked).
+    interpreter = tuple(os.path.join(prefix, "") for prefix in {sys.prefix, sys.base_prefix}
+                        if not top.is_relative_to(Path(prefix).resolve()))  # fmt: skip
+    files = {module.__file__ for module in list(sys.modules.values())
+             if isinstance(getattr(module, "__file__", None), str)}  # fmt: skip
+    paths = {script.resolve(), *(Path(file).resolve() for file in files
+                                 if not file.startswith(interpreter))}  # fmt: skip
+    return {path.relative_to(top).as_posix() for path in paths if path.is_relative_to(top)}
 
 
 def installed_distributions():
@@ -1355,6 +1482,172 @@ def log_record(record):
     mlflow.log_artifact(__file__, "code")
     if git and git["dirty"]:
         mlflow.log_text(git["diff"], "code/uncommitted.diff")
+
+
+# %% The run explains itself in the MLflow UI: a summary as its description, the grid as a
+# picture, what drives the model, the held-out confusion matrix. Made after autologging is
+# switched off, so that the predictions made here are not logged as metrics of their own.
+def explain_run(search, data, y_pred, seed):
+    """Log the grid's picture, the raw columns' importance and the held-out confusion matrix;
+    returns the importance table (and how many held-out rows it was measured on)."""
+    plt = pyplot()
+    mlflow.log_figure(grid_scores_figure(search, plt), "grid_scores.png")
+    importance, rows = raw_column_importance(search, data.X_test, data.y_test, seed)
+    mlflow.log_text(importance.to_csv(index=False), "feature_importance.csv")
+    mlflow.log_figure(importance_figure(importance, rows, plt), "feature_importance.png")
+    if is_classifier(search):
+        figure, axes = plt.subplots(figsize=(5, 4), layout="constrained")
+        ConfusionMatrixDisplay.from_predictions(data.y_test, y_pred, ax=axes, colorbar=False)
+        axes.set_title(f"Held-out confusion matrix ({len(data.y_test)} rows)")
+        mlflow.log_figure(figure, "held_out_confusion_matrix.png")
+    plt.close("all")
+    return importance, rows
+
+
+EXPLANATION = ["grid_scores.png", "feature_importance.csv", "feature_importance.png"]
+
+
+def pyplot():
+    import matplotlib  # imported here: only the explanation draws (autologging imports it too)
+
+    matplotlib.use("Agg")  # files, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def score_name():
+    return SCORING or ("accuracy" if is_classifier(ESTIMATOR) else "R2")
+
+
+def grid_scores_figure(search, plt):
+    """Mean CV score over the grid's two most varied hyperparameters (the others at their best
+    values) as a heatmap, best cell framed; one varied hyperparameter: a line with error bars."""
+    grid, best = search.param_grid, search.best_params_
+    varied = sorted((key for key in grid if len(grid[key]) > 1), key=lambda k: -len(grid[k]))
+    axes_keys, fixed = varied[:2] or list(grid)[:1], [key for key in grid if key not in varied[:2]]
+    rows = [i for i, params in enumerate(search.cv_results_["params"])
+            if all(params[key] == best[key] for key in fixed)]  # fmt: skip
+    mean, std = search.cv_results_["mean_test_score"], search.cv_results_["std_test_score"]
+
+    def position(key, i):
+        return grid[key].index(search.cv_results_["params"][i][key])
+
+    title = f"Mean CV {score_name()}, +/- 2 std"
+    if [key for key in fixed if len(grid[key]) > 1]:
+        title += "\n" + ", ".join(f"{key}={best[key]}" for key in fixed if len(grid[key]) > 1)
+    if len(axes_keys) == 1:
+        (key,) = axes_keys
+        figure, axes = plt.subplots(figsize=(6, 4), layout="constrained")
+        order = sorted(rows, key=lambda i: position(key, i))
+        axes.errorbar(range(len(order)), mean[order], yerr=2 * std[order], marker="o", capsize=4)
+        best_at = order.index(search.best_index_)
+        axes.plot(best_at, mean[search.best_index_], "r*", markersize=16, label="best")
+        axes.set_xticks(range(len(order)), [str(grid[key][position(key, i)]) for i in order])
+        axes.set_xlabel(key)
+        axes.set_ylabel(f"mean CV {score_name()}")
+        axes.legend()
+    else:
+        x, y = axes_keys
+        cells = np.full((len(grid[y]), len(grid[x])), np.nan)
+        spread = np.full_like(cells, np.nan)
+        for i in rows:
+            cells[position(y, i), position(x, i)], spread[position(y, i), position(x, i)] = (
+                mean[i], 2 * std[i])  # fmt: skip
+        figure, axes = plt.subplots(figsize=(1.4 * len(grid[x]) + 3, 0.7 * len(grid[y]) + 2.5),
+                                    layout="constrained")  # fmt: skip
+        image = axes.imshow(cells, cmap="viridis", aspect="auto")
+        figure.colorbar(image, ax=axes, label=f"mean CV {score_name()}")
+        bright = np.nanmin(cells) + 0.6 * (np.nanmax(cells) - np.nanmin(cells))  # viridis: yellow
+        for (row, column), value in np.ndenumerate(cells):
+            if not np.isnan(value):
+                axes.text(column, row, f"{value:.3f}\n+/- {spread[row, column]:.3f}", ha="center",
+                          va="center", color="black" if value > bright else "white")  # fmt: skip
+        frame = plt.Rectangle((position(x, search.best_index_) - 0.5,
+                               position(y, search.best_index_) - 0.5), 1, 1,
+                              fill=False, edgecolor="red", linewidth=3, label="best")  # fmt: skip
+        axes.add_patch(frame)
+        axes.set_xticks(range(len(grid[x])), [str(value) for value in grid[x]])
+        axes.set_yticks(range(len(grid[y])), [str(value) for value in grid[y]])
+        axes.set_xlabel(x)
+        axes.set_ylabel(y)
+    axes.set_title(title)
+    return figure
+
+
+def raw_column_importance(search, X, y, seed):
+    """Permutation importance of each raw column of the table on the held-out rows: how much
+    the held-out score drops when the column's values are shuffled (mean and std of
+    IMPORTANCE_REPEATS shuffles), on a seeded sample of IMPORTANCE_ROWS rows above that.
+
+    TableVectorizer encodes each column on its own, so shuffling a raw column shuffles the
+    columns it became, in the same order: the table is encoded once, and only the estimator
+    predicts again for each shuffle (as for encoded features, but grouped by raw column).
+    """
+    if len(X) > IMPORTANCE_ROWS:
+        X, y = (
+            X.sample(IMPORTANCE_ROWS, random_state=seed),
+            y.sample(IMPORTANCE_ROWS, random_state=seed),
+        )
+    vectorizer, estimator = search.best_estimator_.steps[0][1], search.best_estimator_.steps[-1][1]
+    encoded, rng = vectorizer.transform(X), np.random.default_rng(seed)
+    baseline = search.scorer_(estimator, encoded, y)
+    table = []
+    for column in X.columns:
+        outputs = vectorizer.input_to_outputs_.get(column, [])  # none: dropped, no information
+        drops = [baseline - search.scorer_(estimator, shuffled(encoded, outputs, rng), y)
+                 for _ in range(IMPORTANCE_REPEATS if outputs else 0)] or [0.0]  # fmt: skip
+        table.append({"column": str(column), "importance": np.mean(drops), "std": np.std(drops)})
+    return pd.DataFrame(table).sort_values("importance", ascending=False, kind="stable"), len(X)
+
+
+def shuffled(encoded, columns, rng):
+    table = encoded.copy()
+    table[columns] = encoded[columns].iloc[rng.permutation(len(encoded))].set_axis(encoded.index)
+    return table
+
+
+def importance_figure(importance, rows, plt):
+    shown = importance.head(20).iloc[::-1]  # the largest on top
+    figure, axes = plt.subplots(figsize=(7, 0.3 * len(shown) + 1.5), layout="constrained")
+    axes.barh(shown["column"], shown["importance"], xerr=shown["std"], capsize=3)
+    axes.set_xlabel(f"drop in held-out {score_name()} when the column is shuffled")
+    axes.set_title(f"What drives the model\npermutation importance on {rows} held-out rows")
+    return figure
+
+
+def summary_of(report, importance):
+    """The run's description, in Markdown: what a reviewer needs in ten seconds."""
+    data, best = report["data"], report["child_runs"][0]
+    comparison = report["compared_with_earlier_runs"]
+    held_out = ", ".join(f"{key.removesuffix('_X_test')} {value:.3f}"
+                         for key, value in report["test_metrics"].items())  # fmt: skip
+    if comparison["earlier_runs"]:
+        verdict = "beats" if comparison["beats_best_earlier"] else "does not beat"
+        compared = (f"{verdict} the best of {comparison['earlier_runs']} earlier runs on the same "
+                    f"data ({comparison['best_earlier_score']:.3f}, run "
+                    f"{comparison['best_earlier_run_id']})")  # fmt: skip
+    else:
+        compared = "the first run on this data in the experiment"
+    top = ", ".join(
+        f"{row.column} ({row.importance:.3f})" for row in importance.head(5).itertuples()
+    )
+    pictures = ", ".join(name for name in report["artifacts"] if name.endswith(".png"))
+    searched = (f"{type(ESTIMATOR).__name__}, {len(report['child_runs'])} candidates x "
+                f"{report['params']['cv']}-fold CV, on {data['source']} ({data['train_rows']} "
+                f"training rows, {data['feature_columns']} columns)")  # fmt: skip
+    headline = (f"**Best: `{best['name']}`**, mean CV {score_name()} "
+                f"{best['mean_test_score']:.3f} (+/- {2 * best['std_test_score']:.3f}, 2 std)")  # fmt: skip
+    return "\n".join([
+        headline,
+        "",
+        f"- Searched: {searched}",
+        f"- Held out ({data['test_rows']} rows): {held_out}",
+        f"- Compared: {comparison['score']} {compared}",
+        f"- Columns that matter most (permutation importance): {top}",
+        f"- Load the model: `{report['load_model']}`",
+        f"- Pictures: {pictures}; the data: {DATA_PROFILE}",
+    ])  # fmt: skip
 
 
 # %% Read the run back from the store, and check it is complete
@@ -1396,6 +1689,7 @@ def read_run_back(client, run_id):
         "test_metrics": {
             key: value for key, value in run.data.metrics.items() if key.endswith("_X_test")
         },
+        "load_model": models and f'mlflow.sklearn.load_model("{models[0].model_uri}")',
     }
 
 
@@ -1413,8 +1707,19 @@ def require_complete(report, args, search, held_out_metrics):
     expected = {
         "params": [f"best_{name}" for name in args.param_grid] + ["cv", "param_grid"],
         "metrics": ["best_cv_score", "training_score", *held_out_metrics],
-        "artifacts": ["cv_results.csv", "estimator.html", RECORD, "data.json", DATA_PROFILE]
-        + (["training_confusion_matrix.png"] if is_classifier(search) else []),
+        "artifacts": [
+            "cv_results.csv",
+            "estimator.html",
+            RECORD,
+            "data.json",
+            DATA_PROFILE,
+            *EXPLANATION,
+        ]
+        + (
+            ["training_confusion_matrix.png", "held_out_confusion_matrix.png"]
+            if is_classifier(search)
+            else []
+        ),
     }
     missing = [
         f"{kind[:-1]} {name}" for kind, names in expected.items() for name in names
@@ -1436,9 +1741,10 @@ def require_complete(report, args, search, held_out_metrics):
 
 
 # %% Compare with earlier runs of the experiment on the same data
-def compare_with_earlier_runs(client, run):
+def compare_with_earlier_runs(client, run_id):
     """This run's held-out score against the best earlier run's on the same training and test
     data (same dataset digests): scores on other data are not comparable."""
+    run = client.get_run(run_id)
     digests = dataset_digests(run)
     conditions = [
         "tags.mlflow.parentRunId IS NULL",
@@ -1663,11 +1969,18 @@ def register_best_model(client, name, report):
 
 
 def decide_champion(client, name, tags):
-    """(promote?, why): the rules of the champion alias, with both scores."""
-    try:
-        champion = client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
+    """(promote?, why): the rules of the champion alias, with both scores.
+
+    Whether there is a champion is read from the model's aliases, not guessed from an error:
+    a lookup that fails (a timeout, a refused permission, a broken store) fails the
+    registration instead of handing the alias to a version that may not deserve it. (MLflow's
+    own stores answer a missing alias with INVALID_PARAMETER_VALUE, an error code that
+    also means other things.)
+    """
+    champion_version = client.get_registered_model(name).aliases.get("champion")
+    if champion_version is None:
         return True, "no champion yet: this version is the champion"
+    champion = client.get_model_version(name, champion_version)
     score, theirs = float(tags[HELD_OUT_SCORE]), champion.tags.get(HELD_OUT_SCORE)
     if champion.tags.get("eval_data_digest") != tags["eval_data_digest"] or theirs is None:
         return False, (
@@ -1731,6 +2044,7 @@ def print_report(report):
     print("\nHeld-out test metrics (the search never saw these rows):")
     for key, value in report["test_metrics"].items():
         print(f"  {key}: {value:.3f}")
+    print_importance(report["importance"])
     print_comparison(report["compared_with_earlier_runs"])
     print('\nBrowse in the MLflow UI ("Model training" view):')
     if report["browse"]["ui_command"]:
@@ -1771,6 +2085,13 @@ def print_data(data):
     for column, treatment in data["treatment"].items():
         print(f"  {column}: {treatment}")
     print(f"  profile: {data['profile']['artifact']} ({data['profile']['covers']})")
+
+
+def print_importance(importance):
+    print(f"\nWhat drives the model: held-out {score_name()} lost when a column is shuffled "
+          f"({importance['held_out_rows']} rows; feature_importance.png):")  # fmt: skip
+    for row in importance["columns"][:5]:
+        print(f"  {row['column']}: {row['importance']:.3f} (+/- {row['std']:.3f})")
 
 
 def print_comparison(comparison):

@@ -39,8 +39,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
-from mlflow_ui import mlflow_server  # noqa: E402
-from postgres import postgres_server  # noqa: E402
+from mlflow_ui import mlflow_server
+from postgres import postgres_server
 
 SCRIPT = ROOT / "autolog_mlflow.py"
 SEARCH = {"cv": 5, "seed": 42, "test_size": 0.25}
@@ -256,6 +256,7 @@ PROFILED_STEPS = {
     "held-out metrics (bare work too)": "autolog_mlflow.py:score_on_test_split",
     "describing the data, its profile": "autolog_mlflow.py:describe_data|"
     "autolog_mlflow.py:log_data_description",
+    "explaining the run (grid picture, importance, confusion matrix)": "autolog_mlflow.py:explain_run",
     "logging the best model": "autolog_mlflow.py:log_best_model",
     "naming child runs, reading back, verifying": "autolog_mlflow.py:name_child_runs|"
     "autolog_mlflow.py:read_run_back|autolog_mlflow.py:require_complete",
@@ -386,9 +387,8 @@ def print_heartbeat_cost(results):
 
 
 def machine():
-    import sklearn
-
     import mlflow
+    import sklearn
 
     return (
         f"{platform.node()}: {os.cpu_count()} cores, {platform.machine()}, Python "

@@ -7,6 +7,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -16,7 +18,7 @@ SMALL_GRID = '{"n_estimators": [10, 20], "max_depth": [null, 3]}'  # 4 quick can
 QUICK = ["--param-grid", SMALL_GRID, "--cv", "3", "--n-jobs", "1"]
 
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the script and the UI helpers
-from mlflow_ui import mlflow_server  # noqa: E402
+from mlflow_ui import mlflow_server
 
 
 def script_env():
@@ -24,10 +26,10 @@ def script_env():
     return {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
 
 
-def run_script(workdir, *args, timeout=600):
-    """Run the script in `workdir` (so its default store lands there) and wait for it."""
+def run_script(workdir, *args, timeout=600, script=SCRIPT):
+    """Run the script (or a copy) in `workdir`, so its default store lands there; wait for it."""
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
+        [sys.executable, str(script), *args],
         cwd=workdir,
         env=script_env(),
         capture_output=True,
@@ -98,8 +100,8 @@ def parent_runs(tracking_uri):
     return client.search_runs(experiments, filter_string="tags.mlflow.parentRunId IS NULL")
 
 
-def finished_run(workdir, *args):
-    result = run_script(workdir, "--json", *args)
+def finished_run(workdir, *args, script=SCRIPT):
+    result = run_script(workdir, "--json", *args, script=script)
     assert result.returncode == 0, result.stderr
     return ScriptRun(workdir, result)
 
@@ -122,3 +124,50 @@ def tracking_server(tmp_path_factory):
     server_dir = tmp_path_factory.mktemp("server")
     with mlflow_server(f"sqlite:///{server_dir / 'mlflow.db'}", server_dir, "server") as server:
         yield server
+
+
+TABLE_OPTIONS = ["--param-grid", SMALL_GRID, "--cv", "3", "--n-jobs", "1"]
+
+
+def penguins(rows=400, seed=0):
+    """A table like the well-known penguins one: few-valued text with gaps, a name per row, an
+    integer column, a date, an unbalanced three-class target with three rows unlabelled."""
+    rng = np.random.default_rng(seed)
+    species = rng.choice(["Adelie", "Gentoo", "Chinstrap"], rows, p=[0.5, 0.35, 0.15])
+    bill = np.select([species == "Gentoo", species == "Chinstrap"], [47.5, 49.0], 38.8)
+    table = pd.DataFrame({
+        "island": np.where(species == "Gentoo", "Biscoe",
+                           rng.choice(["Dream", "Torgersen", "Biscoe"], rows)),
+        "name": [f"{rng.choice(['Pingu', 'Rico', 'Kowalski', 'Private'])} {i}" for i in range(rows)],
+        "bill_length_mm": np.where(rng.random(rows) < 0.05, np.nan,
+                                   (bill + rng.normal(0, 2.5, rows)).round(1)),
+        "flipper_length_mm": (np.where(species == "Gentoo", 217, 192)
+                              + rng.normal(0, 6, rows)).round().astype(int),
+        "sex": rng.choice(["male", "female", None], rows, p=[0.48, 0.48, 0.04]),
+        "observed": (pd.Timestamp("2007-11-01")
+                     + pd.to_timedelta(rng.integers(0, 900, rows), unit="D")).strftime("%Y-%m-%d"),
+        "species": species,
+    })  # fmt: skip
+    table.loc[[5, 50, 150], "species"] = None
+    return table
+
+
+@pytest.fixture(scope="session")
+def table_run(tmp_path_factory):
+    """The script on penguins.csv, as it comes."""
+    workdir = tmp_path_factory.mktemp("table")
+    penguins().to_csv(workdir / "penguins.csv", index=False)
+    return finished_run(workdir, "--data", "penguins.csv", "--target", "species", *TABLE_OPTIONS)
+
+
+def raw_rows():
+    """Rows as they come in production: an island never seen in training, gaps in a number and
+    in a text column, integers as JSON gives them."""
+    return pd.DataFrame({
+        "island": ["Atlantis", "Dream", "Biscoe"],
+        "name": ["Pingu 1000", "Rico 1001", None],
+        "bill_length_mm": [np.nan, 39.1, 48.2],
+        "flipper_length_mm": [190.0, np.nan, 220.0],
+        "sex": ["female", None, "male"],
+        "observed": ["2009-06-01", "2008-01-15", None],
+    })  # fmt: skip

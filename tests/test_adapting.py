@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import mlflow
-from conftest import ROOT, script_env
+from conftest import ROOT, penguins, raw_rows, script_env
 from mlflow import MlflowClient
-from test_tables import penguins, raw_rows
 
 ESTIMATOR_LINE = "ESTIMATOR = ensemble.RandomForestClassifier()"
 

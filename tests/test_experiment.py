@@ -109,7 +109,7 @@ def test_best_model_is_logged_once_ready_with_signature_and_pinned_requirements(
 
 
 def test_best_model_reloads_and_predicts_like_a_fresh_fit(default_run):
-    X_train, X_test, y_train, y_test = held_out_split()
+    X_train, X_test, y_train, y_test, _ = held_out_split()
     params = default_run.run.data.params
     best = {
         key: None if params[f"best_{key}"] == "None" else int(params[f"best_{key}"])

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.data.digest_utils import compute_pandas_digest
-from mlflow.types.utils import _infer_required, _infer_schema
+from mlflow.types.utils import _infer_pandas_column, _infer_required, _infer_schema
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import GridSearchCV, train_test_split
@@ -48,6 +48,8 @@ COLUMNS = {
     "strings": pd.Series(["a", "b", "c"]),
     "strings with a gap": pd.Series(["a", None, "c"]),
     "nullable strings with NA": pd.Series(["a", pd.NA, "c"], dtype="string"),
+    "strings, all missing": pd.Series([None, None, None], dtype="str"),
+    "nullable strings, all NA": pd.Series([pd.NA, pd.NA, pd.NA], dtype="string"),
     "category with NaN": pd.Series(["a", np.nan, "a"], dtype="category"),
     "empty float": pd.Series([], dtype=float),
 }
@@ -103,11 +105,23 @@ def test_vectorised_digest_is_mlflows_own(name):
     assert autolog_mlflow.pandas_digest(frame) == compute_pandas_digest(frame)
 
 
+@pytest.mark.parametrize("name", COLUMNS)
+def test_vectorised_column_type_gives_mlflows_answer(name):
+    column = COLUMNS[name]
+    expected = outcome(_infer_pandas_column, column)
+    assert outcome(autolog_mlflow.column_type, column, _infer_pandas_column) == expected
+
+
+def replaced():
+    types = mlflow.types.utils
+    return types._infer_required, types._infer_pandas_column, mlflow.sklearn.from_pandas
+
+
 def test_the_block_puts_mlflow_back_as_it_was():
-    before = mlflow.types.utils._infer_required, mlflow.sklearn.from_pandas
+    before = replaced()
     with autolog_mlflow.datasets_built_once():
-        assert mlflow.types.utils._infer_required is not before[0]
-    assert (mlflow.types.utils._infer_required, mlflow.sklearn.from_pandas) == before
+        assert all(now is not then for now, then in zip(replaced(), before))
+    assert replaced() == before
 
 
 def test_autologging_builds_one_dataset_per_frame_with_mlflows_digest_and_schema(tmp_path):

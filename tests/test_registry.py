@@ -114,7 +114,7 @@ def test_champion_served_by_mlflow_models_serve_predicts_like_the_reloaded_model
     try:
         wait_until_serving(f"http://127.0.0.1:{port}", server)
         args = autolog_mlflow.parse_args([])
-        _, X_test, _, _ = autolog_mlflow.split_data(*autolog_mlflow.load_data(args), args)
+        X_test = autolog_mlflow.split_data(*autolog_mlflow.load_data(args), args).X_test
         body = json.dumps({"dataframe_split": X_test.to_dict(orient="split")}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
                                          {"Content-Type": "application/json"})  # fmt: skip

@@ -90,10 +90,10 @@ def test_run_records_the_script_itself_and_its_sha256(default_run):
     assert artifact(default_run, f"code/{SCRIPT.name}") == SCRIPT.read_text()
 
 
-def test_run_records_the_git_commit_and_whether_the_tree_had_edits(default_run):
+def test_run_records_the_git_commit_and_whether_the_script_had_edits(default_run):
     recorded = record(default_run)["git"]
     assert recorded["commit"] == git(ROOT, "rev-parse", "HEAD").strip()
-    assert recorded["dirty"] == bool(git(ROOT, "diff", "HEAD"))
+    assert recorded["dirty"] == bool(git(ROOT, "diff", "HEAD", "--", "autolog_mlflow.py"))
 
 
 def test_csv_run_records_the_files_sha256_and_size(tmp_path):

@@ -153,9 +153,9 @@ def test_model_loads_from_a_process_that_cannot_see_the_servers_folders(tmp_path
     model_uri = run.report["logged_models"][0]["uri"]
     load_and_score = (
         "import json, mlflow.sklearn, autolog_mlflow as a; "
-        "args = a.parse_args([]); X_train, X_test, y_train, y_test = a.split_data(*a.load_data(args), args); "
+        "args = a.parse_args([]); data = a.split_data(*a.load_data(args), args); "
         f"model = mlflow.sklearn.load_model({model_uri!r}); "
-        "print(json.dumps(float((model.predict(X_test) == y_test).mean())))"
+        "print(json.dumps(float((model.predict(data.X_test) == data.y_test).mean())))"
     )  # fmt: skip
     # A private mount namespace where the server's folder is an empty tmpfs.
     hide = f'mount -t tmpfs tmpfs {folder} && test -z "$(ls -A {folder})"'

@@ -14,58 +14,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SMALL_GRID, finished_run, run_script, script_env
+from conftest import TABLE_OPTIONS, penguins, raw_rows, run_script, script_env
 from mlflow import MlflowClient
 from mlflow_ui import free_port
 from test_registry import wait_until_serving
 
 import autolog_mlflow
-
-TABLE_OPTIONS = ["--param-grid", SMALL_GRID, "--cv", "3", "--n-jobs", "1"]
-
-
-def penguins(rows=400, seed=0):
-    """A table like the well-known penguins one: few-valued text with gaps, a name per row, an
-    integer column, a date, an unbalanced three-class target with three rows unlabelled."""
-    rng = np.random.default_rng(seed)
-    species = rng.choice(["Adelie", "Gentoo", "Chinstrap"], rows, p=[0.5, 0.35, 0.15])
-    bill = np.select([species == "Gentoo", species == "Chinstrap"], [47.5, 49.0], 38.8)
-    table = pd.DataFrame({
-        "island": np.where(species == "Gentoo", "Biscoe",
-                           rng.choice(["Dream", "Torgersen", "Biscoe"], rows)),
-        "name": [f"{rng.choice(['Pingu', 'Rico', 'Kowalski', 'Private'])} {i}" for i in range(rows)],
-        "bill_length_mm": np.where(rng.random(rows) < 0.05, np.nan,
-                                   (bill + rng.normal(0, 2.5, rows)).round(1)),
-        "flipper_length_mm": (np.where(species == "Gentoo", 217, 192)
-                              + rng.normal(0, 6, rows)).round().astype(int),
-        "sex": rng.choice(["male", "female", None], rows, p=[0.48, 0.48, 0.04]),
-        "observed": (pd.Timestamp("2007-11-01")
-                     + pd.to_timedelta(rng.integers(0, 900, rows), unit="D")).strftime("%Y-%m-%d"),
-        "species": species,
-    })  # fmt: skip
-    table.loc[[5, 50, 150], "species"] = None
-    return table
-
-
-@pytest.fixture(scope="session")
-def table_run(tmp_path_factory):
-    """The script on penguins.csv, as it comes."""
-    workdir = tmp_path_factory.mktemp("table")
-    penguins().to_csv(workdir / "penguins.csv", index=False)
-    return finished_run(workdir, "--data", "penguins.csv", "--target", "species", *TABLE_OPTIONS)
-
-
-def raw_rows():
-    """Rows as they come in production: an island never seen in training, gaps in a number and
-    in a text column, integers as JSON gives them."""
-    return pd.DataFrame({
-        "island": ["Atlantis", "Dream", "Biscoe"],
-        "name": ["Pingu 1000", "Rico 1001", None],
-        "bill_length_mm": [np.nan, 39.1, 48.2],
-        "flipper_length_mm": [190.0, np.nan, 220.0],
-        "sex": ["female", None, "male"],
-        "observed": ["2009-06-01", "2008-01-15", None],
-    })  # fmt: skip
 
 
 def test_a_table_with_text_gaps_and_dates_is_searched_and_scored_on_held_out_rows(table_run):
@@ -188,7 +142,10 @@ def test_reproducing_a_table_run_gives_identical_results(table_run):
 
 
 BAD_TARGETS = {
-    "continuous floats": (lambda t: t.assign(species=np.linspace(0, 1, len(t))), "looks continuous"),
+    "continuous floats": (
+        lambda t: t.assign(species=np.linspace(0, 1, len(t))),
+        "looks continuous",
+    ),
     "integer quantities": (lambda t: t.assign(species=np.arange(len(t)) * 7), "looks continuous"),
     "a class with one row": (
         lambda t: t.assign(species=["Emperor"] + list(t.species[1:])),

@@ -63,6 +63,14 @@ def test_run_page_shows_run_id_status_best_params_and_named_child_runs(default_r
     assert all(name in text for name in child_names)
 
 
+def test_run_page_shows_the_runs_summary_as_its_description(default_run, page_on_ui):
+    page, url = page_on_ui
+    run, best = default_run.run, default_run.report["child_runs"][0]
+    first_line = f"Best: {best['name']}, mean CV accuracy"  # the Markdown, as the page renders it
+    open_run_page(page, url, run.info.experiment_id, run.info.run_id, [first_line])
+    assert "No description" not in page.inner_text("body")
+
+
 def test_artifacts_tab_lists_cv_results(default_run, page_on_ui):
     page, url = page_on_ui
     run = default_run.run
