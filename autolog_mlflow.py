@@ -1130,7 +1130,8 @@ def tracked_run(run_name):
 
     (`mlflow.start_run` as a context manager would mark an interrupted run FAILED.)
     """
-    run = mlflow.start_run(run_name=run_name, tags=who_runs_it())  # at once: see heartbeat()
+    # Who runs it (see "Runs that died"), in the write that creates it: never a run without.
+    run = mlflow.start_run(run_name=run_name, tags=who_runs_it())
     try:
         yield run
     except BaseException as e:
