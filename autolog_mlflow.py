@@ -25,6 +25,7 @@ Run it:
     python autolog_mlflow.py --json                   # the report as one JSON document
     python autolog_mlflow.py --reproduce RUN_ID       # run a past run again, compare results
     python autolog_mlflow.py --register-model NAME    # register the best model; champion?
+    python autolog_mlflow.py --close-dead-runs        # end FAILED the runs whose process died
     mlflow ui                                         # same folder: browse and compare runs
 
 Every run records what it takes to run it again: the configuration and command line, the
@@ -38,6 +39,7 @@ SIGTERM (the run ends KILLED).
 """
 
 import argparse
+import calendar
 import concurrent.futures
 import contextlib
 import csv
@@ -127,6 +129,8 @@ UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 UI_VIEW = "?workflowType=machine_learning"
 RESCUE_DIR = "autolog_mlflow-rescue"  # where a failed run's model and CV results are kept
 SERVER_CHECK_TIMEOUT = 5  # seconds to wait for a tracking server's /health
+HEARTBEAT_SECONDS = 30  # how often a run tells the store it is alive: see "Runs that died"
+STALE_HEARTBEATS = 4  # a run of another machine silent for this many periods has died
 DASK_CONNECT_TIMEOUT = 10  # seconds to reach a Dask scheduler
 MLFLOW_SETTINGS = {  # environment variables; the user's own values win
     # MLflow retries a failing HTTP call for minutes (7 tries, backoff up to 120 s): a lost
@@ -315,6 +319,8 @@ def main(argv=None):
         return code
 
     try:
+        if args.close_dead_runs:  # the sweep alone: no data, no run
+            return sweep_only(args)
         experiment = experiment_of(args)
         args = experiment.args  # with --reproduce, the original run's options
         client = prepare_tracking(args)
@@ -360,9 +366,11 @@ def run_experiment(experiment, client, mlflow_warnings, where):
     enable_autologging(args)
     with (
         tracked_run(args.run_name) as run,
+        heartbeat(run.info.run_id),
         datasets_built_once() as dataset_of,
         data_profile(data.X_train, data.y_train, args.seed) as profile,
     ):
+        closed_dead_runs = close_dead_runs(client, run.info.experiment_id)
         candidates = len(ParameterGrid(args.param_grid))
         progress(f"run {run.info.run_id}: searching {candidates} candidate"
                  f"{'s' * (candidates > 1)} with {args.cv}-fold CV on {where} ...")  # fmt: skip
@@ -376,6 +384,7 @@ def run_experiment(experiment, client, mlflow_warnings, where):
     report["status"] = finished.info.status
     report["duration_seconds"] = (finished.info.end_time - finished.info.start_time) / 1000
     report["browse"] = browse_hints(args.tracking_uri, report)
+    report["closed_dead_runs"] = closed_dead_runs
     return report
 
 
@@ -510,7 +519,16 @@ def parse_args(argv=None):
         help="run that past run's experiment again, from its record, and compare the results "
         f"(exit {EXIT_DIFFERENT} if they differ)",
     )
+    parser.add_argument(
+        "--close-dead-runs",
+        action="store_true",
+        help="only end FAILED the experiment's runs whose process died (killed, out of memory, "
+        "power lost) and say which; every run does this before it starts",
+    )
     args = parser.parse_args(argv)
+    if args.close_dead_runs and (args.reproduce or args.register_model):
+        parser.error("--close-dead-runs starts no run: give it without --reproduce and "
+                     "--register-model")  # fmt: skip
     if args.reproduce:
         check_reproduce_options(parser, argv, args.reproduce)
     elif (args.data is None) != (args.target is None):
@@ -1174,7 +1192,8 @@ def tracked_run(run_name):
 
     (`mlflow.start_run` as a context manager would mark an interrupted run FAILED.)
     """
-    run = mlflow.start_run(run_name=run_name)
+    # Who runs it (see "Runs that died"), in the write that creates it: never a run without.
+    run = mlflow.start_run(run_name=run_name, tags=who_runs_it())
     try:
         yield run
     except BaseException as e:
@@ -1207,6 +1226,157 @@ def rescued_on_failure(search, X_train, run_id):
         )
         e.add_note(f"the best model and cv_results are saved in {folder}")
         raise
+
+
+# %% Runs that died: found and closed. Ctrl-C and SIGTERM end a run KILLED, but a process that
+# dies without a word (the out-of-memory killer, kill -9, power lost, a lost container) would
+# leave its run RUNNING forever. So each run says which process runs it and refreshes a heartbeat
+# while it lives, and each new run (or --close-dead-runs) ends FAILED the runs of this script in
+# its experiment whose process is gone. Nothing here can close a live run or another tool's run.
+HOST, MACHINE, PID = "autolog_mlflow.host", "autolog_mlflow.machine", "autolog_mlflow.pid"
+PROCESS_START, CRASHED = "autolog_mlflow.process_start", "autolog_mlflow.crashed"
+HEARTBEAT, PERIOD = "autolog_mlflow.heartbeat", "autolog_mlflow.heartbeat_seconds"
+BEAT_FORMAT = "%Y-%m-%d %H:%M:%S UTC"  # readable in the UI's tags, and parsed back
+UNKNOWN = "unknown"  # where /proc is missing (macOS, Windows): the heartbeat alone decides
+
+
+def this_machine():
+    """Where a PID and a start time name one process: this boot of this kernel and this PID
+    namespace (containers on one kernel each have their own), or None without Linux's /proc."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"boot {boot}, {os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
+
+
+def process_start(pid):
+    """Process `pid`'s start, in clock ticks after boot (field 22 of /proc/PID/stat), so that a
+    PID reused by a newer process never passes for the old one; None if it is gone, or a zombie
+    (dead, its parent not told yet), or this system has no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    state, *fields = stat.rpartition(")")[2].split()  # after the name, which may hold spaces
+    return None if state in ("Z", "X") else f"{fields[18]} clock ticks after boot"
+
+
+def beat_now():
+    return time.strftime(BEAT_FORMAT, time.gmtime())
+
+
+def last_beat(tags):
+    """The time of the run's last heartbeat, in seconds since the epoch."""
+    return calendar.timegm(time.strptime(tags[HEARTBEAT], BEAT_FORMAT))
+
+
+def who_runs_it():
+    """The tags that tie a new run to this process, and its first heartbeat."""
+    return {
+        HOST: platform.node(),
+        MACHINE: this_machine() or UNKNOWN,
+        PID: str(os.getpid()),
+        PROCESS_START: process_start(os.getpid()) or UNKNOWN,
+        HEARTBEAT: beat_now(),
+        PERIOD: str(HEARTBEAT_SECONDS),
+    }
+
+
+@contextlib.contextmanager
+def heartbeat(run_id):
+    """Refresh the run's heartbeat tag every HEARTBEAT_SECONDS while the block runs, from a
+    daemon thread with its own client (the fluent API's active run belongs to the main thread):
+    a sweeper on another machine cannot see this process, only how recent its last beat is."""
+    stop, client = threading.Event(), MlflowClient()
+
+    def beat():
+        while not stop.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(Exception):  # a missed beat must never fail the run
+                client.set_tag(run_id, HEARTBEAT, beat_now())
+
+    threading.Thread(target=beat, name="heartbeat", daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()  # not joined: a beat stuck on a lost server must not hold the run's end
+
+
+def death_evidence(run):
+    """Why a RUNNING run of this script has died, or None while it may be alive.
+
+    On this machine the process itself decides: gone, or its PID now another process's. A run
+    of another machine (or where /proc is missing) has died when its heartbeat is older than
+    STALE_HEARTBEATS of its own periods. The words depend only on the run's tags, so that two
+    sweepers closing the same run write the same evidence.
+    """
+    tags = run.data.tags
+    try:
+        pid, period, last = int(tags[PID]), float(tags[PERIOD]), last_beat(tags)
+    except (KeyError, ValueError):  # tags edited by hand: never close what cannot be judged
+        return None
+    where = f"process {pid} on host {tags.get(HOST)}"
+    here = this_machine()
+    if here and (tags.get(HOST), tags.get(MACHINE)) == (platform.node(), here):
+        if process_start(pid) == tags.get(PROCESS_START):
+            return None
+        return f"{where} is gone; last heartbeat {tags[HEARTBEAT]}"
+    if time.time() - last <= STALE_HEARTBEATS * period:
+        return None
+    return (f"no heartbeat from {where} since {tags[HEARTBEAT]}, over {STALE_HEARTBEATS} "
+            f"periods of {period:g} s")  # fmt: skip
+
+
+def close_dead_runs(client, experiment_id):
+    """End FAILED, tagged `autolog_mlflow.crashed` with the evidence, every run of this script
+    in the experiment whose process has died; returns them for the report.
+
+    Concurrent sweepers may find the same dead run: each reads it again just before closing it,
+    and all write the same status, end time (its last heartbeat) and evidence, so closing twice
+    changes nothing. A live run is never closed: its process is here, or its heartbeat is fresh.
+    """
+    closed = []
+    for found in client.search_runs(
+        [experiment_id], f"attributes.status = 'RUNNING' and tags.`{HEARTBEAT}` IS NOT NULL"
+    ):
+        if death_evidence(found) is None:
+            continue
+        run = client.get_run(found.info.run_id)
+        evidence = run.info.status == "RUNNING" and death_evidence(run)
+        if not evidence:
+            continue
+        # It ran at least until its last beat (whole seconds: never before its start).
+        end_time = max(last_beat(run.data.tags) * 1000, run.info.start_time)
+        tags = [RunTag(CRASHED, evidence)]
+        if "mlflow.note.content" not in run.data.tags:  # no summary: it died before that
+            # The run's description, atop its page in the UI: why it is FAILED.
+            tags.append(RunTag("mlflow.note.content", f"**Died**: {evidence}."))
+        client.log_batch(run.info.run_id, tags=tags)
+        client.set_terminated(run.info.run_id, "FAILED", end_time=end_time)
+        progress(f"closed run {run.info.run_id}, which had died: {evidence}")
+        closed.append({"run_id": run.info.run_id, "run_name": run.info.run_name,
+                       "evidence": evidence})  # fmt: skip
+    return closed
+
+
+def sweep_only(args):
+    """--close-dead-runs: the sweep, in --experiment-name's experiment, and what it closed."""
+    client = prepare_tracking(args)
+    experiment = client.get_experiment_by_name(args.experiment_name)
+    closed = close_dead_runs(client, experiment.experiment_id)
+    if args.json:
+        print(json.dumps({"closed_dead_runs": closed}, indent=2))
+    elif closed:
+        print_closed_runs(closed)
+    else:
+        print(f"No run had died in experiment {args.experiment_name!r}.")
+    return 0
+
+
+def print_closed_runs(closed):
+    print(f"Closed {len(closed)} run{'s' * (len(closed) > 1)} that had died (now FAILED):")
+    for run in closed:
+        print(f"  {run['run_id']} ({run['run_name']}): {run['evidence']}")
 
 
 # %% Dataset logging in proportion to the data (works around MLflow 3.17.2 internals)
@@ -1922,6 +2092,8 @@ def print_report(report):
     print(f"\nRun ID: {report['run_id']}")
     print(f"Run name: {report['run_name']}")
     print(f"Status: {report['status']} in {report['duration_seconds']:.1f} s")
+    if report["closed_dead_runs"]:
+        print_closed_runs(report["closed_dead_runs"])
     print_data(report["data"])
     print("\nParameters:")
     for key, value in report["params"].items():

@@ -5,6 +5,7 @@
     python benchmarks/overhead.py --data-sizes none --skip-variants   # only the scaling
     python benchmarks/overhead.py --only-progress   # only the live progress's cost
     python benchmarks/overhead.py --only-login      # only the cost of a server's login
+    python benchmarks/overhead.py --only-heartbeat  # only the heartbeat's cost
 
 Whole processes, interleaved (A B C, A B C, ...) so that a noisy machine hurts every variant
 alike, and compared by their medians:
@@ -20,8 +21,10 @@ callback): the default search fitted with and without it, interleaved in one pro
 stderr on a pseudo-terminal (the bar) and on a pipe (plain lines). And a team server's login
 (--only-login): the same one-candidate run by a team member through three team servers on
 PostgreSQL (tools/team_server.py), without a login, with MLflow's basic-auth app, and with its
-login cache on; beside it the cost of one request on each, and of one password check. Not a
-test: it prints figures and ratios, and asserts nothing.
+login cache on; beside it the cost of one request on each, and of one password check. And the
+heartbeat that lets a dead run be found (--only-heartbeat): the default run on a warm store,
+with copies of the script that beat every second, or once a day (no beat after the first),
+beside the default period. Not a test: it prints figures and ratios, and asserts nothing.
 """
 
 import argparse
@@ -440,6 +443,42 @@ def print_login_overhead(seconds, per_request):
     print(f"\nOne password check ({method}) in this process: {1000 * check:.0f} ms.")
 
 
+# The heartbeat's period in each variant (seconds; None: the script's own HEARTBEAT_SECONDS).
+HEARTBEATS = {"once a day (none after the first)": 86_400, "default": None, "every second": 1}
+
+
+def heartbeat_cost(rounds, workdir):
+    """Whole-process seconds of the default run, warm store, per heartbeat period, interleaved;
+    the other periods run a copy of the script with only HEARTBEAT_SECONDS edited."""
+    commands = {}
+    for label, seconds in HEARTBEATS.items():
+        command = script_command(DEFAULT_GRID, -1)
+        if seconds is not None:
+            copy = Path(tempfile.mkdtemp(dir=workdir), SCRIPT.name)
+            edited = f"HEARTBEAT_SECONDS = {seconds}  # instead of "
+            copy.write_text(SCRIPT.read_text().replace("HEARTBEAT_SECONDS = ", edited, 1))
+            command[1] = str(copy)
+        commands[label] = command
+    warm_dir = Path(tempfile.mkdtemp(dir=workdir))
+    measure(commands["default"], warm_dir)  # create the warm store
+    samples = {label: [] for label in commands}
+    for round_ in range(rounds):
+        for label, command in commands.items():
+            samples[label].append(measure(command, warm_dir))
+        print(f"  heartbeat round {round_ + 1}/{rounds}", file=sys.stderr, flush=True)
+    return {label: summary(values) for label, values in samples.items()}
+
+
+def print_heartbeat_cost(results):
+    none = results["once a day (none after the first)"]["median"]
+    print("\n### Heartbeat: the default run (9 candidates x 5 folds, n_jobs -1), warm store\n")
+    print("| heartbeat | median s | min-max s | time / once a day |")
+    print("|---|---|---|---|")
+    for label, r in results.items():
+        print(f"| {label} | {r['median']:.2f} | {r['min']:.2f}-{r['max']:.2f} "
+              f"| {r['median'] / none:.3f} |")  # fmt: skip
+
+
 def machine():
     import mlflow
     import sklearn
@@ -473,12 +512,19 @@ def main():
     parser.add_argument("--only-progress", action="store_true", help="only the progress rounds")
     parser.add_argument("--login-rounds", type=int, default=3, help="rounds of --only-login")
     parser.add_argument("--only-login", action="store_true", help="only a server's login cost")
+    parser.add_argument("--heartbeat-rounds", type=int, default=5, help="0: no heartbeat rounds")
+    parser.add_argument("--only-heartbeat", action="store_true", help="only the heartbeat rounds")
     args = parser.parse_args()
 
     print(f"Machine: {machine()}")
     if args.only_login:
         with tempfile.TemporaryDirectory() as workdir:
             print_login_overhead(*login_overhead(args.login_rounds, workdir))
+        return
+    if args.heartbeat_rounds:
+        with tempfile.TemporaryDirectory() as workdir:
+            print_heartbeat_cost(heartbeat_cost(args.heartbeat_rounds, workdir))
+    if args.only_heartbeat:
         return
     if args.progress_rounds:
         rounds = args.progress_rounds

@@ -1,0 +1,252 @@
+"""No run stays RUNNING forever: a run whose process died without a word (kill -9 here, as the
+out-of-memory killer or a power cut would) is found by the next run, or by --close-dead-runs,
+and ended FAILED with the evidence; live runs, and runs other tools started, are never touched.
+Every kill is a real SIGKILL of the script's whole process group, mid-search."""
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import QUICK, SCRIPT, parent_runs, run_script, script_env
+from mlflow import MlflowClient
+from mlflow_ui import mlflow_server
+from postgres import postgres_server
+
+import autolog_mlflow
+from autolog_mlflow import CRASHED, HEARTBEAT, HOST, PID
+
+# Long enough (tens of seconds) to be still running while another run starts and sweeps.
+SLOW = ["--param-grid", '{"n_estimators": [300, 400], "max_depth": [null, 3]}', "--cv", "5",
+        "--n-jobs", "1"]  # fmt: skip
+FAST_BEAT = 2  # seconds: the heartbeat of the script's copies in these tests
+
+
+def start_run(workdir, *args, script=SCRIPT):
+    """Start the script in its own process group; once its run exists: (process, run ID)."""
+    process = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        cwd=workdir, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # so that SIGKILL reaches it and any worker it started
+    )  # fmt: skip
+    for line in process.stderr:  # lines about runs it closed first, then "run <id>: searching"
+        if line.startswith("run "):
+            return process, line.split()[1].rstrip(":")
+    raise AssertionError(f"the script created no run: {process.wait()}")
+
+
+def kill_hard(process):
+    """SIGKILL, as the out-of-memory killer sends it: no handler, no cleanup."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+
+
+def killed_run(workdir, *args, script=SCRIPT):
+    """A run of the script killed mid-search; (its run ID, the PID that ran it)."""
+    process, run_id = start_run(workdir, *QUICK, *args, script=script)
+    kill_hard(process)
+    return run_id, process.pid
+
+
+def copy_with_heartbeat(folder, seconds):
+    """A copy of the script with HEARTBEAT_SECONDS edited, as a user edits the configuration."""
+    script = folder / SCRIPT.name
+    text = SCRIPT.read_text()
+    line = f"HEARTBEAT_SECONDS = {autolog_mlflow.HEARTBEAT_SECONDS}  #"
+    assert line in text
+    script.write_text(text.replace(line, f"HEARTBEAT_SECONDS = {seconds}  #"))
+    return script
+
+
+def sqlite_client(workdir):
+    return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+
+
+def json_report(result):
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def same_host_evidence(run):
+    """The evidence of a dead run of this machine, in the script's words."""
+    pid, beat = run.data.tags[PID], run.data.tags[HEARTBEAT]
+    return f"process {pid} on host {platform.node()} is gone; last heartbeat {beat}"
+
+
+@pytest.mark.slow
+def test_run_killed_mid_search_is_ended_failed_by_the_next_run_with_the_evidence(tmp_path):
+    dead_id, pid = killed_run(tmp_path)
+    client = sqlite_client(tmp_path)
+    assert client.get_run(dead_id).info.status == "RUNNING"  # what MLflow alone leaves
+
+    result = run_script(tmp_path, *QUICK)
+    assert result.returncode == 0, result.stderr
+    dead = client.get_run(dead_id)
+    assert dead.info.status == "FAILED"
+    assert dead.data.tags[PID] == str(pid)
+    evidence = same_host_evidence(dead)
+    assert dead.data.tags[CRASHED] == evidence
+    assert dead.data.tags["mlflow.note.content"] == f"**Died**: {evidence}."  # atop its UI page
+    assert dead.info.start_time <= dead.info.end_time  # its last heartbeat, or its start
+    assert f"Closed 1 run that had died (now FAILED):\n  {dead_id} (grid-search): {evidence}" in (
+        result.stdout
+    )
+    new_id = result.stdout.split("Run ID: ")[1].split()[0]
+    assert client.get_run(new_id).info.status == "FINISHED"
+    assert CRASHED not in client.get_run(new_id).data.tags
+
+
+@pytest.mark.slow
+def test_live_run_of_another_process_on_this_machine_is_left_running_and_finishes(tmp_path):
+    live, live_id = start_run(tmp_path, *SLOW)
+    report = json_report(run_script(tmp_path, "--json", *QUICK))
+    _, err = live.communicate(timeout=600)
+    assert live.returncode == 0, err
+    client = sqlite_client(tmp_path)
+    live_run = client.get_run(live_id)
+    assert live_run.info.end_time > client.get_run(report["run_id"]).info.start_time, (
+        "the live run ended before the new run swept: give it a slower grid"
+    )
+    assert report["closed_dead_runs"] == []
+    assert live_run.info.status == "FINISHED" and CRASHED not in live_run.data.tags
+
+
+@pytest.mark.slow
+def test_run_of_another_machine_is_closed_once_its_heartbeat_is_stale_not_while_fresh(tmp_path):
+    script = copy_with_heartbeat(tmp_path, FAST_BEAT)
+    client = sqlite_client(tmp_path)
+    dead_id, pid = killed_run(tmp_path, script=script)
+    client.set_tag(dead_id, HOST, "another-machine")  # its process: out of this machine's sight
+    stale_after = autolog_mlflow.STALE_HEARTBEATS * FAST_BEAT
+    time.sleep(max(0, autolog_mlflow.last_beat(client.get_run(dead_id).data.tags) + stale_after
+                   + 1 - time.time()))  # fmt: skip
+    # A new run closes the stale one; then, as if on another machine, it lives on and beats
+    # while a third run sweeps.
+    live, live_id = start_run(tmp_path, "--json", *SLOW, script=script)
+    client.set_tag(live_id, HOST, "another-machine")
+    report = json_report(run_script(tmp_path, "--json", *QUICK))
+    out, err = live.communicate(timeout=600)
+    assert live.returncode == 0, err
+
+    dead = client.get_run(dead_id)
+    evidence = (f"no heartbeat from process {pid} on host another-machine since "
+                f"{dead.data.tags[HEARTBEAT]}, over 4 periods of {FAST_BEAT} s")  # fmt: skip
+    assert json.loads(out)["closed_dead_runs"] == [
+        {"run_id": dead_id, "run_name": "grid-search", "evidence": evidence}
+    ]
+    assert dead.info.status == "FAILED" and dead.data.tags[CRASHED] == evidence
+    live_run = client.get_run(live_id)
+    assert live_run.info.end_time > client.get_run(report["run_id"]).info.start_time, (
+        "the live run ended before the third run swept: give it a slower grid"
+    )
+    assert report["closed_dead_runs"] == []
+    assert live_run.info.status == "FINISHED" and CRASHED not in live_run.data.tags
+    # It kept beating: its last heartbeat is later than its first, given at its start.
+    assert autolog_mlflow.last_beat(live_run.data.tags) > live_run.info.start_time // 1000 + 1
+
+
+@pytest.mark.slow
+def test_two_new_runs_sweeping_at_once_close_the_dead_run_and_not_each_other(tmp_path):
+    dead_id, _ = killed_run(tmp_path)
+    processes = [
+        subprocess.Popen([sys.executable, str(SCRIPT), "--json", *QUICK], cwd=tmp_path,
+                         env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)  # fmt: skip
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    reports = [json.loads(stdout) for stdout, _ in outputs]
+    client = sqlite_client(tmp_path)
+    dead = client.get_run(dead_id)
+    assert dead.info.status == "FAILED" and dead.data.tags[CRASHED] == same_host_evidence(dead)
+    # Each closed the dead run or found it closed already; neither closed the other.
+    closed = [run["run_id"] for report in reports for run in report["closed_dead_runs"]]
+    assert set(closed) == {dead_id}
+    for report in reports:
+        run = client.get_run(report["run_id"])
+        assert run.info.status == "FINISHED" and CRASHED not in run.data.tags
+
+
+@pytest.mark.slow
+def test_close_dead_runs_only_sweeps_and_says_what_it_closed(tmp_path):
+    dead_id, _ = killed_run(tmp_path)
+    client = sqlite_client(tmp_path)
+    experiment_id = client.get_run(dead_id).info.experiment_id
+    notebook = client.create_run(experiment_id).info.run_id  # another tool's run: RUNNING
+
+    result = run_script(tmp_path, "--close-dead-runs")
+    assert result.returncode == 0, result.stderr
+    dead = client.get_run(dead_id)
+    assert result.stdout.splitlines() == [
+        "Closed 1 run that had died (now FAILED):",
+        f"  {dead_id} (grid-search): {same_host_evidence(dead)}",
+    ]
+    assert dead.info.status == "FAILED"
+    assert client.get_run(notebook).info.status == "RUNNING"
+    assert len(parent_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")) == 2  # no new run
+
+    again = run_script(tmp_path, "--close-dead-runs")
+    assert again.returncode == 0
+    assert again.stdout == "No run had died in experiment 'autolog_mlflow'.\n"
+    assert json_report(run_script(tmp_path, "--close-dead-runs", "--json")) == {
+        "closed_dead_runs": []
+    }
+
+
+def test_close_dead_runs_starts_no_run_so_it_refuses_run_options(tmp_path):
+    result = run_script(tmp_path, "--close-dead-runs", "--register-model", "m")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "autolog_mlflow.py: error: --close-dead-runs starts no run: give it without --reproduce "
+        "and --register-model (see --help)"
+    ]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.fixture(params=["SQLite", "PostgreSQL"], scope="module")
+def server(request, tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1, on a SQLite file or a real PostgreSQL."""
+    folder = tmp_path_factory.mktemp("server")
+    with contextlib.ExitStack() as stack:
+        store = (f"sqlite:///{folder / 'mlflow.db'}" if request.param == "SQLite"
+                 else stack.enter_context(postgres_server()))  # fmt: skip
+        yield stack.enter_context(
+            mlflow_server(store, folder, "server", ["--artifacts-destination", str(folder)])
+        )
+
+
+@pytest.mark.slow
+def test_run_killed_mid_search_is_closed_through_a_tracking_server(tmp_path, server):
+    dead_id, _ = killed_run(tmp_path, "--tracking-uri", server.url)
+    report = json_report(run_script(tmp_path, "--json", "--tracking-uri", server.url, *QUICK))
+    client = MlflowClient(server.url)
+    dead = client.get_run(dead_id)
+    evidence = same_host_evidence(dead)
+    assert report["closed_dead_runs"] == [
+        {"run_id": dead_id, "run_name": "grid-search", "evidence": evidence}
+    ]
+    assert dead.info.status == "FAILED" and dead.data.tags[CRASHED] == evidence
+    assert client.get_run(report["run_id"]).info.status == "FINISHED"
+
+
+def test_process_start_tells_a_live_process_from_a_dead_one_not_yet_reaped():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = autolog_mlflow.process_start(child.pid)
+        assert started.endswith(" clock ticks after boot")
+        assert started == autolog_mlflow.process_start(child.pid)  # the same process, read again
+        assert started != autolog_mlflow.process_start(os.getpid())  # another one
+        child.kill()
+        while open(f"/proc/{child.pid}/stat").read().rpartition(")")[2].split()[0] != "Z":
+            time.sleep(0.05)  # dead, a zombie until its parent (this test) waits for it
+        assert autolog_mlflow.process_start(child.pid) is None
+    finally:
+        child.kill()
+        child.wait()
+    assert autolog_mlflow.process_start(child.pid) is None
