@@ -11,6 +11,8 @@ from mlflow import MlflowClient
 from mlflow_ui import mlflow_server
 from postgres import postgres_server
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def team_server(tmp_path_factory):
