@@ -29,8 +29,6 @@ from sklearn.datasets import load_breast_cancer
 
 import autolog_mlflow
 
-SMALL = ["--param-grid", SMALL_GRID, "--cv", "3"]
-
 
 def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -149,7 +147,7 @@ def test_csv_run_reproduced_is_identical_and_says_so_last(csv_run):
 @pytest.mark.slow
 def test_run_on_a_tracking_server_reproduced_through_it_is_identical(tmp_path, tracking_server):
     uri = ["--tracking-uri", tracking_server.url]
-    original = run_script(tmp_path, "--json", *uri, *SMALL)
+    original = run_script(tmp_path, "--json", *uri, *QUICK)
     assert original.returncode == 0, original.stderr
     original_id = json.loads(original.stdout)["run_id"]
 
@@ -159,7 +157,7 @@ def test_run_on_a_tracking_server_reproduced_through_it_is_identical(tmp_path, t
 @pytest.mark.slow
 def test_run_recorded_by_the_previous_release_reproduces_and_says_what_it_lacks(tmp_path):
     """Before 2026-11-28 run_config.json held the configuration and six package versions."""
-    original = finished_run(tmp_path, *SMALL)
+    original = finished_run(tmp_path, *QUICK)
     artifacts = Path(urlparse(original.run.info.artifact_uri).path)
     old = record(original)
     environment = {"python": old["environment"]["python"]} | {
@@ -234,7 +232,7 @@ def test_edited_script_is_recorded_as_a_code_change_and_its_results_differ_exit_
     git(repo, "init", "--quiet")
     git(repo, "add", script.name)
     git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "script")
-    original = run_copy(script, tmp_path, *SMALL)
+    original = run_copy(script, tmp_path, *QUICK)
     assert original.returncode == 0, original.stderr
     original_id = json.loads(original.stdout)["run_id"]
     assert record(ScriptRun(tmp_path, original))["git"]["dirty"] is False
