@@ -147,12 +147,6 @@ def default_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def second_default_run(default_run):
-    """The same command again, in the same folder: a second process, the store now warm."""
-    return finished_run(default_run.workdir)
-
-
-@pytest.fixture(scope="session")
 def quick_runs(tmp_path_factory):
     """The QUICK search twice in one fresh folder: its fits in this process, then again in
     parallel worker processes (--n-jobs -1), the store now warm. Made together, so that runs
