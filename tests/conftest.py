@@ -1,12 +1,15 @@
 """Shared helpers: run autolog_mlflow.py as a user would, then inspect the store it wrote."""
 
 import json
+import logging
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,7 +21,8 @@ SMALL_GRID = '{"n_estimators": [10, 20], "max_depth": [null, 3]}'  # 4 quick can
 QUICK = ["--param-grid", SMALL_GRID, "--cv", "3", "--n-jobs", "1"]
 
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the script and the UI helpers
-from mlflow_ui import mlflow_server
+import autolog_mlflow  # noqa: E402
+from mlflow_ui import mlflow_server  # noqa: E402
 
 
 def script_env():
@@ -37,6 +41,38 @@ def run_script(workdir, *args, timeout=600, script=SCRIPT, env=None):
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def script_main(tmp_path, monkeypatch, capsys):
+    """Call the script's main() in this process, in `tmp_path`, as `run_script` runs it there.
+
+    For checks that end before any run exists (argument parsing, data, URIs): a new process
+    costs seconds of imports and is not what they test. What main() changes in the process is
+    put back afterwards: MLflow's environment variables, its logger and tracking URI, the
+    SIGTERM handler.
+    """
+    monkeypatch.chdir(tmp_path)
+    for name in [name for name in os.environ if name.startswith("MLFLOW_")]:
+        monkeypatch.delenv(name)  # as in script_env()
+    for name, value in autolog_mlflow.MLFLOW_SETTINGS.items():
+        monkeypatch.setenv(name, value)  # what main() sets, so that it is undone
+    mlflow_logger = logging.getLogger("mlflow")
+    monkeypatch.setattr(mlflow_logger, "handlers", mlflow_logger.handlers)
+    sigterm, tracking_uri = signal.getsignal(signal.SIGTERM), mlflow.get_tracking_uri()
+
+    def call(*args):
+        capsys.readouterr()
+        try:
+            code = autolog_mlflow.main(list(args))
+        except SystemExit as e:  # argparse's errors and --help
+            code = e.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    yield call
+    signal.signal(signal.SIGTERM, sigterm)
+    mlflow.set_tracking_uri(tracking_uri)
 
 
 @dataclass
@@ -114,20 +150,34 @@ def default_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def second_default_run(default_run):
-    """The same command again, in the same folder: a second process, the store now warm."""
-    return finished_run(default_run.workdir)
+def quick_runs(tmp_path_factory):
+    """The QUICK search twice in one fresh folder: its fits in this process, then again in
+    parallel worker processes (--n-jobs -1), the store now warm. Made together, so that runs
+    other tests add to this store come after both."""
+    first = finished_run(tmp_path_factory.mktemp("quick"), *QUICK)
+    return first, finished_run(first.workdir, *QUICK, "--n-jobs", "-1")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
+def quick_run(quick_runs):
+    """A small search (4 candidates, 3 folds) with every other default, on a fresh store."""
+    return quick_runs[0]
+
+
+@pytest.fixture(scope="session")
+def second_quick_run(quick_runs):
+    return quick_runs[1]
+
+
+@pytest.fixture(scope="session")
 def tracking_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1 with a fresh SQLite store and proxied artifacts."""
-    server_dir = tmp_path_factory.mktemp("server")
-    with mlflow_server(f"sqlite:///{server_dir / 'mlflow.db'}", server_dir, "server") as server:
+    """A real `mlflow server` on 127.0.0.1 with a fresh SQLite store and proxied artifacts in
+    its `folder`, which no client sees."""
+    folder = tmp_path_factory.mktemp("server")
+    args = ["--artifacts-destination", str(folder / "artifacts")]
+    with mlflow_server(f"sqlite:///{folder / 'mlflow.db'}", folder, "server", args) as server:
+        server.folder = folder
         yield server
-
-
-TABLE_OPTIONS = ["--param-grid", SMALL_GRID, "--cv", "3", "--n-jobs", "1"]
 
 
 def penguins(rows=400, seed=0):
@@ -158,7 +208,7 @@ def table_run(tmp_path_factory):
     """The script on penguins.csv, as it comes."""
     workdir = tmp_path_factory.mktemp("table")
     penguins().to_csv(workdir / "penguins.csv", index=False)
-    return finished_run(workdir, "--data", "penguins.csv", "--target", "species", *TABLE_OPTIONS)
+    return finished_run(workdir, "--data", "penguins.csv", "--target", "species", *QUICK)
 
 
 def raw_rows():

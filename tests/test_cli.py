@@ -1,4 +1,8 @@
-"""The command line: documented defaults, and bad input rejected before any run exists."""
+"""The command line: documented defaults, and bad input rejected before any run exists.
+
+Each rule is checked by calling the script's main() in this process (fast); a few of them also
+through a real process, for its exit code and its whole stderr.
+"""
 
 import json
 
@@ -15,8 +19,8 @@ OPTIONS = [
 ]  # fmt: skip
 
 
-def test_help_documents_every_option_and_its_default(tmp_path):
-    result = run_script(tmp_path, "--help")
+def test_help_documents_every_option_and_its_default(script_main):
+    result = script_main("--help")
     assert result.returncode == 0
     help_text = " ".join(result.stdout.split())
     for option in OPTIONS:
@@ -26,8 +30,8 @@ def test_help_documents_every_option_and_its_default(tmp_path):
         assert default in help_text, default
 
 
-def test_help_shows_the_grid_default_as_json_and_no_empty_defaults(tmp_path):
-    help_text = " ".join(run_script(tmp_path, "--help").stdout.split())
+def test_help_shows_the_grid_default_as_json_and_no_empty_defaults(script_main):
+    help_text = " ".join(script_main("--help").stdout.split())
     grid = json.dumps(autolog_mlflow.PARAM_GRID)
     assert f"(default: {grid})" in help_text and "null" in grid
     assert "None" not in help_text and "(default: False)" not in help_text
@@ -105,11 +109,23 @@ def assert_rejected_before_any_run(result, workdir, message):
 
 
 @pytest.mark.parametrize("args, message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
-def test_bad_argument_is_rejected_in_one_line_with_exit_2(tmp_path, args, message):
-    assert_rejected_before_any_run(run_script(tmp_path, *args), tmp_path, message)
+def test_bad_argument_is_rejected_in_one_line_with_exit_2(tmp_path, script_main, args, message):
+    assert_rejected_before_any_run(script_main(*args), tmp_path, message)
 
 
 @pytest.mark.parametrize("csv, target, message", BAD_CSVS.values(), ids=BAD_CSVS.keys())
-def test_bad_csv_is_rejected_in_one_line_with_exit_2(tmp_path, csv, target, message):
-    result = run_script(tmp_path, *write_csv(tmp_path, csv), "--target", target)
+def test_bad_csv_is_rejected_in_one_line_with_exit_2(tmp_path, script_main, csv, target, message):
+    result = script_main(*write_csv(tmp_path, csv), "--target", target)
     assert_rejected_before_any_run(result, tmp_path, message)
+
+
+# Through a real process too, for its exit code and whole stderr: a rule that argparse applies,
+# and one that main() does.
+@pytest.mark.parametrize("case", ["grid not JSON", "target not a column"])
+def test_a_real_process_rejects_bad_input_in_one_line_with_exit_2(tmp_path, case):
+    if case in BAD_CSVS:
+        csv, target, message = BAD_CSVS[case]
+        args = [*write_csv(tmp_path, csv), "--target", target]
+    else:
+        args, message = BAD_INPUTS[case]
+    assert_rejected_before_any_run(run_script(tmp_path, *args), tmp_path, message)

@@ -6,8 +6,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from conftest import QUICK, ROOT, SMALL_GRID, finished_run, parent_runs, run_script
-from mlflow import MlflowClient
+import pytest
+from conftest import QUICK, ROOT, SMALL_GRID, finished_run
 from sklearn.datasets import load_iris, make_classification
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score
@@ -16,6 +16,14 @@ import autolog_mlflow
 
 DEFAULT_GRID = autolog_mlflow.PARAM_GRID
 DEFAULT_CANDIDATES = np.prod([len(values) for values in DEFAULT_GRID.values()])
+# Most tests read the quick run: a small grid, every other default. What depends on the grid
+# and the folds is checked on the real default search as well.
+SEARCHES = [
+    pytest.param("quick_run", json.loads(SMALL_GRID), 3, id="quick"),
+    pytest.param(
+        "default_run", DEFAULT_GRID, autolog_mlflow.CV_FOLDS, id="default", marks=pytest.mark.slow
+    ),
+]
 
 
 def pinned_requirements():
@@ -36,46 +44,45 @@ def test_default_grid_has_at_least_nine_candidates_over_two_hyperparameters():
     assert len(DEFAULT_GRID) >= 2 and DEFAULT_CANDIDATES >= 9
 
 
-def test_parent_run_is_finished_under_the_default_experiment(default_run):
-    run = default_run.run
+def test_parent_run_is_finished_under_the_default_experiment(quick_run):
+    run = quick_run.run
     assert run.info.status == "FINISHED"
     assert run.info.run_name == autolog_mlflow.RUN_NAME
-    experiment = default_run.client.get_experiment(run.info.experiment_id)
+    experiment = quick_run.client.get_experiment(run.info.experiment_id)
     assert experiment.name == autolog_mlflow.EXPERIMENT_NAME
-    assert (default_run.workdir / "mlflow.db").is_file()
+    assert (quick_run.workdir / "mlflow.db").is_file()
 
 
-def test_autologging_records_the_search_parameters_and_the_best_ones(default_run):
-    params = default_run.run.data.params
-    for name in DEFAULT_GRID:
-        assert params[f"best_{name}"] in {str(value) for value in DEFAULT_GRID[name]}
-    assert params["cv"] == str(autolog_mlflow.CV_FOLDS)
+@pytest.mark.parametrize("search, grid, folds", SEARCHES)
+def test_autologging_records_the_search_parameters_and_the_best_ones(request, search, grid, folds):
+    params = request.getfixturevalue(search).run.data.params
+    for name in grid:
+        assert params[f"best_{name}"] in {str(value) for value in grid[name]}
+    assert params["cv"] == str(folds)
     assert "RandomForestClassifier" in params["estimator"]
 
 
-def test_autologging_records_cv_and_training_metrics(default_run):
-    metrics = default_run.run.data.metrics
+def test_autologging_records_cv_and_training_metrics(quick_run):
+    metrics = quick_run.run.data.metrics
     assert 0.5 < metrics["best_cv_score"] <= 1
     for name in ["training_accuracy_score", "training_f1_score", "training_roc_auc"]:
         assert 0.5 < metrics[name] <= 1
 
 
-def test_held_out_test_metrics_are_logged_in_the_run(default_run):
-    metrics = default_run.run.data.metrics
+def test_held_out_test_metrics_are_logged_in_the_run(quick_run):
+    metrics = quick_run.run.data.metrics
     for name in ["accuracy_score_X_test", "f1_score_X_test", "roc_auc_score_X_test"]:
         assert 0.5 < metrics[name] <= 1, name
 
 
-def test_run_artifacts_include_cv_results_estimator_and_confusion_matrix(default_run):
-    artifacts = {
-        item.path for item in default_run.client.list_artifacts(default_run.run.info.run_id)
-    }
+def test_run_artifacts_include_cv_results_estimator_and_confusion_matrix(quick_run):
+    artifacts = {item.path for item in quick_run.client.list_artifacts(quick_run.run.info.run_id)}
     assert {"cv_results.csv", "estimator.html", "training_confusion_matrix.png"} <= artifacts
     assert "run_config.json" in artifacts
 
 
-def test_training_dataset_digest_is_recorded(default_run):
-    inputs = default_run.run.inputs.dataset_inputs
+def test_training_dataset_digest_is_recorded(quick_run):
+    inputs = quick_run.run.inputs.dataset_inputs
     contexts = {
         tag.value for item in inputs for tag in item.tags if tag.key == "mlflow.data.context"
     }
@@ -83,23 +90,25 @@ def test_training_dataset_digest_is_recorded(default_run):
     assert all(item.dataset.digest for item in inputs)
 
 
-def test_one_child_run_per_candidate_named_after_its_hyperparameters(default_run):
-    children = default_run.child_runs()
-    assert len(children) == DEFAULT_CANDIDATES
+@pytest.mark.parametrize("search, grid, folds", SEARCHES)
+def test_one_child_run_per_candidate_named_after_its_hyperparameters(request, search, grid, folds):
+    children = request.getfixturevalue(search).child_runs()
+    candidates = np.prod([len(values) for values in grid.values()])
+    assert len(children) == candidates
     names = {child.info.run_name for child in children}
-    assert len(names) == DEFAULT_CANDIDATES
+    assert len(names) == candidates
     for child in children:
-        expected = " ".join(f"{key}={child.data.params[key]}" for key in sorted(DEFAULT_GRID))
+        expected = " ".join(f"{key}={child.data.params[key]}" for key in sorted(grid))
         assert child.info.run_name == expected
         assert {"mean_test_score", "std_test_score", "rank_test_score"} <= set(child.data.metrics)
 
 
-def test_best_model_is_logged_once_ready_with_signature_and_pinned_requirements(default_run):
-    models = default_run.logged_models()
+def test_best_model_is_logged_once_ready_with_signature_and_pinned_requirements(quick_run):
+    models = quick_run.logged_models()
     assert [(model.name, str(model.status)) for model in models] == [("best_estimator", "READY")]
     model_dir = Path(
         mlflow.artifacts.download_artifacts(
-            artifact_uri=models[0].artifact_location, tracking_uri=default_run.tracking_uri
+            artifact_uri=models[0].artifact_location, tracking_uri=quick_run.tracking_uri
         )
     )
     mlmodel = (model_dir / "MLmodel").read_text()
@@ -108,12 +117,12 @@ def test_best_model_is_logged_once_ready_with_signature_and_pinned_requirements(
     assert pinned_requirements() <= logged
 
 
-def test_best_model_reloads_and_predicts_like_a_fresh_fit(default_run):
+def test_best_model_reloads_and_predicts_like_a_fresh_fit(quick_run):
     X_train, X_test, y_train, y_test, _ = held_out_split()
-    params = default_run.run.data.params
+    params = quick_run.run.data.params
     best = {
         key: None if params[f"best_{key}"] == "None" else int(params[f"best_{key}"])
-        for key in DEFAULT_GRID
+        for key in json.loads(SMALL_GRID)
     }
     expected = (
         RandomForestClassifier(random_state=autolog_mlflow.SEED, **best)
@@ -121,45 +130,43 @@ def test_best_model_reloads_and_predicts_like_a_fresh_fit(default_run):
         .predict(X_test)
     )
 
-    mlflow.set_tracking_uri(default_run.tracking_uri)
-    uri = default_run.logged_models()[0].model_uri
+    mlflow.set_tracking_uri(quick_run.tracking_uri)
+    uri = quick_run.logged_models()[0].model_uri
     assert np.array_equal(mlflow.sklearn.load_model(uri).predict(X_test), expected)
     assert np.array_equal(np.asarray(mlflow.pyfunc.load_model(uri).predict(X_test)), expected)
-    assert default_run.run.data.metrics["accuracy_score_X_test"] == accuracy_score(y_test, expected)
+    assert quick_run.run.data.metrics["accuracy_score_X_test"] == accuracy_score(y_test, expected)
 
 
-def test_json_report_matches_the_store(default_run):
-    report, run = default_run.report, default_run.run
+def test_json_report_matches_the_store(quick_run):
+    report, run = quick_run.report, quick_run.run
     assert report["run_id"] == run.info.run_id and report["status"] == run.info.status
     assert report["params"] == run.data.params
     assert report["metrics"] == run.data.metrics
     assert {model["uri"] for model in report["logged_models"]} == {
-        model.model_uri for model in default_run.logged_models()
+        model.model_uri for model in quick_run.logged_models()
     }
     assert {child["name"] for child in report["child_runs"]} == {
-        child.info.run_name for child in default_run.child_runs()
+        child.info.run_name for child in quick_run.child_runs()
     }
     assert [child["rank"] for child in report["child_runs"]] == sorted(
         child["rank"] for child in report["child_runs"]
     )
     assert report["duration_seconds"] == (run.info.end_time - run.info.start_time) / 1000
-    (model,) = default_run.logged_models()
+    (model,) = quick_run.logged_models()
     assert report["load_model"] == f'mlflow.sklearn.load_model("{model.model_uri}")'
 
 
-def test_printed_ui_urls_open_the_model_training_view_of_the_run_and_its_experiment(default_run):
-    browse, run = default_run.report["browse"], default_run.run
+def test_printed_ui_urls_open_the_model_training_view_of_the_run_and_its_experiment(quick_run):
+    browse, run = quick_run.report["browse"], quick_run.run
     runs = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs"
     assert browse["ui_command"] == "mlflow ui"
     assert browse["run_url"] == f"{runs}/{run.info.run_id}?workflowType=machine_learning"
     assert browse["experiment_url"] == f"{runs}?workflowType=machine_learning"
 
 
-def test_text_report_shows_run_id_duration_models_leaderboard_and_how_to_browse(tmp_path):
-    result = run_script(tmp_path, *QUICK)
-    assert result.returncode == 0, result.stderr
-    (run,) = parent_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    out = result.stdout
+def test_text_report_shows_run_id_duration_models_leaderboard_and_how_to_browse(quick_run, capsys):
+    autolog_mlflow.print_report(quick_run.report)  # what the script prints without --json
+    run, out = quick_run.run, capsys.readouterr().out
     assert f"\nRun ID: {run.info.run_id}\n" in out
     seconds = (run.info.end_time - run.info.start_time) / 1000
     assert f"\nStatus: FINISHED in {seconds:.1f} s\n" in out
@@ -176,32 +183,29 @@ def test_text_report_shows_run_id_duration_models_leaderboard_and_how_to_browse(
         assert heading in out
     assert "models:/m-" in out and "[READY]" in out
     assert "mlflow ui" in out and "http://127.0.0.1:5000/#/experiments/" in out
-    (model,) = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_logged_models(
-        [run.info.experiment_id]
-    )
+    (model,) = quick_run.logged_models()
     assert f'Load the model:\n  mlflow.sklearn.load_model("{model.model_uri}")\n' in out
 
 
-def test_report_compares_with_the_best_earlier_run_on_the_same_data(
-    default_run, second_default_run
-):
+def test_report_compares_with_the_best_earlier_run_on_the_same_data(quick_run, second_quick_run):
     score = autolog_mlflow.HELD_OUT_SCORE
-    first = default_run.report["compared_with_earlier_runs"]
+    first = quick_run.report["compared_with_earlier_runs"]
     assert first == {
         "score": score,
-        "this_run": default_run.run.data.metrics[score],
+        "this_run": quick_run.run.data.metrics[score],
         "earlier_runs": 0,
         "best_earlier_run_id": None,
         "best_earlier_score": None,
         "beats_best_earlier": None,
     }
-    second = second_default_run.report["compared_with_earlier_runs"]
+    second = second_quick_run.report["compared_with_earlier_runs"]
     assert second["earlier_runs"] == 1
-    assert second["best_earlier_run_id"] == default_run.run.info.run_id
+    assert second["best_earlier_run_id"] == quick_run.run.info.run_id
     assert second["best_earlier_score"] == second["this_run"]  # the same search, the same score
     assert second["beats_best_earlier"] is False  # a tie does not beat it
 
 
+@pytest.mark.slow
 def test_only_runs_on_the_same_training_and_test_data_are_compared(tmp_path):
     first = finished_run(tmp_path, *QUICK).report
     other_split = finished_run(tmp_path, *QUICK, "--seed", "7").report
@@ -215,12 +219,14 @@ def test_only_runs_on_the_same_training_and_test_data_are_compared(tmp_path):
     assert fewer_folds["beats_best_earlier"] == (fewer_folds["this_run"] > best)
 
 
-def test_two_runs_give_identical_results(default_run, second_default_run):
-    first, second = default_run.run, second_default_run.run
+def test_two_runs_give_identical_results(quick_run, second_quick_run):
+    """The second with its fits in parallel worker processes: results do not depend on it."""
+    first, second = quick_run.run, second_quick_run.run
     assert first.info.run_id != second.info.run_id
     timing = ("fit_time", "score_time")
     for run in (first, second):
         assert run.info.status == "FINISHED"
+    assert (first.data.params.pop("n_jobs"), second.data.params.pop("n_jobs")) == ("1", "-1")
     assert first.data.params == second.data.params
     assert first.data.metrics == second.data.metrics
     scores = [
@@ -230,11 +236,12 @@ def test_two_runs_give_identical_results(default_run, second_default_run):
             }
             for child in run.child_runs()
         }
-        for run in (default_run, second_default_run)
+        for run in (quick_run, second_quick_run)
     ]
     assert scores[0] == scores[1]
 
 
+@pytest.mark.slow
 def test_own_csv_with_a_multiclass_text_target(tmp_path):
     iris = load_iris(as_frame=True)
     frame = iris.data.assign(species=iris.target_names[iris.target])
@@ -264,6 +271,7 @@ def test_own_csv_with_a_multiclass_text_target(tmp_path):
     assert set(model.predict(features)) <= set(iris.target_names)
 
 
+@pytest.mark.slow
 def test_semicolon_separated_csv_with_decimal_commas_is_read_as_numbers(tmp_path):
     X, y = make_classification(n_samples=200, n_features=4, random_state=0)
     frame = pd.DataFrame(X, columns=["a", "b", "c", "d"]).assign(label=y)

@@ -51,14 +51,18 @@ def test_the_posix_only_modules_cannot_be_imported_there(tmp_path, windows_like_
     assert result.returncode == 1 and f"No module named '{module}'" in result.stderr
 
 
-def test_default_run_finishes_without_posix_only_modules(tmp_path, windows_like_env):
-    process = start(tmp_path, windows_like_env)
+@pytest.mark.slow
+def test_run_with_parallel_worker_processes_finishes_without_posix_only_modules(
+    tmp_path, windows_like_env
+):
+    process = start(tmp_path, windows_like_env, *QUICK, "--n-jobs", "-1")
     _, err = process.communicate(timeout=600)
     assert process.returncode == 0, err
     (run,) = parent_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_four_first_runs_at_once_on_a_fresh_store_without_posix_only_modules(
     tmp_path, windows_like_env
 ):

@@ -11,6 +11,8 @@ from conftest import QUICK, run_eight_at_once, run_script
 from mlflow import MlflowClient
 from team_server import team_server as started_team_server
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def team_server(tmp_path_factory):

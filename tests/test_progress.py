@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import QUICK, SCRIPT, run_script, script_env
+from conftest import QUICK, SCRIPT, script_env
 
 FITS = 4 * 3 + 1  # QUICK: 4 candidates x 3 folds, and the refit of the best
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colours and cursor moves
@@ -37,6 +37,7 @@ def run_in_a_terminal(workdir, *args):
     return stdout.decode(), b"".join(shown).decode()
 
 
+@pytest.mark.slow
 def test_on_a_terminal_a_live_bar_counts_the_fits_up_to_the_total(tmp_path):
     stdout, shown = run_in_a_terminal(tmp_path, "--json", *QUICK)
 
@@ -51,10 +52,10 @@ def test_on_a_terminal_a_live_bar_counts_the_fits_up_to_the_total(tmp_path):
     json.loads(stdout)  # stdout holds the report alone
 
 
-@pytest.mark.parametrize("n_jobs", ["1", "-1"])
-def test_elsewhere_a_plain_line_at_each_further_tenth_of_the_fits(tmp_path, n_jobs):
-    result = run_script(tmp_path, "--json", *QUICK, "--n-jobs", n_jobs)
-    assert result.returncode == 0, result.stderr
+# The quick runs: stderr to a pipe, fits in this process (--n-jobs 1), then in worker processes.
+@pytest.mark.parametrize("run", ["quick_run", "second_quick_run"], ids=["n_jobs=1", "n_jobs=-1"])
+def test_elsewhere_a_plain_line_at_each_further_tenth_of_the_fits(request, run):
+    result = request.getfixturevalue(run).result
 
     lines = [line for line in result.stderr.splitlines() if line.startswith("search: ")]
     assert "\x1b" not in result.stderr

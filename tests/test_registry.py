@@ -50,6 +50,7 @@ def score(report):
     return report["test_metrics"][SCORE]
 
 
+@pytest.mark.slow
 def test_each_run_registers_a_new_version_tagged_with_its_run_scores_and_data(registry):
     _, reports, client = registry
     assert [report["registration"]["version"] for report in reports.values()] == [1, 2, 3, 4]
@@ -63,12 +64,14 @@ def test_each_run_registers_a_new_version_tagged_with_its_run_scores_and_data(re
         assert version.run_id == report["run_id"]
 
 
+@pytest.mark.slow
 def test_first_version_becomes_champion(registry):
     _, reports, _ = registry
     assert reports["first"]["registration"]["aliases"] == ["champion"]
     assert "no champion yet" in reports["first"]["registration"]["decision"]
 
 
+@pytest.mark.slow
 def test_a_worse_version_stays_challenger_and_says_why_with_both_scores(registry):
     _, reports, _ = registry
     assert score(reports["worse"]) < score(reports["first"])
@@ -78,12 +81,14 @@ def test_a_worse_version_stays_challenger_and_says_why_with_both_scores(registry
     assert f"{score(reports['first']):.4f}" in registration["decision"]
 
 
+@pytest.mark.slow
 def test_a_tie_keeps_the_champion(registry):
     _, reports, _ = registry
     assert score(reports["tie"]) == score(reports["first"])
     assert reports["tie"]["registration"]["aliases"] == ["challenger"]
 
 
+@pytest.mark.slow
 def test_a_better_version_takes_over_as_champion(registry):
     _, reports, client = registry
     assert score(reports["better"]) > score(reports["first"])
@@ -93,6 +98,7 @@ def test_a_better_version_takes_over_as_champion(registry):
     assert {alias: int(version) for alias, version in aliases.items()} == {"champion": 4}
 
 
+@pytest.mark.slow
 def test_report_shows_the_version_its_aliases_and_the_champion_uri(tmp_path):
     result = run_script(tmp_path, "--param-grid", SEQUENCE["first"], "--cv", "2",
                         "--register-model", NAME)  # fmt: skip
@@ -101,6 +107,7 @@ def test_report_shows_the_version_its_aliases_and_the_champion_uri(tmp_path):
     assert f"mlflow models serve -m models:/{NAME}@champion --env-manager local" in result.stdout
 
 
+@pytest.mark.slow
 def test_champion_served_by_mlflow_models_serve_predicts_like_the_reloaded_model(registry):
     workdir, _, _ = registry
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
@@ -141,6 +148,7 @@ def wait_until_serving(url, server, timeout=120):
     raise AssertionError(f"mlflow models serve did not answer within {timeout} s")
 
 
+@pytest.mark.slow
 def test_registration_through_a_tracking_server(tmp_path, tracking_server):
     report = register(tmp_path, SEQUENCE["first"], "--tracking-uri", tracking_server.url)
     client = MlflowClient(tracking_server.url)
@@ -149,8 +157,8 @@ def test_registration_through_a_tracking_server(tmp_path, tracking_server):
     assert champion.tags["run_id"] == report["run_id"]
 
 
-def test_invalid_model_name_is_rejected_before_any_run(tmp_path):
-    result = run_script(tmp_path, "--register-model", "team/model")
+def test_invalid_model_name_is_rejected_before_any_run(tmp_path, script_main):
+    result = script_main("--register-model", "team/model")
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert "--register-model 'team/model'" in line and "cannot contain '/'" in line
@@ -158,6 +166,7 @@ def test_invalid_model_name_is_rejected_before_any_run(tmp_path):
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
+@pytest.mark.slow
 def test_registry_failure_after_the_run_keeps_it_finished_and_says_how_to_retry(tmp_path):
     store = tmp_path / "mlflow.db"
     MlflowClient(f"sqlite:///{store}").search_experiments()  # creates the store's tables

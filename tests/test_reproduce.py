@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 import mlflow
 import pytest
 from conftest import (
+    QUICK,
     ROOT,
     SCRIPT,
     SMALL_GRID,
@@ -27,8 +28,6 @@ from mlflow import MlflowClient
 from sklearn.datasets import load_breast_cancer
 
 import autolog_mlflow
-
-SMALL = ["--param-grid", SMALL_GRID, "--cv", "3"]
 
 
 def sha256(path):
@@ -61,6 +60,14 @@ def reproduce(workdir, run_id, *args):
     return run_script(workdir, "--json", "--reproduce", run_id, *args)
 
 
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    """A small search on a CSV of the breast-cancer data; its file, cancer.csv, beside it."""
+    workdir = tmp_path_factory.mktemp("csv")
+    write_csv(workdir / "cancer.csv")
+    return finished_run(workdir, "--data", "cancer.csv", "--target", "target", *QUICK)
+
+
 def assert_identical(result, original_id):
     assert result.returncode == 0, result.stderr
     reproduction = json.loads(result.stdout)["reproduction"]
@@ -71,11 +78,12 @@ def assert_identical(result, original_id):
 
 # What a run records
 def test_run_records_the_configuration_command_line_python_platform_and_every_package(
-    default_run,
+    quick_run,
 ):
-    recorded = record(default_run)
-    assert recorded["configuration"]["param_grid"] == autolog_mlflow.PARAM_GRID
-    assert recorded["command_line"][1:] == ["--json"]
+    recorded = record(quick_run)
+    assert recorded["configuration"]["param_grid"] == json.loads(SMALL_GRID)
+    assert recorded["configuration"]["test_size"] == autolog_mlflow.TEST_SIZE
+    assert recorded["command_line"][1:] == ["--json", *QUICK]
     environment = recorded["environment"]
     assert environment["python"] == platform.python_version()
     assert environment["platform"] == platform.platform()
@@ -84,22 +92,21 @@ def test_run_records_the_configuration_command_line_python_platform_and_every_pa
     assert len(environment["packages"]) > 50  # all of them, not the pinned four
 
 
-def test_run_records_the_script_itself_and_its_sha256(default_run):
-    recorded = record(default_run)
+def test_run_records_the_script_itself_and_its_sha256(quick_run):
+    recorded = record(quick_run)
     assert recorded["script"] == {"file": SCRIPT.name, "sha256": sha256(SCRIPT)}
-    assert artifact(default_run, f"code/{SCRIPT.name}") == SCRIPT.read_text()
+    assert artifact(quick_run, f"code/{SCRIPT.name}") == SCRIPT.read_text()
 
 
-def test_run_records_the_git_commit_and_whether_the_script_had_edits(default_run):
-    recorded = record(default_run)["git"]
+def test_run_records_the_git_commit_and_whether_the_script_had_edits(quick_run):
+    recorded = record(quick_run)["git"]
     assert recorded["commit"] == git(ROOT, "rev-parse", "HEAD").strip()
     assert recorded["dirty"] == bool(git(ROOT, "diff", "HEAD", "--", "autolog_mlflow.py"))
 
 
-def test_csv_run_records_the_files_sha256_and_size(tmp_path):
-    csv = write_csv(tmp_path / "cancer.csv")
-    run = finished_run(tmp_path, "--data", "cancer.csv", "--target", "target", *SMALL)
-    assert record(run)["data"] == {
+def test_csv_run_records_the_files_sha256_and_size(csv_run):
+    csv = csv_run.workdir / "cancer.csv"
+    assert record(csv_run)["data"] == {
         "path": str(csv.resolve()),
         "sha256": sha256(csv),
         "size": csv.stat().st_size,
@@ -107,49 +114,50 @@ def test_csv_run_records_the_files_sha256_and_size(tmp_path):
 
 
 # Reproducing
-def test_default_run_reproduced_from_another_folder_is_identical(default_run, tmp_path):
-    original = default_run.run
-    result = reproduce(tmp_path, original.info.run_id, "--tracking-uri", default_run.tracking_uri)
+@pytest.mark.slow
+def test_run_reproduced_from_another_folder_is_identical(quick_run, tmp_path):
+    original = quick_run.run
+    result = reproduce(tmp_path, original.info.run_id, "--tracking-uri", quick_run.tracking_uri)
 
     reproduction = assert_identical(result, original.info.run_id)
     assert reproduction["compared"] == {
         "best params": 2,
-        "candidates' CV scores": 9,
+        "candidates' CV scores": 4,
         "held-out metrics": 3,
         "held-out predictions": 143,
     }
-    new = ScriptRun(default_run.workdir, result).run
+    new = ScriptRun(quick_run.workdir, result).run
     assert new.info.experiment_id == original.info.experiment_id
     assert new.data.tags["autolog_mlflow.reproduces"] == original.info.run_id
     assert new.data.tags["autolog_mlflow.reproduction"] == "identical"
     assert not (tmp_path / "mlflow.db").exists()  # nothing was logged where it ran from
-    stored = json.loads(artifact(ScriptRun(default_run.workdir, result), "reproduction.json"))
+    stored = json.loads(artifact(ScriptRun(quick_run.workdir, result), "reproduction.json"))
     assert stored == reproduction
 
 
-def test_csv_run_reproduced_is_identical_and_says_so_last(tmp_path):
-    write_csv(tmp_path / "cancer.csv")
-    original = finished_run(tmp_path, "--data", "cancer.csv", "--target", "target", *SMALL)
-    result = run_script(tmp_path, "--reproduce", original.report["run_id"], "--n-jobs", "1")
+@pytest.mark.slow
+def test_csv_run_reproduced_is_identical_and_says_so_last(csv_run):
+    run_id = csv_run.report["run_id"]
+    result = run_script(csv_run.workdir, "--reproduce", run_id, "--n-jobs", "1")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == (
-        f"Verdict: identical to run {original.report['run_id']}"
-    )
+    assert result.stdout.strip().splitlines()[-1] == f"Verdict: identical to run {run_id}"
     assert "changed since then: nothing" in result.stdout
 
 
+@pytest.mark.slow
 def test_run_on_a_tracking_server_reproduced_through_it_is_identical(tmp_path, tracking_server):
     uri = ["--tracking-uri", tracking_server.url]
-    original = run_script(tmp_path, "--json", *uri, *SMALL)
+    original = run_script(tmp_path, "--json", *uri, *QUICK)
     assert original.returncode == 0, original.stderr
     original_id = json.loads(original.stdout)["run_id"]
 
     assert_identical(reproduce(tmp_path, original_id, *uri), original_id)
 
 
+@pytest.mark.slow
 def test_run_recorded_by_the_previous_release_reproduces_and_says_what_it_lacks(tmp_path):
     """Before 2026-11-28 run_config.json held the configuration and six package versions."""
-    original = finished_run(tmp_path, *SMALL)
+    original = finished_run(tmp_path, *QUICK)
     artifacts = Path(urlparse(original.run.info.artifact_uri).path)
     old = record(original)
     environment = {"python": old["environment"]["python"]} | {
@@ -166,33 +174,36 @@ def test_run_recorded_by_the_previous_release_reproduces_and_says_what_it_lacks(
     assert changes["script sha256"]["original"] is None
 
 
-def test_changed_csv_is_rejected_before_any_run(tmp_path):
-    csv = write_csv(tmp_path / "cancer.csv")
-    original = finished_run(tmp_path, "--data", "cancer.csv", "--target", "target", *SMALL)
-    before = sha256(csv)
-    csv.write_text(csv.read_text().replace("\n1", "\n2", 5))  # edit a few values
-    result = reproduce(tmp_path, original.report["run_id"])
+def test_changed_csv_is_rejected_before_any_run(csv_run, script_main):
+    csv, run_id = csv_run.workdir / "cancer.csv", csv_run.report["run_id"]
+    runs, before, text = len(parent_runs(csv_run.tracking_uri)), sha256(csv), csv.read_text()
+    csv.write_text(text.replace("\n1", "\n2", 5))  # edit a few values
+    try:
+        result = script_main("--reproduce", run_id, "--tracking-uri", csv_run.tracking_uri)
+        after = sha256(csv)
+    finally:
+        csv.write_text(text)  # the other tests of this run read it unchanged
 
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
-    assert f"cancer.csv changed since run {original.report['run_id']}" in line
-    assert before in line and sha256(csv) in line
-    assert len(parent_runs(original.tracking_uri)) == 1
+    assert f"cancer.csv changed since run {run_id}" in line
+    assert before in line and after in line
+    assert len(parent_runs(csv_run.tracking_uri)) == runs
 
 
-def test_unknown_run_id_is_rejected(default_run, tmp_path):
-    result = reproduce(tmp_path, "0" * 32, "--tracking-uri", default_run.tracking_uri)
+def test_unknown_run_id_is_rejected(quick_run, script_main):
+    result = script_main("--json", "--reproduce", "0" * 32, "--tracking-uri", quick_run.tracking_uri)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert f"--reproduce {'0' * 32}: no such run" in line
 
 
-def test_run_this_script_did_not_log_is_rejected(tmp_path):
+def test_run_this_script_did_not_log_is_rejected(tmp_path, script_main):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     other = client.create_run(client.create_experiment("other")).info.run_id
     client.set_terminated(other)
-    result = reproduce(tmp_path, other, "--tracking-uri", uri)
+    result = script_main("--json", "--reproduce", other, "--tracking-uri", uri)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert f"run {other} was not logged by autolog_mlflow.py" in line
@@ -200,8 +211,8 @@ def test_run_this_script_did_not_log_is_rejected(tmp_path):
 
 
 @pytest.mark.parametrize("option", [["--cv", "4"], ["--seed", "1"], ["--target", "y"]])
-def test_options_of_the_experiment_cannot_be_changed_when_reproducing(tmp_path, option):
-    result = run_script(tmp_path, "--reproduce", "0" * 32, *option)
+def test_options_of_the_experiment_cannot_be_changed_when_reproducing(script_main, option):
+    result = script_main("--reproduce", "0" * 32, *option)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert f"{option[0]} comes from the record of run" in line
@@ -212,6 +223,7 @@ def run_copy(script, workdir, *args):
     return subprocess.run(command, cwd=workdir, env=script_env(), capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_edited_script_is_recorded_as_a_code_change_and_its_results_differ_exit_3(tmp_path):
     """A copy of the script in its own git repository; then an uncommitted edit of a default."""
     repo = tmp_path / "repo"
@@ -220,7 +232,7 @@ def test_edited_script_is_recorded_as_a_code_change_and_its_results_differ_exit_
     git(repo, "init", "--quiet")
     git(repo, "add", script.name)
     git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "script")
-    original = run_copy(script, tmp_path, *SMALL)
+    original = run_copy(script, tmp_path, *QUICK)
     assert original.returncode == 0, original.stderr
     original_id = json.loads(original.stdout)["run_id"]
     assert record(ScriptRun(tmp_path, original))["git"]["dirty"] is False

@@ -12,7 +12,7 @@ import yaml
 from conftest import ROOT, SCRIPT, SMALL_GRID, finished_run, run_script, script_env
 from distributed import Client, LocalCluster
 from mlflow import MlflowClient
-from mlflow_ui import free_port, mlflow_server
+from mlflow_ui import free_port
 
 import autolog_mlflow
 
@@ -45,25 +45,26 @@ def tasks_run_by_workers(client):
     return sum(client.run(lambda dask_worker: dask_worker.state.executed_count).values())
 
 
-def test_search_on_a_dask_cluster_is_complete_and_identical_to_a_local_run(tmp_path, dask_cluster):
+@pytest.mark.slow
+def test_search_on_a_dask_cluster_is_complete_and_identical_to_a_local_run(
+    tmp_path, dask_cluster, quick_run
+):
     address, client = dask_cluster
     tasks_before = tasks_run_by_workers(client)
-    (tmp_path / "dask").mkdir()
-    (tmp_path / "local").mkdir()
 
-    on_dask = finished_run(tmp_path / "dask", *QUICK, "--dask-scheduler", address)
-    local = finished_run(tmp_path / "local", *QUICK)
+    on_dask = finished_run(tmp_path, *QUICK, "--dask-scheduler", address)
 
     assert tasks_run_by_workers(client) - tasks_before >= 4 * 3  # every candidate, every fold
     assert on_dask.run.info.status == "FINISHED"
     assert len(on_dask.child_runs()) == 4
     assert [str(model.status) for model in on_dask.logged_models()] == ["READY"]
-    assert outcome(on_dask) == outcome(local)
+    assert outcome(on_dask) == outcome(quick_run)
     # The workers report each fit as it ends: progress lines before the last one.
     progress = [line for line in on_dask.result.stderr.splitlines() if line.startswith("search: ")]
     assert len(progress) > 1 and progress[-1].startswith("search: 13/13 fits (100%)")
 
 
+@pytest.mark.slow
 def test_unreachable_dask_scheduler_fails_in_one_line_within_its_connect_timeout(tmp_path):
     # Side by side with a run that stops at the same point, the store just created (an invalid
     # --register-model name): on a loaded machine, starting up alone can take over 10 s.
@@ -104,23 +105,15 @@ def test_missing_dask_is_reported_with_what_to_install(tmp_path):
 # --- A shared tracking server -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shared_server(tmp_path_factory):
-    """`mlflow server` with its own store and proxied artifacts: clients share no folder."""
-    folder = tmp_path_factory.mktemp("shared-server")
-    args = ["--artifacts-destination", str(folder / "artifacts")]
-    with mlflow_server(f"sqlite:///{folder / 'mlflow.db'}", folder, "server", args) as server:
-        yield server, folder
-
-
 def rest(server, method, endpoint, **kwargs):
     response = requests.request(method, f"{server.url}/api/2.0/mlflow/{endpoint}", **kwargs)
     response.raise_for_status()
     return response.json()
 
 
-def test_everything_is_readable_through_the_servers_rest_api(tmp_path, shared_server):
-    server, _ = shared_server
+@pytest.mark.slow
+def test_everything_is_readable_through_the_servers_rest_api(tmp_path, tracking_server):
+    server = tracking_server
     result = run_script(tmp_path, "--json", "--tracking-uri", server.url, *QUICK)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -147,8 +140,9 @@ def test_everything_is_readable_through_the_servers_rest_api(tmp_path, shared_se
     assert not (tmp_path / "mlruns").exists()  # the client wrote nothing locally
 
 
-def test_model_loads_from_a_process_that_cannot_see_the_servers_folders(tmp_path, shared_server):
-    server, folder = shared_server
+@pytest.mark.slow
+def test_model_loads_from_a_process_that_cannot_see_the_servers_folders(tmp_path, tracking_server):
+    server, folder = tracking_server, tracking_server.folder
     run = finished_run(tmp_path, "--tracking-uri", server.url, *QUICK)
     model_uri = run.report["logged_models"][0]["uri"]
     load_and_score = (
@@ -190,6 +184,7 @@ def test_mlproject_uses_conda_yml_and_the_scripts_own_defaults():
     assert main["max_tuning_runs"]["default"] == defaults.max_tuning_runs
 
 
+@pytest.mark.slow
 def test_mlflow_run_logs_everything_into_the_run_it_created(tmp_path):
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = script_env() | {

@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TABLE_OPTIONS, penguins, raw_rows, run_script, script_env
+from conftest import QUICK, penguins, raw_rows, run_script, script_env
 from mlflow import MlflowClient
 from mlflow_ui import free_port
 from test_registry import wait_until_serving
@@ -157,7 +157,7 @@ BAD_TARGETS = {
 @pytest.mark.parametrize("change, message", BAD_TARGETS.values(), ids=BAD_TARGETS.keys())
 def test_a_target_a_classifier_cannot_learn_is_rejected_before_any_run(tmp_path, change, message):
     change(penguins()).to_csv(tmp_path / "bad.csv", index=False)
-    result = run_script(tmp_path, "--data", "bad.csv", "--target", "species", *TABLE_OPTIONS)
+    result = run_script(tmp_path, "--data", "bad.csv", "--target", "species", *QUICK)
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert message in line and "Traceback" not in result.stderr

@@ -12,11 +12,13 @@ from mlflow_ui import (
 
 import autolog_mlflow
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
-def ui_server(default_run):
-    """`mlflow ui` serving the default run's store."""
-    with mlflow_server(default_run.tracking_uri, default_run.workdir) as server:
+def ui_server(quick_run):
+    """`mlflow ui` serving the quick run's store."""
+    with mlflow_server(quick_run.tracking_uri, quick_run.workdir) as server:
         yield server
 
 
@@ -36,8 +38,8 @@ def menu_shown(url, expected_text):
         return " ".join(page.locator("nav, aside").all_inner_texts() or [page.inner_text("body")])
 
 
-def test_printed_urls_open_the_model_training_view_in_a_fresh_browser(default_run, ui_server):
-    report = default_run.report
+def test_printed_urls_open_the_model_training_view_in_a_fresh_browser(quick_run, ui_server):
+    report = quick_run.report
     run_url, experiment_url = (
         report["browse"][key].replace(autolog_mlflow.UI_URL, ui_server.url)
         for key in ("run_url", "experiment_url")
@@ -50,9 +52,9 @@ def test_printed_urls_open_the_model_training_view_in_a_fresh_browser(default_ru
     assert "Judges" in genai_menu and "Model registry" not in genai_menu
 
 
-def test_run_page_shows_run_id_status_best_params_and_named_child_runs(default_run, page_on_ui):
+def test_run_page_shows_run_id_status_best_params_and_named_child_runs(quick_run, page_on_ui):
     page, url = page_on_ui
-    run, report = default_run.run, default_run.report
+    run, report = quick_run.run, quick_run.report
     child_names = [child["name"] for child in report["child_runs"]]
     open_run_page(page, url, run.info.experiment_id, run.info.run_id, child_names)
     text = page.inner_text("body")
@@ -63,24 +65,24 @@ def test_run_page_shows_run_id_status_best_params_and_named_child_runs(default_r
     assert all(name in text for name in child_names)
 
 
-def test_run_page_shows_the_runs_summary_as_its_description(default_run, page_on_ui):
+def test_run_page_shows_the_runs_summary_as_its_description(quick_run, page_on_ui):
     page, url = page_on_ui
-    run, best = default_run.run, autolog_mlflow.best_child(default_run.report)
+    run, best = quick_run.run, autolog_mlflow.best_child(quick_run.report)
     first_line = f"Best: {best['name']}, mean CV accuracy"  # the Markdown, as the page renders it
     open_run_page(page, url, run.info.experiment_id, run.info.run_id, [first_line])
     assert "No description" not in page.inner_text("body")
 
 
-def test_artifacts_tab_lists_cv_results(default_run, page_on_ui):
+def test_artifacts_tab_lists_cv_results(quick_run, page_on_ui):
     page, url = page_on_ui
-    run = default_run.run
+    run = quick_run.run
     open_artifacts_tab(page, url, run.info.experiment_id, run.info.run_id, "cv_results.csv")
     assert "estimator.html" in page.inner_text("body")
 
 
-def test_compare_page_plots_child_runs_against_the_cv_score(default_run, page_on_ui):
+def test_compare_page_plots_child_runs_against_the_cv_score(quick_run, page_on_ui):
     page, url = page_on_ui
-    run, report = default_run.run, default_run.report
+    run, report = quick_run.run, quick_run.report
     children = [child["run_id"] for child in report["child_runs"]]
     open_compare_page(page, url, run.info.experiment_id, children, "mean_test_score")
     text = " ".join(page.inner_text("body").split())  # names wrap inside table cells
