@@ -58,7 +58,7 @@ def script_main(tmp_path, monkeypatch, capsys):
     for name, value in autolog_mlflow.MLFLOW_SETTINGS.items():
         monkeypatch.setenv(name, value)  # what main() sets, so that it is undone
     mlflow_logger = logging.getLogger("mlflow")
-    monkeypatch.setattr(mlflow_logger, "handlers", mlflow_logger.handlers)
+    monkeypatch.setattr(mlflow_logger, "handlers", list(mlflow_logger.handlers))  # main() adds
     sigterm, tracking_uri = signal.getsignal(signal.SIGTERM), mlflow.get_tracking_uri()
 
     def call(*args):

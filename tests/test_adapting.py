@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import mlflow
+import pytest
 from conftest import ROOT, penguins, raw_rows, script_env
 from mlflow import MlflowClient
 
@@ -35,6 +36,7 @@ def test_the_script_says_its_estimator_in_one_line():
     assert len([line for line in lines if "RandomForestClassifier" in line]) == 1
 
 
+@pytest.mark.slow
 def test_another_classifier_is_one_line_registry_and_reproduce_included(tmp_path):
     script = script_with_estimator(tmp_path, "ensemble.HistGradientBoostingClassifier()")
     penguins().to_csv(tmp_path / "penguins.csv", index=False)
@@ -55,6 +57,7 @@ def test_another_classifier_is_one_line_registry_and_reproduce_included(tmp_path
     assert again["reproduction"]["verdict"] == "identical"
 
 
+@pytest.mark.slow
 def test_a_regressor_is_one_line_scored_and_ranked_by_held_out_r2(tmp_path):
     script = script_with_estimator(tmp_path, "ensemble.RandomForestRegressor()")
     table = penguins().drop(columns="species")
@@ -82,6 +85,7 @@ def test_a_regressor_is_one_line_scored_and_ranked_by_held_out_r2(tmp_path):
     assert again["reproduction"]["verdict"] == "identical"
 
 
+@pytest.mark.slow
 def test_a_regressor_refuses_a_text_target(tmp_path):
     script = script_with_estimator(tmp_path, "ensemble.RandomForestRegressor()")
     penguins().dropna().to_csv(tmp_path / "penguins.csv", index=False)

@@ -154,9 +154,14 @@ def test_run_of_another_machine_is_closed_once_its_heartbeat_is_stale_not_while_
 def test_two_new_runs_sweeping_at_once_close_the_dead_run_and_not_each_other(tmp_path):
     dead_id, _ = killed_run(tmp_path)
     processes = [
-        subprocess.Popen([sys.executable, str(SCRIPT), "--json", *QUICK], cwd=tmp_path,
-                         env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--json", *QUICK],
+            cwd=tmp_path,
+            env=script_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
         for _ in range(2)
     ]
     outputs = [process.communicate(timeout=600) for process in processes]

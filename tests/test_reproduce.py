@@ -192,7 +192,9 @@ def test_changed_csv_is_rejected_before_any_run(csv_run, script_main):
 
 
 def test_unknown_run_id_is_rejected(quick_run, script_main):
-    result = script_main("--json", "--reproduce", "0" * 32, "--tracking-uri", quick_run.tracking_uri)
+    result = script_main(
+        "--json", "--reproduce", "0" * 32, "--tracking-uri", quick_run.tracking_uri
+    )
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert f"--reproduce {'0' * 32}: no such run" in line

@@ -109,6 +109,7 @@ def test_reloaded_model_predicts_raw_rows_with_an_unseen_category_and_gaps(table
     assert list(by_pyfunc) == list(by_sklearn)
 
 
+@pytest.mark.slow
 def test_served_model_answers_raw_json_records_with_text_fields(table_run):
     (model,) = table_run.logged_models()
     port = free_port()
@@ -135,6 +136,7 @@ def test_served_model_answers_raw_json_records_with_text_fields(table_run):
     assert served == list(mlflow.sklearn.load_model(model.model_uri).predict(raw_rows()))
 
 
+@pytest.mark.slow
 def test_reproducing_a_table_run_gives_identical_results(table_run):
     result = run_script(table_run.workdir, "--json", "--reproduce", table_run.run.info.run_id)
     assert result.returncode == 0, result.stderr
@@ -155,9 +157,11 @@ BAD_TARGETS = {
 
 
 @pytest.mark.parametrize("change, message", BAD_TARGETS.values(), ids=BAD_TARGETS.keys())
-def test_a_target_a_classifier_cannot_learn_is_rejected_before_any_run(tmp_path, change, message):
+def test_a_target_a_classifier_cannot_learn_is_rejected_before_any_run(
+    tmp_path, script_main, change, message
+):
     change(penguins()).to_csv(tmp_path / "bad.csv", index=False)
-    result = run_script(tmp_path, "--data", "bad.csv", "--target", "species", *QUICK)
+    result = script_main("--data", "bad.csv", "--target", "species", *QUICK)
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert message in line and "Traceback" not in result.stderr
