@@ -112,7 +112,11 @@ class ScriptRun:
 
 
 def run_eight_at_once(workdir, *args):
-    """Eight processes of the script at once; their JSON reports, once all have succeeded."""
+    return run_at_once(workdir, 8, *args)
+
+
+def run_at_once(workdir, count, *args):
+    """`count` processes of the script at once; their JSON reports, once all have succeeded."""
     processes = [
         subprocess.Popen(
             [sys.executable, str(SCRIPT), "--json", *QUICK, *args],
@@ -122,7 +126,7 @@ def run_eight_at_once(workdir, *args):
             stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
-        for _ in range(8)
+        for _ in range(count)
     ]
     outputs = [process.communicate(timeout=600) for process in processes]
     for process, (_, stderr) in zip(processes, outputs):

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import QUICK, SCRIPT, parent_runs, run_script, script_env
+from conftest import QUICK, SCRIPT, parent_runs, run_at_once, run_script, script_env
 from mlflow import MlflowClient
 from mlflow_ui import mlflow_server
 from postgres import postgres_server
@@ -153,20 +153,7 @@ def test_run_of_another_machine_is_closed_once_its_heartbeat_is_stale_not_while_
 @pytest.mark.slow
 def test_two_new_runs_sweeping_at_once_close_the_dead_run_and_not_each_other(tmp_path):
     dead_id, _ = killed_run(tmp_path)
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(SCRIPT), "--json", *QUICK],
-            cwd=tmp_path,
-            env=script_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for _ in range(2)
-    ]
-    outputs = [process.communicate(timeout=600) for process in processes]
-    assert [process.returncode for process in processes] == [0, 0], outputs
-    reports = [json.loads(stdout) for stdout, _ in outputs]
+    reports = run_at_once(tmp_path, 2)
     client = sqlite_client(tmp_path)
     dead = client.get_run(dead_id)
     assert dead.info.status == "FAILED" and dead.data.tags[CRASHED] == same_host_evidence(dead)
