@@ -12,9 +12,11 @@ was done to each column of the data, and a profile of the training table.
 While the search fits, its progress shows on stderr: a live bar on a terminal, a line per tenth
 of the fits elsewhere. Then the script reads the run back *from the tracking store* -- proof of
 what was logged, not what we think we logged -- checks that everything expected is there, and
-prints a report: run ID, status and duration, params, metrics, artifacts, the logged model and
-how to load it, the child runs as a leaderboard, how the run compares with earlier runs on the
-same data, and how to browse it in the MLflow UI. A run that is missing anything ends FAILED.
+prints a report: run ID, status and duration, what was done to each column of the data, params,
+metrics, artifacts, the logged model and how to load it, the child runs as a leaderboard, the
+columns that matter most, how the run compares with earlier runs on the same data, and how to
+browse it in the MLflow UI, where the run's page opens with the same summary and the grid's
+scores as a picture. A run that is missing anything ends FAILED.
 
 Run it:
 
