@@ -913,8 +913,9 @@ def describe_data(data, pipeline, args):
     }  # fmt: skip
 
 
+# Text encoders as the report names them (dates and numbers are said in treatment()).
 ENCODERS = {"OrdinalEncoder": "ordinal", "OneHotEncoder": "one-hot", "ToCategorical": "categories",
-            "StringEncoder": "string encoder", "DatetimeEncoder": "date parts"}  # fmt: skip
+            "StringEncoder": "string encoder"}  # fmt: skip
 
 
 def treatment(column, vectorizer):
