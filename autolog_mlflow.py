@@ -77,6 +77,8 @@ import rich.console
 import rich.progress
 import skrub
 from filelock import FileLock
+from matplotlib.figure import Figure  # imported by skrub and autologging anyway
+from matplotlib.patches import Rectangle
 from mlflow import MlflowClient
 from mlflow.data import digest_utils
 from mlflow.entities import RunTag
@@ -1555,38 +1557,32 @@ def log_record(record):
 # switched off, so that the predictions made here are not logged as metrics of their own.
 def explain_run(search, data, y_pred, seed):
     """Log the grid's picture, the raw columns' importance and the held-out confusion matrix;
-    returns the importance table (and how many held-out rows it was measured on)."""
-    plt = pyplot()
-    mlflow.log_figure(grid_scores_figure(search, plt), "grid_scores.png")
+    returns the importance table (and how many held-out rows it was measured on).
+
+    The pictures are Figures of their own, never pyplot's: its shared state is not thread-safe,
+    and the data profile's thread (skrub's TableReport) draws with it.
+    """
+    mlflow.log_figure(grid_scores_figure(search), "grid_scores.png")
     importance, rows = raw_column_importance(search, data.X_test, data.y_test, seed)
     mlflow.log_text(importance.to_csv(index=False), "feature_importance.csv")
-    mlflow.log_figure(importance_figure(importance, rows, plt), "feature_importance.png")
+    mlflow.log_figure(importance_figure(importance, rows), "feature_importance.png")
     if is_classifier(search):
-        figure, axes = plt.subplots(figsize=(5, 4), layout="constrained")
+        figure = Figure(figsize=(5, 4), layout="constrained")
+        axes = figure.subplots()
         ConfusionMatrixDisplay.from_predictions(data.y_test, y_pred, ax=axes, colorbar=False)
         axes.set_title(f"Held-out confusion matrix ({len(data.y_test)} rows)")
         mlflow.log_figure(figure, "held_out_confusion_matrix.png")
-    plt.close("all")
     return importance, rows
 
 
 EXPLANATION = ["grid_scores.png", "feature_importance.csv", "feature_importance.png"]
 
 
-def pyplot():
-    import matplotlib  # imported here: only the explanation draws (autologging imports it too)
-
-    matplotlib.use("Agg")  # files, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def score_name():
     return SCORING or ("accuracy" if is_classifier(ESTIMATOR) else "R2")
 
 
-def grid_scores_figure(search, plt):
+def grid_scores_figure(search):
     """Mean CV score over the grid's two most varied hyperparameters (the others at their best
     values) as a heatmap, best cell framed; one varied hyperparameter: a line with error bars."""
     grid, best = search.param_grid, search.best_params_
@@ -1604,7 +1600,8 @@ def grid_scores_figure(search, plt):
         title += "\n" + ", ".join(f"{key}={best[key]}" for key in fixed if len(grid[key]) > 1)
     if len(axes_keys) == 1:
         (key,) = axes_keys
-        figure, axes = plt.subplots(figsize=(6, 4), layout="constrained")
+        figure = Figure(figsize=(6, 4), layout="constrained")
+        axes = figure.subplots()
         order = sorted(rows, key=lambda i: position(key, i))
         axes.errorbar(range(len(order)), mean[order], yerr=2 * std[order], marker="o", capsize=4)
         best_at = order.index(search.best_index_)
@@ -1620,8 +1617,9 @@ def grid_scores_figure(search, plt):
         for i in rows:
             cells[position(y, i), position(x, i)], spread[position(y, i), position(x, i)] = (
                 mean[i], 2 * std[i])  # fmt: skip
-        figure, axes = plt.subplots(figsize=(1.4 * len(grid[x]) + 3, 0.7 * len(grid[y]) + 2.5),
-                                    layout="constrained")  # fmt: skip
+        figure = Figure(figsize=(1.4 * len(grid[x]) + 3, 0.7 * len(grid[y]) + 2.5),
+                        layout="constrained")  # fmt: skip
+        axes = figure.subplots()
         image = axes.imshow(cells, cmap="viridis", aspect="auto")
         figure.colorbar(image, ax=axes, label=f"mean CV {score_name()}")
         bright = np.nanmin(cells) + 0.6 * (np.nanmax(cells) - np.nanmin(cells))  # viridis: yellow
@@ -1629,7 +1627,7 @@ def grid_scores_figure(search, plt):
             if not np.isnan(value):
                 axes.text(column, row, f"{value:.3f}\n+/- {spread[row, column]:.3f}", ha="center",
                           va="center", color="black" if value > bright else "white")  # fmt: skip
-        frame = plt.Rectangle((position(x, search.best_index_) - 0.5,
+        frame = Rectangle((position(x, search.best_index_) - 0.5,
                                position(y, search.best_index_) - 0.5), 1, 1,
                               fill=False, edgecolor="red", linewidth=3, label="best")  # fmt: skip
         axes.add_patch(frame)
@@ -1668,14 +1666,15 @@ def raw_column_importance(search, X, y, seed):
 
 
 def shuffled(encoded, columns, rng):
-    table = encoded.copy()
+    table = encoded.copy(deep=False)  # copy-on-write (pandas 3): only `columns` are new
     table[columns] = encoded[columns].iloc[rng.permutation(len(encoded))].set_axis(encoded.index)
     return table
 
 
-def importance_figure(importance, rows, plt):
+def importance_figure(importance, rows):
     shown = importance.head(20).iloc[::-1]  # the largest on top
-    figure, axes = plt.subplots(figsize=(7, 0.3 * len(shown) + 1.5), layout="constrained")
+    figure = Figure(figsize=(7, 0.3 * len(shown) + 1.5), layout="constrained")
+    axes = figure.subplots()
     axes.barh(shown["column"], shown["importance"], xerr=shown["std"], capsize=3)
     axes.set_xlabel(f"drop in held-out {score_name()} when the column is shuffled")
     axes.set_title(f"What drives the model\npermutation importance on {rows} held-out rows")

@@ -6,6 +6,7 @@
     python benchmarks/overhead.py --only-progress   # only the live progress's cost
     python benchmarks/overhead.py --only-login      # only the cost of a server's login
     python benchmarks/overhead.py --only-heartbeat  # only the heartbeat's cost
+    python benchmarks/overhead.py --only-explanation  # only the run's explanation's cost
 
 Whole processes, interleaved (A B C, A B C, ...) so that a noisy machine hurts every variant
 alike, and compared by their medians:
@@ -24,7 +25,8 @@ PostgreSQL (tools/team_server.py), without a login, with MLflow's basic-auth app
 login cache on; beside it the cost of one request on each, and of one password check. And the
 heartbeat that lets a dead run be found (--only-heartbeat): the default run on a warm store,
 with copies of the script that beat every second, or once a day (no beat after the first),
-beside the default period. Not a test: it prints figures and ratios, and asserts nothing.
+beside the default period. And the run's explanation (--only-explanation): the script beside a
+copy that explains nothing, on the default search and on a 200,000-row table with text. Not a test: it prints figures and ratios, and asserts nothing.
 """
 
 import argparse
@@ -479,6 +481,66 @@ def print_heartbeat_cost(results):
               f"| {r['median'] / none:.3f} |")  # fmt: skip
 
 
+# The explanation's cost (--only-explanation): the script beside a copy of it that explains
+# nothing. The copy's edits: explain_run() logs nothing and returns no importance, and the run's
+# completeness check stops expecting the explanation's artifacts.
+WITHOUT_EXPLANATION = {
+    "def explain_run(search, data, y_pred, seed):\n": "def explain_run(search, data, y_pred, seed):"
+    "\n    return pd.DataFrame(columns=['column', 'importance', 'std']), 0\n\n\n"
+    "def explained_before_the_benchmark(search, data, y_pred, seed):\n",
+    "EXPLANATION = [": "EXPLANATION = [] and [",
+    '"held_out_confusion_matrix.png"]': "]",
+}
+
+
+def without_explanation(workdir):
+    """A copy of the script with the WITHOUT_EXPLANATION edits, each made exactly once."""
+    text = SCRIPT.read_text()
+    for old, new in WITHOUT_EXPLANATION.items():
+        if text.count(old) != 1:
+            raise SystemExit(f"the script changed: update WITHOUT_EXPLANATION ({old.strip()!r})")
+        text = text.replace(old, new)
+    copy = Path(tempfile.mkdtemp(dir=workdir), SCRIPT.name)
+    copy.write_text(text)
+    return copy
+
+
+def explanation_cost(rounds, workdir):
+    """Whole-process seconds with and without the explanation, interleaved, warm store: on the
+    default search (bundled data, n_jobs -1) and on the 200,000-row table with text columns."""
+    table = write_table(200_000, workdir, "text")
+    searches = {
+        "default search (9 candidates x 5 folds, bundled data)": script_command(DEFAULT_GRID, -1),
+        "200,000-row table with text, gaps and dates": script_command(
+            DATA_GRID, DATA_SEARCH["n_jobs"], "--data", str(table), "--target", "label",
+            search=DATA_SEARCH,
+        ),
+    }  # fmt: skip
+    copy, results = without_explanation(workdir), {}
+    for name, command in searches.items():
+        variants = {"with": command, "without": [command[0], str(copy), *command[2:]]}
+        warm_dir = Path(tempfile.mkdtemp(dir=workdir))
+        measure(command, warm_dir)  # create the warm store
+        samples = {variant: [] for variant in variants}
+        for round_ in range(rounds):
+            for variant in variants if round_ % 2 else reversed(variants):
+                samples[variant].append(measure(variants[variant], warm_dir))
+            print(f"  explanation, {name}: round {round_ + 1}/{rounds}", file=sys.stderr,
+                  flush=True)  # fmt: skip
+        results[name] = {variant: summary(values) for variant, values in samples.items()}
+    return results
+
+
+def print_explanation_cost(results):
+    print("\n### The explanation (grid picture, raw-column importance, held-out confusion matrix)")
+    print("\n| search | without s | with s | time / without | share of the run |")
+    print("|---|---|---|---|---|")
+    for name, r in results.items():
+        without, with_ = r["without"]["median"], r["with"]["median"]
+        print(f"| {name} | {without:.2f} | {with_:.2f} | {with_ / without:.3f} "
+              f"| {100 * (with_ - without) / with_:.1f} % |")  # fmt: skip
+
+
 def machine():
     import mlflow
     import sklearn
@@ -514,12 +576,18 @@ def main():
     parser.add_argument("--only-login", action="store_true", help="only a server's login cost")
     parser.add_argument("--heartbeat-rounds", type=int, default=5, help="0: no heartbeat rounds")
     parser.add_argument("--only-heartbeat", action="store_true", help="only the heartbeat rounds")
+    parser.add_argument("--explanation-rounds", type=int, default=3, help="rounds per search")
+    parser.add_argument("--only-explanation", action="store_true", help="only the explanation")
     args = parser.parse_args()
 
     print(f"Machine: {machine()}")
     if args.only_login:
         with tempfile.TemporaryDirectory() as workdir:
             print_login_overhead(*login_overhead(args.login_rounds, workdir))
+        return
+    if args.only_explanation:
+        with tempfile.TemporaryDirectory() as workdir:
+            print_explanation_cost(explanation_cost(args.explanation_rounds, workdir))
         return
     if args.heartbeat_rounds:
         with tempfile.TemporaryDirectory() as workdir:

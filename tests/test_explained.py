@@ -92,24 +92,30 @@ def test_shuffling_encoded_columns_scores_like_shuffling_the_raw_column():
 
 def test_a_one_hyperparameter_grid_draws_a_line_with_error_bars():
     search, _, _ = fitted_search({"n_estimators": [2, 4, 8]})
-    figure = autolog_mlflow.grid_scores_figure(search, plt)
+    figure = autolog_mlflow.grid_scores_figure(search)
     (axes,) = [a for a in figure.axes]
     assert axes.get_xlabel() == "n_estimators"
     assert [tick.get_text() for tick in axes.get_xticklabels()] == ["2", "4", "8"]
     assert axes.containers  # the error bars
-    plt.close(figure)
+
+
+def test_the_pictures_are_drawn_outside_pyplot_so_that_a_thread_may_draw_them():
+    search, X, y = fitted_search({"n_estimators": [2, 4], "max_depth": [None, 3]})
+    autolog_mlflow.grid_scores_figure(search)
+    importance, rows = autolog_mlflow.raw_column_importance(search, X, y, seed=0)
+    autolog_mlflow.importance_figure(importance, rows)
+    assert plt.get_fignums() == []  # pyplot's shared figures: none made, none to close
 
 
 def test_a_three_hyperparameter_grid_draws_the_two_most_varied_the_third_at_its_best():
     grid = {"n_estimators": [2, 4, 8], "max_depth": [None, 3], "min_samples_leaf": [1, 5, 10, 20]}
     search, _, _ = fitted_search(grid)
-    figure = autolog_mlflow.grid_scores_figure(search, plt)
+    figure = autolog_mlflow.grid_scores_figure(search)
     axes = figure.axes[0]
     assert (axes.get_xlabel(), axes.get_ylabel()) == ("min_samples_leaf", "n_estimators")
     assert f"max_depth={search.best_params_['max_depth']}" in axes.get_title()
     shown = [text.get_text() for text in axes.texts]
     assert len(shown) == 12  # one cell per (min_samples_leaf, n_estimators) pair
-    plt.close(figure)
 
 
 def test_json_report_carries_the_summary_and_the_importance(table_run):
