@@ -1389,7 +1389,7 @@ def datasets_built_once():
     built = {}  # digest -> dataset: the store keeps one record per name and digest anyway
 
     def dataset_of(df, source=None):  # as autologging calls it: a frame and a code source
-        digest = pandas_digest(df)  # by content: autologging digests a deep copy of X_train
+        digest = pandas_digest(df)  # by content: the store tells data sets apart by digest
         if digest not in built:
             built[digest] = from_pandas(df, source=source, digest=digest)
         return built[digest]
