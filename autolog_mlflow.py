@@ -47,7 +47,6 @@ import contextlib
 import csv
 import gc
 import hashlib
-import inspect
 import itertools
 import json
 import logging
@@ -1096,7 +1095,7 @@ def watch_mlflow_logging():
 def enable_autologging(args):
     # Log the best model ourselves (log_best_model): autologging would log two models and
     # infer each one's requirements in a subprocess.
-    with autologging_workarounds():
+    with child_runs_named_at_creation():
         mlflow.sklearn.autolog(
             log_models=False,
             max_tuning_runs=None if args.max_tuning_runs == "all" else args.max_tuning_runs,
@@ -1389,7 +1388,7 @@ def datasets_built_once():
     built = {}  # digest -> dataset: the store keeps one record per name and digest anyway
 
     def dataset_of(df, source=None):  # as autologging calls it: a frame and a code source
-        digest = pandas_digest(df)  # by content: the store tells data sets apart by digest
+        digest = pandas_digest(df)  # by content: autologging digests a deep copy of X_train
         if digest not in built:
             built[digest] = from_pandas(df, source=source, digest=digest)
         return built[digest]
@@ -1445,8 +1444,7 @@ def all_str_values(column):
     return bool((column.map(type) == str).all())
 
 
-# %% Child runs named as they are made, the training table not copied (works around MLflow
-# 3.17.2 internals)
+# %% Child runs named as they are made (works around MLflow 3.17.2 internals)
 # After the search's fit, autologging rebuilds a child run per candidate from cv_results_
 # (mlflow.sklearn.utils._create_child_runs_for_parameter_search) and queues it on its client:
 # a create call with the child's tags, a batch of params and metrics, its dataset, its end. On
@@ -1454,19 +1452,16 @@ def all_str_values(column):
 # param of every child, made twice per child), and naming the children afterwards 12 ms a child
 # (a second write each). Here each distinct param value becomes text once, and each child's
 # name (`max_depth=5 n_estimators=100`) and description (`rank 1 of 9: mean CV accuracy 0.960
-# (+/- 0.041)`) are queued as tags, which MLflow's client sends in the create call. Autologging
-# also deep-copies the training data before the fit (..._get_X_y_and_sample_weight), lest the
-# fit change it: scikit-learn's fits leave their input as it was, so the copy only doubled the
-# table in memory. Autologging binds both functions when mlflow.sklearn.autolog() is called:
-# they are replaced around that call. tests/test_mlflow_internals.py checks that children and
-# training metrics are those MLflow's own functions record, and fails if an upgrade moves what
-# is replaced here.
+# (+/- 0.041)`) are queued as tags, which MLflow's client sends in the create call: 52 -> 31 ms
+# a child on SQLite (benchmarks/README.md). Autologging binds the function when
+# mlflow.sklearn.autolog() is called: it is replaced around that call.
+# tests/test_mlflow_internals.py checks that the children hold what MLflow's own function
+# records, and fails if an upgrade moves what is replaced here.
 @contextlib.contextmanager
-def autologging_workarounds():
-    """Around mlflow.sklearn.autolog(): the child runs named at creation, the data not copied."""
+def child_runs_named_at_creation():
+    """Around mlflow.sklearn.autolog(): each child run named and described in its create call."""
     utils = mlflow.sklearn.utils
-    originals = utils._create_child_runs_for_parameter_search, utils._get_X_y_and_sample_weight
-    create_child_runs = originals[0]
+    create_child_runs = utils._create_child_runs_for_parameter_search
 
     def child_runs_named(autologging_client, cv_estimator, **rest):  # as autologging calls it
         queued = ChildRunsQueued(autologging_client)
@@ -1477,11 +1472,10 @@ def autologging_workarounds():
             autologging_client.set_tags(run_id, tags)  # sent with the create call
 
     utils._create_child_runs_for_parameter_search = child_runs_named
-    utils._get_X_y_and_sample_weight = fit_input
     try:
         yield
     finally:
-        utils._create_child_runs_for_parameter_search, utils._get_X_y_and_sample_weight = originals
+        utils._create_child_runs_for_parameter_search = create_child_runs
 
 
 class ChildRunsQueued:
@@ -1517,15 +1511,6 @@ def child_run_tags(varied, params, metrics, children):
         MLFLOW_RUN_NAME: " ".join(f"{key}={params[key]}" for key in varied),
         "mlflow.note.content": line,
     }
-
-
-def fit_input(fit_func, fit_args, fit_kwargs):
-    """What MLflow's _get_X_y_and_sample_weight finds in a fit call (X, y, sample_weight; the
-    first two by their position in the fit's signature), without copying X and y."""
-    names = list(inspect.signature(fit_func).parameters)
-    given = dict(zip(names, fit_args)) | fit_kwargs
-    sample_weight = given.get("sample_weight") if "sample_weight" in names else None
-    return given.get(names[0]), given.get(names[1]), sample_weight
 
 
 # %% What each run records, so that it can be run again (read back by --reproduce)

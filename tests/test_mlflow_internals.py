@@ -1,8 +1,8 @@
 """The MLflow internals the script works around give MLflow's own answers, and still apply.
 
 autolog_mlflow.datasets_built_once() replaces pieces of MLflow 3.17.2's dataset logging, and
-autolog_mlflow.autologging_workarounds() its child-run creation and its copy of the training data,
-for speed and memory (see the script's comments). If an MLflow upgrade changes what they compute,
+autolog_mlflow.child_runs_named_at_creation() its child-run creation, for speed (see the script's
+comments). If an MLflow upgrade changes what they compute,
 or stops going through them, these tests fail: what the run records must never change silently.
 """
 
@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy
-from conftest import penguins
 from mlflow.data.digest_utils import compute_pandas_digest
 from mlflow.entities import DatasetInput
 from mlflow.types.utils import _infer_pandas_column, _infer_required, _infer_schema
@@ -131,6 +130,14 @@ def test_the_block_puts_mlflow_back_as_it_was():
     assert replaced() == before
 
 
+def calls_in(profile, path_end, name):
+    return sum(
+        calls
+        for (path, _, function), (_, calls, *_) in pstats.Stats(profile).stats.items()
+        if path.endswith(path_end) and function == name
+    )
+
+
 def test_autologging_builds_one_dataset_per_frame_with_mlflows_digest_and_schema(tmp_path):
     """A real search under autologging: 2 datasets built (train, test), not 4 to 6."""
     X, y = make_classification(n_samples=3_000, n_features=8, random_state=0)
@@ -151,11 +158,7 @@ def test_autologging_builds_one_dataset_per_frame_with_mlflows_digest_and_schema
     finally:
         mlflow.sklearn.autolog(disable=True)
 
-    built = sum(
-        calls
-        for (path, _, name), (_, calls, *_) in pstats.Stats(profile).stats.items()
-        if path.endswith("mlflow/data/pandas_dataset.py") and name == "__init__"
-    )
+    built = calls_in(profile, "mlflow/data/pandas_dataset.py", "__init__")
     assert built == 0, "autologging built datasets of its own: the script's builder is bypassed"
     recorded = {
         tag.value: item.dataset
@@ -169,15 +172,7 @@ def test_autologging_builds_one_dataset_per_frame_with_mlflows_digest_and_schema
         assert json.loads(recorded[context].schema) == expected_schema
 
 
-# Child runs named as they are made, the training table not copied: autologging_workarounds().
-def calls_in(profile, path_end, name):
-    return sum(
-        calls
-        for (path, _, function), (_, calls, *_) in pstats.Stats(profile).stats.items()
-        if path.endswith(path_end) and function == name
-    )
-
-
+# Child runs named as they are made: child_runs_named_at_creation().
 def search_of(grid):
     return GridSearchCV(RandomForestClassifier(n_estimators=3, random_state=0), grid, cv=2)
 
@@ -217,7 +212,7 @@ def sql_statements():
 
 def test_autologging_names_each_child_run_in_the_statement_that_creates_it(store):
     X, y = make_classification(n_samples=200, n_features=4, random_state=0)
-    with autolog_mlflow.autologging_workarounds():
+    with autolog_mlflow.child_runs_named_at_creation():
         mlflow.sklearn.autolog(log_models=False)
     with mlflow.start_run() as run, sql_statements() as sent:
         search_of(GRID).fit(X, y)
@@ -287,7 +282,7 @@ def test_child_runs_named_at_creation_hold_what_mlflows_own_hold(store, max_tuni
 
     mlflows = child_runs_made_by(mlflow.sklearn.utils._create_child_runs_for_parameter_search,
                                  search, theirs, max_tuning_runs, dataset)  # fmt: skip
-    with autolog_mlflow.autologging_workarounds():
+    with autolog_mlflow.child_runs_named_at_creation():
         named = child_runs_made_by(mlflow.sklearn.utils._create_child_runs_for_parameter_search,
                                    search, ours, max_tuning_runs, dataset)  # fmt: skip
 
@@ -311,7 +306,7 @@ def test_each_child_runs_params_are_turned_into_text_once(store):
 
     def reprs_made(max_tuning_runs):
         profile = cProfile.Profile()
-        with autolog_mlflow.autologging_workarounds():
+        with autolog_mlflow.child_runs_named_at_creation():
             profile.enable()
             mlflow.sklearn.utils._create_child_runs_for_parameter_search(
                 autologging_client=MlflowAutologgingQueueingClient(), cv_estimator=search,
@@ -323,68 +318,9 @@ def test_each_child_runs_params_are_turned_into_text_once(store):
     assert reprs_made(max_tuning_runs=None) == reprs_made(max_tuning_runs=1)
 
 
-def fit_calls(X, y, w):
-    """The ways a fit is called: positional, by keyword, with and without y and weights."""
-    return {
-        "X, y": ((X, y), {}),
-        "X, y=y": ((X,), {"y": y}),
-        "X=X, y=y": ((), {"X": X, "y": y}),
-        "X alone": ((X,), {}),
-        "X, y, sample_weight": ((X, y, w), {}),
-        "X, y, sample_weight=w": ((X, y), {"sample_weight": w}),
-    }
-
-
-@pytest.mark.parametrize("call", list(fit_calls(None, None, None)))
-@pytest.mark.parametrize("estimator", [RandomForestClassifier(), search_of(GRID)])
-def test_fit_input_is_what_mlflow_finds_but_not_copied(call, estimator):
-    X = pd.DataFrame({"a": [1.0, 2.0, np.nan], "b": ["x", "y", None]})
-    y, w = pd.Series([0, 1, 0]), np.array([1.0, 2.0, 1.0])
-    args, kwargs = fit_calls(X, y, w)[call]
-    theirs = mlflow.sklearn.utils._get_X_y_and_sample_weight(estimator.fit, args, kwargs)
-    ours = autolog_mlflow.fit_input(estimator.fit, args, kwargs)
-    for their, our, given in zip(theirs[:2], ours[:2], [X, y]):
-        if their is None:
-            assert our is None
-        else:
-            assert their is not given  # MLflow copies: otherwise nothing is gained here
-            assert our is given
-            assert pd.DataFrame(our).equals(pd.DataFrame(their))
-    assert ours[2] is theirs[2]  # the weights, which MLflow does not copy
-
-
-def test_a_search_leaves_its_table_unchanged_and_logs_mlflows_training_metrics(store):
-    """The script's pipeline on a table with text, gaps and dates, under autologging with and
-    without the copy of the training data: the same training metrics, the table as it was."""
-    table = penguins(rows=200).dropna(subset=["species"])
-    X, y = table.drop(columns="species"), table["species"]
-    before = X.copy(deep=True)
-
-    def training_metrics(workarounds):
-        with workarounds():
-            mlflow.sklearn.autolog(log_models=False, log_datasets=False)
-        profile = cProfile.Profile()
-        with mlflow.start_run() as run:
-            search = GridSearchCV(autolog_mlflow.table_pipeline(0), {"max_depth": [2, 4]}, cv=2)
-            profile.enable()
-            search.fit(X, y)
-            profile.disable()
-        copied = calls_in(profile, "mlflow/sklearn/utils.py", "_get_X_y_and_sample_weight")
-        metrics = mlflow.get_run(run.info.run_id).data.metrics
-        return copied, {key: value for key, value in metrics.items() if key.startswith("training_")}
-
-    mlflows_copies, mlflows = training_metrics(contextlib.nullcontext)
-    ours_copies, ours = training_metrics(autolog_mlflow.autologging_workarounds)
-    assert mlflows_copies == 1 and ours_copies == 0, "autologging copied the training table"
-    assert len(mlflows) >= 5 and ours == mlflows
-    pd.testing.assert_frame_equal(X, before)
-
-
-def test_the_workarounds_put_mlflow_back_as_they_were():
+def test_the_workaround_puts_mlflow_back_as_it_was():
     utils = mlflow.sklearn.utils
-    before = utils._create_child_runs_for_parameter_search, utils._get_X_y_and_sample_weight
-    with autolog_mlflow.autologging_workarounds():
-        now = utils._create_child_runs_for_parameter_search, utils._get_X_y_and_sample_weight
-        assert all(replaced is not original for replaced, original in zip(now, before))
-    assert (utils._create_child_runs_for_parameter_search,
-            utils._get_X_y_and_sample_weight) == before  # fmt: skip
+    before = utils._create_child_runs_for_parameter_search
+    with autolog_mlflow.child_runs_named_at_creation():
+        assert utils._create_child_runs_for_parameter_search is not before
+    assert utils._create_child_runs_for_parameter_search is before
