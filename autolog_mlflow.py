@@ -70,6 +70,7 @@ from urllib.parse import unquote, urlparse
 
 import mlflow
 import mlflow.sklearn
+import mlflow.sklearn.utils
 import mlflow.types.utils
 import numpy as np
 import pandas as pd
@@ -407,7 +408,6 @@ def log_what_the_search_found(experiment, search, profile, client, mlflow_warnin
     described = describe_data(data, search.best_estimator_, args)
     log_data_description(described, *profile())
     importance, importance_rows = explain_run(search, data, y_pred, args.seed)
-    name_child_runs(client, run_id, args.param_grid)
     reproduction = original and log_reproduction(client, original, run_id, record, X_test)
     report = read_run_back(client, run_id)
     require_complete(report, args, search, held_out_metrics)
@@ -1059,7 +1059,7 @@ def clock(seconds):
     return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
 
 
-# %% Autologging, and what the script logs beside it (the model, child-run names, the rescue)
+# %% Autologging, and what the script logs beside it (the model, the rescue)
 class MlflowWarnings(logging.Handler):
     """Collects MLflow's warnings: autologging reports its failures only as warnings."""
 
@@ -1097,10 +1097,11 @@ def watch_mlflow_logging():
 def enable_autologging(args):
     # Log the best model ourselves (log_best_model): autologging would log two models and
     # infer each one's requirements in a subprocess.
-    mlflow.sklearn.autolog(
-        log_models=False,
-        max_tuning_runs=None if args.max_tuning_runs == "all" else args.max_tuning_runs,
-    )
+    with child_runs_named_at_creation():
+        mlflow.sklearn.autolog(
+            log_models=False,
+            max_tuning_runs=None if args.max_tuning_runs == "all" else args.max_tuning_runs,
+        )
     # Known, harmless noise: scikit-learn 1.9 deprecates an argument name that autologging's
     # log_loss call uses; MLflow hints that integer predictions cannot hold missing values.
     warnings.filterwarnings("ignore", message=".*`y_pred` was renamed", category=FutureWarning)
@@ -1161,20 +1162,6 @@ def log_best_model(search, X_train):
     mlflow.sklearn.log_model(
         search.best_estimator_, name="best_estimator", **model_options(X_train)
     )
-
-
-def name_child_runs(client, run_id, param_grid):
-    """Name each child run after its hyperparameters (`max_depth=5 n_estimators=100`), and
-    describe it in a line (`rank 1 of 9: mean CV accuracy 0.960 (+/- 0.041)`): one write each."""
-    children = find_child_runs(client, client.get_run(run_id))
-    for child in children:
-        name = " ".join(f"{key}={child.data.params[key]}" for key in sorted(param_grid))
-        scores = child.data.metrics
-        line = (f"rank {int(scores['rank_test_score'])} of {len(children)}: mean CV "
-                f"{score_name()} {scores['mean_test_score']:.3f} "
-                f"(+/- {2 * scores['std_test_score']:.3f})")  # fmt: skip
-        client.log_batch(child.info.run_id, tags=[RunTag(MLFLOW_RUN_NAME, name),
-                                                  RunTag("mlflow.note.content", line)])  # fmt: skip
 
 
 def logged_models_of(client, run):
@@ -1457,6 +1444,75 @@ def all_str_values(column):
     if column.dtype.kind in "biufcmM":  # never str
         return False
     return bool((column.map(type) == str).all())
+
+
+# %% Child runs named as they are made (works around MLflow 3.17.2 internals)
+# After the search's fit, autologging rebuilds a child run per candidate from cv_results_
+# (mlflow.sklearn.utils._create_child_runs_for_parameter_search) and queues it on its client:
+# a create call with the child's tags, a batch of params and metrics, its dataset, its end. On
+# 80 candidates, queueing took 11 ms a child (scikit-learn's repr of the pipeline's steps, a
+# param of every child, made twice per child), and naming the children afterwards 12 ms a child
+# (a second write each). Here each distinct param value becomes text once, and each child's
+# name (`max_depth=5 n_estimators=100`) and description (`rank 1 of 9: mean CV accuracy 0.960
+# (+/- 0.041)`) are queued as tags, which MLflow's client sends in the create call: 52 -> 31 ms
+# a child on SQLite (benchmarks/README.md). Autologging binds the function when
+# mlflow.sklearn.autolog() is called: it is replaced around that call.
+# tests/test_mlflow_internals.py checks that the children hold what MLflow's own function
+# records, and fails if an upgrade moves what is replaced here.
+@contextlib.contextmanager
+def child_runs_named_at_creation():
+    """Around mlflow.sklearn.autolog(): each child run named and described in its create call."""
+    utils = mlflow.sklearn.utils
+    create_child_runs = utils._create_child_runs_for_parameter_search
+
+    def child_runs_named(autologging_client, cv_estimator, **rest):  # as autologging calls it
+        queued = ChildRunsQueued(autologging_client)
+        create_child_runs(autologging_client=queued, cv_estimator=cv_estimator, **rest)
+        varied = sorted(set().union(*cv_estimator.cv_results_["params"]))
+        for run_id, params in queued.params.items():
+            tags = child_run_tags(varied, params, queued.metrics[run_id], len(queued.params))
+            autologging_client.set_tags(run_id, tags)  # sent with the create call
+
+    utils._create_child_runs_for_parameter_search = child_runs_named
+    try:
+        yield
+    finally:
+        utils._create_child_runs_for_parameter_search = create_child_runs
+
+
+class ChildRunsQueued:
+    """Autologging's queueing client, noting the params and metrics queued for each child run,
+    and writing each distinct param value once."""
+
+    def __init__(self, client):
+        self.client, self.params, self.metrics, self.texts = client, {}, {}, {}
+
+    def __getattr__(self, name):  # create_run, log_inputs, set_terminated: as they are
+        return getattr(self.client, name)
+
+    def log_params(self, run_id, params):
+        self.params[run_id] = params
+        self.client.log_params(run_id=run_id, params={k: self.text(v) for k, v in params.items()})
+
+    def text(self, value):
+        """str(value), as MLflow logs a param; made once for the objects every child shares."""
+        if id(value) not in self.texts:  # the value is kept with its text: its id stays its own
+            self.texts[id(value)] = value, str(value)
+        return self.texts[id(value)][1]
+
+    def log_metrics(self, run_id, metrics, **options):
+        self.metrics[run_id] = metrics
+        self.client.log_metrics(run_id=run_id, metrics=metrics, **options)
+
+
+def child_run_tags(varied, params, metrics, children):
+    """A child run's name, after the hyperparameters the search varied, and its description."""
+    line = (f"rank {int(metrics['rank_test_score'])} of {children}: mean CV {score_name()} "
+            f"{metrics['mean_test_score']:.3f} (+/- {2 * metrics['std_test_score']:.3f})")  # fmt: skip
+    return {
+        MLFLOW_RUN_NAME: " ".join(f"{key}={params[key]}" for key in varied),
+        "mlflow.note.content": line,
+    }
 
 
 # %% What each run records, so that it can be run again (read back by --reproduce)

@@ -268,8 +268,8 @@ PROFILED_STEPS = {
     "autolog_mlflow.py:log_data_description",
     "explaining the run (grid picture, importance, confusion matrix)": "autolog_mlflow.py:explain_run",
     "logging the best model": "autolog_mlflow.py:log_best_model",
-    "naming child runs, reading back, verifying": "autolog_mlflow.py:name_child_runs|"
-    "autolog_mlflow.py:read_run_back|autolog_mlflow.py:require_complete",
+    "reading back, verifying": "autolog_mlflow.py:read_run_back|"
+    "autolog_mlflow.py:require_complete",
 }
 
 

@@ -1,20 +1,26 @@
 """The MLflow internals the script works around give MLflow's own answers, and still apply.
 
-autolog_mlflow.datasets_built_once() replaces two pieces of MLflow 3.17.2 for speed (see the
-script's comment). If an MLflow upgrade changes what they compute, or stops going through them,
-these tests fail: what the run records must never change silently.
+autolog_mlflow.datasets_built_once() replaces pieces of MLflow 3.17.2's dataset logging, and
+autolog_mlflow.child_runs_named_at_creation() its child-run creation, for speed (see the script's
+comments). If an MLflow upgrade changes what they compute,
+or stops going through them, these tests fail: what the run records must never change silently.
 """
 
+import contextlib
 import cProfile
 import json
 import pstats
 
 import mlflow
+import mlflow.sklearn.utils
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy
 from mlflow.data.digest_utils import compute_pandas_digest
+from mlflow.entities import DatasetInput
 from mlflow.types.utils import _infer_pandas_column, _infer_required, _infer_schema
+from mlflow.utils.autologging_utils.client import MlflowAutologgingQueueingClient
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import GridSearchCV, train_test_split
@@ -124,6 +130,14 @@ def test_the_block_puts_mlflow_back_as_it_was():
     assert replaced() == before
 
 
+def calls_in(profile, path_end, name):
+    return sum(
+        calls
+        for (path, _, function), (_, calls, *_) in pstats.Stats(profile).stats.items()
+        if path.endswith(path_end) and function == name
+    )
+
+
 def test_autologging_builds_one_dataset_per_frame_with_mlflows_digest_and_schema(tmp_path):
     """A real search under autologging: 2 datasets built (train, test), not 4 to 6."""
     X, y = make_classification(n_samples=3_000, n_features=8, random_state=0)
@@ -144,11 +158,7 @@ def test_autologging_builds_one_dataset_per_frame_with_mlflows_digest_and_schema
     finally:
         mlflow.sklearn.autolog(disable=True)
 
-    built = sum(
-        calls
-        for (path, _, name), (_, calls, *_) in pstats.Stats(profile).stats.items()
-        if path.endswith("mlflow/data/pandas_dataset.py") and name == "__init__"
-    )
+    built = calls_in(profile, "mlflow/data/pandas_dataset.py", "__init__")
     assert built == 0, "autologging built datasets of its own: the script's builder is bypassed"
     recorded = {
         tag.value: item.dataset
@@ -160,3 +170,157 @@ def test_autologging_builds_one_dataset_per_frame_with_mlflows_digest_and_schema
         assert recorded[context].digest == compute_pandas_digest(frame)
         expected_schema = {"mlflow_colspec": _infer_schema(frame).to_dict()}
         assert json.loads(recorded[context].schema) == expected_schema
+
+
+# Child runs named as they are made: child_runs_named_at_creation().
+def search_of(grid):
+    return GridSearchCV(RandomForestClassifier(n_estimators=3, random_state=0), grid, cv=2)
+
+
+GRID = {"max_depth": [2, None], "min_samples_leaf": [1, 4]}
+
+
+def children_of(run):
+    return mlflow.search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",
+        output_format="list",
+    )
+
+
+@pytest.fixture
+def store(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield
+    mlflow.sklearn.autolog(disable=True)
+
+
+@contextlib.contextmanager
+def sql_statements():
+    """The SQL statements the store sends, from any thread (autologging writes from a pool)."""
+    sent = []
+
+    def note(connection, cursor, statement, parameters, context, executemany):
+        sent.append((statement, parameters))
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", note)
+    try:
+        yield sent
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", note)
+
+
+def test_autologging_names_each_child_run_in_the_statement_that_creates_it(store):
+    X, y = make_classification(n_samples=200, n_features=4, random_state=0)
+    with autolog_mlflow.child_runs_named_at_creation():
+        mlflow.sklearn.autolog(log_models=False)
+    with mlflow.start_run() as run, sql_statements() as sent:
+        search_of(GRID).fit(X, y)
+
+    children = children_of(run)
+    assert len(children) == 4
+    for child in children:
+        params, metrics = child.data.params, child.data.metrics
+        assert child.info.run_name == (
+            f"max_depth={params['max_depth']} min_samples_leaf={params['min_samples_leaf']}"
+        )
+        assert child.data.tags["mlflow.note.content"] == (
+            f"rank {int(metrics['rank_test_score'])} of 4: mean CV accuracy "
+            f"{metrics['mean_test_score']:.3f} (+/- {2 * metrics['std_test_score']:.3f})"
+        )
+        assert child.info.status == "FINISHED"
+    created = [parameters for statement, parameters in sent
+               if statement.startswith("INSERT INTO runs ")]  # fmt: skip
+    assert len(created) == 4
+    assert {child.info.run_name for child in children} <= {
+        value for parameters in created for value in parameters
+    }
+    renamed = [statement for statement, _ in sent
+               if statement.startswith("UPDATE runs ") and " name=" in statement]  # fmt: skip
+    assert renamed == [], "a child run was renamed after it was created: a second write"
+
+
+def child_runs_made_by(create_child_runs, search, parent, max_tuning_runs, dataset):
+    """Child runs made as autologging makes them: queued with these arguments, then flushed."""
+    client = MlflowAutologgingQueueingClient()
+    create_child_runs(
+        autologging_client=client,
+        cv_estimator=search,
+        parent_run=parent,
+        max_tuning_runs=max_tuning_runs,
+        child_tags={"mlflow.autologging": "sklearn"},
+        dataset=dataset,
+        best_estimator_params=None,
+        best_estimator_model_id=None,
+    )
+    client.flush(synchronous=True)
+    return {child.info.run_name: child for child in children_of(parent)}
+
+
+def recorded(child, parent):
+    """What a child run holds, less its name, description and end time (when it was made)."""
+    tags = {key: value for key, value in child.data.tags.items()
+            if key not in ("mlflow.runName", "mlflow.note.content")}  # fmt: skip
+    inputs = [(item.dataset.name, item.dataset.digest, [(t.key, t.value) for t in item.tags])
+              for item in child.inputs.dataset_inputs]  # fmt: skip
+    tags["mlflow.parentRunId"] = child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    started = child.info.start_time - parent.info.start_time  # autologging's: the parent's
+    return child.info.status, started, child.data.params, child.data.metrics, tags, inputs
+
+
+@pytest.mark.parametrize("max_tuning_runs", [None, 2])
+def test_child_runs_named_at_creation_hold_what_mlflows_own_hold(store, max_tuning_runs):
+    X, y = make_classification(n_samples=200, n_features=4, random_state=0)
+    search = search_of(GRID).fit(X, y)
+    dataset = mlflow.data.from_numpy(X, targets=y)
+    theirs, ours = [mlflow.MlflowClient().create_run("0") for _ in range(2)]
+    # The data set exists before its child runs, as autologging logs it on the parent first:
+    # children that find it missing all insert it at once, and all but one fail.
+    mlflow.MlflowClient().log_inputs(
+        theirs.info.run_id, [DatasetInput(dataset._to_mlflow_entity())]
+    )
+
+    mlflows = child_runs_made_by(mlflow.sklearn.utils._create_child_runs_for_parameter_search,
+                                 search, theirs, max_tuning_runs, dataset)  # fmt: skip
+    with autolog_mlflow.child_runs_named_at_creation():
+        named = child_runs_made_by(mlflow.sklearn.utils._create_child_runs_for_parameter_search,
+                                   search, ours, max_tuning_runs, dataset)  # fmt: skip
+
+    assert len(named) == len(mlflows) == (max_tuning_runs or 4)
+    by_params = {tuple(sorted(c.data.params.items())): c for c in mlflows.values()}
+    for name, child in named.items():
+        own = by_params[tuple(sorted(child.data.params.items()))]
+        assert recorded(child, ours) == recorded(own, theirs)
+        assert name == " ".join(f"{key}={child.data.params[key]}" for key in sorted(GRID))
+        assert child.data.tags["mlflow.note.content"].startswith(
+            f"rank {int(child.data.metrics['rank_test_score'])} of {len(named)}: "
+        )
+
+
+def test_each_child_runs_params_are_turned_into_text_once(store):
+    """The pipeline's steps are params of every child run; scikit-learn's repr of them is slow."""
+    X, y = make_classification(n_samples=100, n_features=4, random_state=0)
+    X = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    search = GridSearchCV(autolog_mlflow.table_pipeline(0), GRID, cv=2).fit(X, y)
+    parent, dataset = mlflow.MlflowClient().create_run("0"), mlflow.data.from_pandas(X)
+
+    def reprs_made(max_tuning_runs):
+        profile = cProfile.Profile()
+        with autolog_mlflow.child_runs_named_at_creation():
+            profile.enable()
+            mlflow.sklearn.utils._create_child_runs_for_parameter_search(
+                autologging_client=MlflowAutologgingQueueingClient(), cv_estimator=search,
+                parent_run=parent, max_tuning_runs=max_tuning_runs, dataset=dataset)  # fmt: skip
+            profile.disable()
+        return calls_in(profile, "sklearn/base.py", "__repr__")
+
+    assert reprs_made(max_tuning_runs=1) > 0
+    assert reprs_made(max_tuning_runs=None) == reprs_made(max_tuning_runs=1)
+
+
+def test_the_workaround_puts_mlflow_back_as_it_was():
+    utils = mlflow.sklearn.utils
+    before = utils._create_child_runs_for_parameter_search
+    with autolog_mlflow.child_runs_named_at_creation():
+        assert utils._create_child_runs_for_parameter_search is not before
+    assert utils._create_child_runs_for_parameter_search is before
