@@ -866,7 +866,9 @@ def dask_for_the_search_only(client):
     2 min instead of 15 s. Here a call that leaves n_jobs unset (the estimators' own) runs in
     place, as it does in a local process, and a worker runs the fits it is sent as a plain loop.
     """
-    # joblib's private module, not its API: joblib is pinned, and the Dask test counts the tasks
+    # joblib 1.6.0's private module, not its API: joblib is pinned in the locks, and
+    # tests/test_scaling_out.py counts the tasks (12 for 4 candidates x 3 folds), so an upgrade
+    # that changes what is relied on here fails it.
     from joblib._dask import Batch, DaskDistributedBackend
 
     class InPlace(Batch):
