@@ -13,7 +13,7 @@ alike, and compared by their medians:
   bare    the same data, split, grid, CV, seed and n_jobs, without MLflow
   fresh   autolog_mlflow.py on a store that does not exist yet
   warm    autolog_mlflow.py on a store that already exists
-at --n-jobs 1 and -1. Then scaling: grids of 9, 36 and 144 candidates with every candidate
+at --n-jobs 1 and -1. Then scaling: grids of 9, 80 and 320 candidates with every candidate
 logged as a child run, on SQLite and on a real `mlflow server` on 127.0.0.1, backed by SQLite
 and by PostgreSQL (tools/postgres.py; Debian's, as tests/setup.sh installs it); the cost per child
 run is the slope of the logging overhead (script minus bare) between the smallest and the
@@ -56,14 +56,15 @@ DEFAULT_GRID = {"n_estimators": [50, 100, 200], "max_depth": [None, 5, 10]}
 # Small forests, so that the grid size and not the fitting dominates the scaling runs.
 SCALING_GRIDS = {
     9: {"n_estimators": [5, 10, 20], "max_depth": [None, 5, 10]},
-    36: {"n_estimators": [5, 10, 20], "max_depth": [None, 5, 10], "min_samples_leaf": [1, 2, 4, 8]},
-    144: {
-        "n_estimators": [5, 10, 20],
-        "max_depth": [None, 5, 10],
+    80: {"n_estimators": [5, 10, 20, 40], "max_depth": [None, 3, 5, 10, 20],
+         "min_samples_leaf": [1, 2, 4, 8]},
+    320: {
+        "n_estimators": [5, 10, 20, 40],
+        "max_depth": [None, 3, 5, 10, 20],
         "min_samples_leaf": [1, 2, 4, 8],
         "max_features": ["sqrt", "log2", 0.5, None],
     },
-}
+}  # fmt: skip
 # The data-size sweep: synthetic tables (seeded make_classification, 20 features, a binary
 # target) passed with --data/--target, and a small grid, so that the rows and not the grid
 # drive the cost.
@@ -268,8 +269,7 @@ PROFILED_STEPS = {
     "autolog_mlflow.py:log_data_description",
     "explaining the run (grid picture, importance, confusion matrix)": "autolog_mlflow.py:explain_run",
     "logging the best model": "autolog_mlflow.py:log_best_model",
-    "reading back, verifying": "autolog_mlflow.py:read_run_back|"
-    "autolog_mlflow.py:require_complete",
+    "reading back, verifying": "autolog_mlflow.py:read_run_back|autolog_mlflow.py:require_complete",
 }
 
 
@@ -557,6 +557,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--scaling-rounds", type=int, default=3, help="rounds per grid size")
     parser.add_argument("--skip-scaling", action="store_true", help="no grid-size scaling")
+    parser.add_argument(
+        "--scaling-stores",
+        default="sqlite,server,postgres",
+        help="stores of the grid-size scaling: sqlite, server (on SQLite), postgres (a server on it)",
+    )
     parser.add_argument("--data-rounds", type=int, default=3, help="rounds per table size")
     parser.add_argument(
         "--data-sizes",
@@ -614,14 +619,20 @@ def main():
             print_variants(n_jobs, compare_variants(n_jobs, args.rounds, workdir))
         if args.skip_scaling:
             return
-        results = {"SQLite": scaling(args.scaling_rounds, workdir)}
-        server_dir = tempfile.mkdtemp(dir=workdir)
-        with mlflow_server(f"sqlite:///{server_dir}/mlflow.db", server_dir, "server") as server:
-            results["mlflow server on SQLite"] = scaling(args.scaling_rounds, workdir, server.url)
-        with team_server(tempfile.mkdtemp(dir=workdir)) as server:
-            results["mlflow server on PostgreSQL"] = scaling(
-                args.scaling_rounds, workdir, server.url
-            )
+        stores, results = args.scaling_stores.split(","), {}
+        if "sqlite" in stores:
+            results["SQLite"] = scaling(args.scaling_rounds, workdir)
+        if "server" in stores:
+            server_dir = tempfile.mkdtemp(dir=workdir)
+            with mlflow_server(f"sqlite:///{server_dir}/mlflow.db", server_dir, "server") as server:
+                results["mlflow server on SQLite"] = scaling(
+                    args.scaling_rounds, workdir, server.url
+                )
+        if "postgres" in stores:
+            with team_server(tempfile.mkdtemp(dir=workdir)) as server:
+                results["mlflow server on PostgreSQL"] = scaling(
+                    args.scaling_rounds, workdir, server.url
+                )
     print("\n### Scaling: every candidate a child run, n_jobs=1\n")
     sizes = " | ".join(f"overhead at {size} s" for size in SCALING_GRIDS)
     print(f"| store | {sizes} | per child run ms |")
