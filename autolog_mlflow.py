@@ -40,6 +40,7 @@ logged), 3 --reproduce found different results, 1 any other failure, 130 Ctrl-C 
 SIGTERM (the run ends KILLED).
 """
 
+import _thread  # interrupt_main: a signal for the main thread, on every platform
 import argparse
 import calendar
 import concurrent.futures
@@ -318,6 +319,7 @@ def main(argv=None):
         os.environ.setdefault(name, value)
     mlflow_warnings = watch_mlflow_logging()
     signal.signal(signal.SIGTERM, raise_terminated)
+    sys.unraisablehook = raise_dropped_stop_again
 
     def fail(message, code):
         print(f"autolog_mlflow.py: error: {redact(message, args.tracking_uri)}", file=sys.stderr)
@@ -426,6 +428,20 @@ def log_what_the_search_found(experiment, search, profile, client, mlflow_warnin
 
 def raise_terminated(signum, frame):
     raise Terminated()
+
+
+def raise_dropped_stop_again(unraisable):
+    """Ctrl-C or SIGTERM landing in a callback of the garbage collector (SQLAlchemy has some) is
+    dropped by Python ("Exception ignored in ...") and the run would go on: raise it again."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        stopped_by = (
+            signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+        )
+        # The signal again, a moment later: its handler then runs in the main thread once this
+        # hook has returned (raised in the hook, it would be dropped too).
+        threading.Timer(0.1, _thread.interrupt_main, [stopped_by]).start()
+    else:
+        sys.__unraisablehook__(unraisable)
 
 
 def with_notes(message, error):

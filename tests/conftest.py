@@ -50,7 +50,7 @@ def script_main(tmp_path, monkeypatch, capsys):
     For checks that end before any run exists (argument parsing, data, URIs): a new process
     costs seconds of imports and is not what they test. What main() changes in the process is
     put back afterwards: MLflow's environment variables, its logger and tracking URI, the
-    SIGTERM handler.
+    SIGTERM handler, the hook for dropped exceptions.
     """
     monkeypatch.chdir(tmp_path)
     for name in [name for name in os.environ if name.startswith("MLFLOW_")]:
@@ -59,6 +59,7 @@ def script_main(tmp_path, monkeypatch, capsys):
         monkeypatch.setenv(name, value)  # what main() sets, so that it is undone
     mlflow_logger = logging.getLogger("mlflow")
     monkeypatch.setattr(mlflow_logger, "handlers", list(mlflow_logger.handlers))  # main() adds
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # main() sets its own
     sigterm, tracking_uri = signal.getsignal(signal.SIGTERM), mlflow.get_tracking_uri()
 
     def call(*args):
