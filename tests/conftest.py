@@ -21,8 +21,9 @@ SMALL_GRID = '{"n_estimators": [10, 20], "max_depth": [null, 3]}'  # 4 quick can
 QUICK = ["--param-grid", SMALL_GRID, "--cv", "3", "--n-jobs", "1"]
 
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the script and the UI helpers
-import autolog_mlflow  # noqa: E402
 from mlflow_ui import mlflow_server  # noqa: E402
+
+import autolog_mlflow  # noqa: E402
 
 
 def script_env():

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 from mlflow import MlflowClient
-
 from mlflow_ui import browser_page, mlflow_server, open_compare_page, open_run_page
 
 ROOT = Path(__file__).resolve().parent.parent
