@@ -1673,8 +1673,7 @@ def explain_run(search, data, y_pred, seed):
     mlflow.log_text(importance.to_csv(index=False), "feature_importance.csv")
     mlflow.log_figure(importance_figure(importance, rows), "feature_importance.png")
     if is_classifier(search):
-        figure = Figure(figsize=(5, 4), layout="constrained")
-        axes = figure.subplots()
+        figure, axes = figure_and_axes(5, 4)
         ConfusionMatrixDisplay.from_predictions(data.y_test, y_pred, ax=axes, colorbar=False)
         axes.set_title(f"Held-out confusion matrix ({len(data.y_test)} rows)")
         mlflow.log_figure(figure, "held_out_confusion_matrix.png")
@@ -1682,6 +1681,12 @@ def explain_run(search, data, y_pred, seed):
 
 
 EXPLANATION = ["grid_scores.png", "feature_importance.csv", "feature_importance.png"]
+
+
+def figure_and_axes(width, height):
+    """A Figure of its own (inches) with one axes: never pyplot's shared state."""
+    figure = Figure(figsize=(width, height), layout="constrained")
+    return figure, figure.subplots()
 
 
 def score_name():
@@ -1706,8 +1711,7 @@ def grid_scores_figure(search):
         title += "\n" + ", ".join(f"{key}={best[key]}" for key in fixed if len(grid[key]) > 1)
     if len(axes_keys) == 1:
         (key,) = axes_keys
-        figure = Figure(figsize=(6, 4), layout="constrained")
-        axes = figure.subplots()
+        figure, axes = figure_and_axes(6, 4)
         order = sorted(rows, key=lambda i: position(key, i))
         axes.errorbar(range(len(order)), mean[order], yerr=2 * std[order], marker="o", capsize=4)
         best_at = order.index(search.best_index_)
@@ -1723,9 +1727,7 @@ def grid_scores_figure(search):
         for i in rows:
             cells[position(y, i), position(x, i)], spread[position(y, i), position(x, i)] = (
                 mean[i], 2 * std[i])  # fmt: skip
-        figure = Figure(figsize=(1.4 * len(grid[x]) + 3, 0.7 * len(grid[y]) + 2.5),
-                        layout="constrained")  # fmt: skip
-        axes = figure.subplots()
+        figure, axes = figure_and_axes(1.4 * len(grid[x]) + 3, 0.7 * len(grid[y]) + 2.5)
         image = axes.imshow(cells, cmap="viridis", aspect="auto")
         figure.colorbar(image, ax=axes, label=f"mean CV {score_name()}")
         bright = np.nanmin(cells) + 0.6 * (np.nanmax(cells) - np.nanmin(cells))  # viridis: yellow
@@ -1734,8 +1736,8 @@ def grid_scores_figure(search):
                 axes.text(column, row, f"{value:.3f}\n+/- {spread[row, column]:.3f}", ha="center",
                           va="center", color="black" if value > bright else "white")  # fmt: skip
         frame = Rectangle((position(x, search.best_index_) - 0.5,
-                               position(y, search.best_index_) - 0.5), 1, 1,
-                              fill=False, edgecolor="red", linewidth=3, label="best")  # fmt: skip
+                           position(y, search.best_index_) - 0.5), 1, 1,
+                          fill=False, edgecolor="red", linewidth=3, label="best")  # fmt: skip
         axes.add_patch(frame)
         axes.set_xticks(range(len(grid[x])), [str(value) for value in grid[x]])
         axes.set_yticks(range(len(grid[y])), [str(value) for value in grid[y]])
@@ -1779,8 +1781,7 @@ def shuffled(encoded, columns, rng):
 
 def importance_figure(importance, rows):
     shown = importance.head(20).iloc[::-1]  # the largest on top
-    figure = Figure(figsize=(7, 0.3 * len(shown) + 1.5), layout="constrained")
-    axes = figure.subplots()
+    figure, axes = figure_and_axes(7, 0.3 * len(shown) + 1.5)
     axes.barh(shown["column"], shown["importance"], xerr=shown["std"], capsize=3)
     axes.set_xlabel(f"drop in held-out {score_name()} when the column is shuffled")
     axes.set_title(f"What drives the model\npermutation importance on {rows} held-out rows")
