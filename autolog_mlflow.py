@@ -60,6 +60,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 import warnings
@@ -1240,6 +1241,11 @@ def tracked_run(run_name):
         yield run
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        # A Ctrl-C in the middle of a SQLite read leaves the read's cursor open (SQLAlchemy 2.1
+        # closes it on errors, not on KeyboardInterrupt), held by the traceback's frames or a
+        # reference cycle, and the read lock with it: ending the run would wait 20 s and fail.
+        traceback.clear_frames(e.__traceback__)
+        gc.collect()
         e.add_note(end_run(run.info.run_id, status))
         raise
     mlflow.end_run("FINISHED")

@@ -11,6 +11,7 @@ import weakref
 
 import mlflow
 import pytest
+import sqlalchemy
 from conftest import QUICK, SCRIPT, parent_runs, run_eight_at_once, run_script, script_env
 from mlflow import MlflowClient
 from mlflow_ui import free_port, mlflow_server
@@ -200,6 +201,27 @@ def test_a_stop_dropped_in_a_garbage_collector_callback_is_raised_again(monkeypa
     finally:
         signal.signal(signal.SIGTERM, sigterm)
     assert reference() is None
+
+
+def test_a_stop_in_the_middle_of_a_store_read_still_ends_the_run_killed(tmp_path):
+    def stop_after_the_first_read(conn, cursor, statement, *_):  # as a Ctrl-C would land
+        if statement.lstrip().startswith("SELECT"):
+            sqlalchemy.event.remove(sqlalchemy.engine.Engine, "after_cursor_execute",
+                                    stop_after_the_first_read)  # fmt: skip
+            raise KeyboardInterrupt
+
+    tracking_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            with autolog_mlflow.tracked_run("stopped") as run:
+                sqlalchemy.event.listen(sqlalchemy.engine.Engine, "after_cursor_execute",
+                                        stop_after_the_first_read)  # fmt: skip
+                MlflowClient().get_run(run.info.run_id)
+    finally:
+        mlflow.set_tracking_uri(tracking_uri)
+    assert stopped.value.__notes__ == [f"run {run.info.run_id} ended KILLED"]
+    assert run_status(tmp_path, run.info.run_id) == "KILLED"
 
 
 @pytest.mark.slow
