@@ -3,6 +3,7 @@
     python benchmarks/overhead.py                 # the full benchmark (about 30 minutes)
     python benchmarks/overhead.py --rounds 2 --skip-scaling   # a quick look
     python benchmarks/overhead.py --data-sizes none --skip-variants   # only the scaling
+    python benchmarks/overhead.py --data-sizes none --skip-variants --scaling-sizes 9,80  # faster
     python benchmarks/overhead.py --only-progress   # only the live progress's cost
     python benchmarks/overhead.py --only-login      # only the cost of a server's login
     python benchmarks/overhead.py --only-heartbeat  # only the heartbeat's cost
@@ -192,22 +193,24 @@ def print_variants(n_jobs, results):
         )
 
 
-def scaling(rounds, workdir, tracking_uri=None):
-    """Logging overhead (script - bare, medians) per grid size, and the cost per child run."""
+def scaling(rounds, workdir, sizes, tracking_uri=None):
+    """Per grid size: the logging overhead (script - bare, medians) and the ratio script / bare;
+    and the cost per child run."""
     extra = ["--tracking-uri", tracking_uri] if tracking_uri else []
-    overhead = {}
+    overhead, ratio = {}, {}
     warm_dir = Path(tempfile.mkdtemp(dir=workdir))
     measure(script_command(SCALING_GRIDS[9], 1, *extra), warm_dir)  # warm the store
-    for size, grid in SCALING_GRIDS.items():
+    for size in sizes:
         bare, script = [], []
         for _ in range(rounds):
-            bare.append(measure(bare_command(grid, 1), workdir)[0])
-            script.append(measure(script_command(grid, 1, *extra), warm_dir)[0])
+            bare.append(measure(bare_command(SCALING_GRIDS[size], 1), workdir)[0])
+            script.append(measure(script_command(SCALING_GRIDS[size], 1, *extra), warm_dir)[0])
         overhead[size] = statistics.median(script) - statistics.median(bare)
+        ratio[size] = statistics.median(script) / statistics.median(bare)
         print(f"  scaling {tracking_uri or 'sqlite'}: {size} done", file=sys.stderr, flush=True)
     smallest, largest = min(overhead), max(overhead)
     per_child_ms = 1000 * (overhead[largest] - overhead[smallest]) / (largest - smallest)
-    return overhead, per_child_ms
+    return overhead, ratio, per_child_ms
 
 
 def write_table(rows, folder, kind="numeric"):
@@ -562,6 +565,11 @@ def main():
         default="sqlite,server,postgres",
         help="stores of the grid-size scaling: sqlite, server (on SQLite), postgres (a server on it)",
     )
+    parser.add_argument(
+        "--scaling-sizes",
+        default=",".join(map(str, SCALING_GRIDS)),
+        help="grid sizes of the scaling, comma-separated, of " + ", ".join(map(str, SCALING_GRIDS)),
+    )
     parser.add_argument("--data-rounds", type=int, default=3, help="rounds per table size")
     parser.add_argument(
         "--data-sizes",
@@ -620,25 +628,30 @@ def main():
         if args.skip_scaling:
             return
         stores, results = args.scaling_stores.split(","), {}
+        sizes = [int(size) for size in args.scaling_sizes.split(",")]
         if "sqlite" in stores:
-            results["SQLite"] = scaling(args.scaling_rounds, workdir)
+            results["SQLite"] = scaling(args.scaling_rounds, workdir, sizes)
         if "server" in stores:
             server_dir = tempfile.mkdtemp(dir=workdir)
             with mlflow_server(f"sqlite:///{server_dir}/mlflow.db", server_dir, "server") as server:
                 results["mlflow server on SQLite"] = scaling(
-                    args.scaling_rounds, workdir, server.url
+                    args.scaling_rounds, workdir, sizes, server.url
                 )
         if "postgres" in stores:
             with team_server(tempfile.mkdtemp(dir=workdir)) as server:
                 results["mlflow server on PostgreSQL"] = scaling(
-                    args.scaling_rounds, workdir, server.url
+                    args.scaling_rounds, workdir, sizes, server.url
                 )
+    print_scaling(results, sizes)
+
+
+def print_scaling(results, sizes):
     print("\n### Scaling: every candidate a child run, n_jobs=1\n")
-    sizes = " | ".join(f"overhead at {size} s" for size in SCALING_GRIDS)
-    print(f"| store | {sizes} | per child run ms |")
-    print("|---|" + "---|" * (len(SCALING_GRIDS) + 1))
-    for store, (overhead, per_child_ms) in results.items():
-        cells = " | ".join(f"{overhead[size]:.2f}" for size in SCALING_GRIDS)
+    header = " | ".join(f"{size}: overhead s (script / bare)" for size in sizes)
+    print(f"| store | {header} | per child run ms |")
+    print("|---|" + "---|" * (len(sizes) + 1))
+    for store, (overhead, ratio, per_child_ms) in results.items():
+        cells = " | ".join(f"{overhead[size]:.2f} ({ratio[size]:.2f}x)" for size in sizes)
         print(f"| {store} | {cells} | {per_child_ms:.1f} |")
 
 

@@ -27,8 +27,10 @@ import autolog_mlflow  # noqa: E402
 
 
 def script_env():
-    """The environment for the script: ours, less MLflow settings (tests set a tracking URI)."""
-    return {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    """The environment for the script: ours, less MLflow settings (tests set a tracking URI)
+    and pytest's PYTEST_CURRENT_TEST (MLflow checks its own sessions more strictly under it)."""
+    return {key: value for key, value in os.environ.items()
+            if not key.startswith("MLFLOW_") and key != "PYTEST_CURRENT_TEST"}  # fmt: skip
 
 
 def run_script(workdir, *args, timeout=600, script=SCRIPT, env=None):
