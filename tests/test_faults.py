@@ -24,10 +24,14 @@ MARGIN = 5  # seconds
 
 
 def start_script(workdir, *args):
-    """Start the script and wait until it has created its run; return (process, run_id)."""
+    """Start the script as a terminal does, and wait until it has created its run; return
+    (process, run_id)."""
     process = subprocess.Popen(
         [sys.executable, str(SCRIPT), *args],
         cwd=workdir, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C reaches it even if these tests run in the background: a shell starts background
+        # jobs with SIGINT ignored, and Python leaves an inherited SIG_IGN alone.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     line = process.stderr.readline()  # "run <id>: searching ..."
     assert line.startswith("run "), line + process.stderr.read()
@@ -169,8 +173,7 @@ def test_read_only_artifact_folder_is_rejected_before_any_run(tmp_path):
 @pytest.mark.slow
 def test_signal_mid_search_ends_the_run_killed(tmp_path, sig, exit_code, message):
     process, run_id = start_script(tmp_path)  # the default search takes seconds
-    # Once a tenth of its fits are done (a signal during the store's work before the search
-    # was seen lost: see the closing note of #22, 2026-11-29).
+    # Once a tenth of its fits are done.
     next(line for line in process.stderr if line.startswith("search: "))
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
