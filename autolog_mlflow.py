@@ -146,6 +146,10 @@ MLFLOW_SETTINGS = {  # environment variables; the user's own values win
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     # MLflow prints run URLs on stdout, passwords included; the report gives them redacted.
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    # MLflow 3.17's usage telemetry: offline or turned down, its thread deletes a variable of
+    # os.environ while the run's HTTP calls read it, and the run fails ("KeyError:
+    # '_MLFLOW_TELEMETRY_SESSION_ID'"). Off also means no call home from your experiments.
+    "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 STORE_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks"}
 RECORD = "run_config.json"  # the artifact that records what it takes to run the run again

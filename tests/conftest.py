@@ -1,24 +1,36 @@
 """Shared helpers: run autolog_mlflow.py as a user would, then inspect the store it wrote."""
 
+import io
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
+import cloudpickle
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistrySqlStore
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingSqlStore
+from mlflow.tracking import fluent as mlflow_fluent
+from mlflow.tracking._model_registry.registry import ModelRegistryStoreRegistry
+from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "autolog_mlflow.py"
 SMALL_GRID = '{"n_estimators": [10, 20], "max_depth": [null, 3]}'  # 4 quick candidates
 QUICK = ["--param-grid", SMALL_GRID, "--cv", "3", "--n-jobs", "1"]
+# One candidate, 2 folds: for runs at once, which contend for the store, not for the search.
+TINY = ["--param-grid", '{"n_estimators": [10], "max_depth": [3]}', "--cv", "2", "--n-jobs", "1"]
 
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the script and the UI helpers
 from mlflow_ui import mlflow_server  # noqa: E402
@@ -46,37 +58,72 @@ def run_script(workdir, *args, timeout=600, script=SCRIPT, env=None):
     )
 
 
-@pytest.fixture
-def script_main(tmp_path, monkeypatch, capsys):
-    """Call the script's main() in this process, in `tmp_path`, as `run_script` runs it there.
+def run_in_process(workdir, *args, env=None):
+    """Call the script's main() in this process, in `workdir`, as `run_script` runs it there,
+    and return what a process would: its exit code, stdout and stderr.
 
-    For checks that end before any run exists (argument parsing, data, URIs): a new process
-    costs seconds of imports and is not what they test. What main() changes in the process is
-    put back afterwards: MLflow's environment variables, its logger and tracking URI, the
-    SIGTERM handler, the hook for dropped exceptions.
+    For tests of what a run records, reports or decides, where the process boundary is not the
+    point: a process of the script spends ~9 s of CPU importing and opening the store before
+    its run starts (tests/README.md). Exit codes of failures, signals, terminals, servers,
+    concurrency and what a process prints outside Python stay real processes (`run_script`).
+    What main() changes in the process is put back afterwards: the folder, the environment and
+    sys.argv (recorded with the run), MLflow's loggers, tracking URI, experiment and
+    autologging, the SIGTERM handler, the hook for dropped exceptions, the warning filters.
     """
-    monkeypatch.chdir(tmp_path)
-    for name in [name for name in os.environ if name.startswith("MLFLOW_")]:
-        monkeypatch.delenv(name)  # as in script_env()
-    for name, value in autolog_mlflow.MLFLOW_SETTINGS.items():
-        monkeypatch.setenv(name, value)  # what main() sets, so that it is undone
-    mlflow_logger = logging.getLogger("mlflow")
-    monkeypatch.setattr(mlflow_logger, "handlers", list(mlflow_logger.handlers))  # main() adds
-    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # main() sets its own
-    sigterm, tracking_uri = signal.getsignal(signal.SIGTERM), mlflow.get_tracking_uri()
+    environ, cwd, argv = dict(os.environ), os.getcwd(), sys.argv
+    loggers = [logging.getLogger(name) for name in ("mlflow", "mlflow.sklearn")]
+    logger_state = [
+        (logger, logger.level, logger.handlers[:], logger.filters[:]) for logger in loggers
+    ]
+    sigterm, unraisablehook = signal.getsignal(signal.SIGTERM), sys.unraisablehook
+    tracking_uri, experiment_id = mlflow.get_tracking_uri(), mlflow_fluent._active_experiment_id
+    os.environ.clear()
+    os.environ.update(script_env() | (env or {}))
+    os.chdir(workdir)
+    sys.argv = [str(SCRIPT), *args]
+    forget_relative_sqlite_stores()
+    # The script's own classes (TablePipeline) are __main__'s in its process, so the logged
+    # model holds them by value; here they are a module's, which a model server cannot import.
+    cloudpickle.register_pickle_by_value(autolog_mlflow)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with redirect_stdout(out), redirect_stderr(err), warnings.catch_warnings():
+            try:
+                code = autolog_mlflow.main(list(args))
+            except SystemExit as e:  # argparse's errors and --help
+                code = e.code
+    finally:
+        mlflow.sklearn.autolog(disable=True)  # if a failure left it patching every fit
+        cloudpickle.unregister_pickle_by_value(autolog_mlflow)
+        os.environ.clear()
+        os.environ.update(environ)
+        os.chdir(cwd)
+        sys.argv = argv
+        for logger, level, handlers, filters in logger_state:
+            logger.setLevel(level)
+            logger.handlers[:], logger.filters[:] = handlers, filters
+        signal.signal(signal.SIGTERM, sigterm)
+        sys.unraisablehook = unraisablehook
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow_fluent._active_experiment_id = experiment_id
+    return subprocess.CompletedProcess([str(SCRIPT), *args], code, out.getvalue(), err.getvalue())
 
-    def call(*args):
-        capsys.readouterr()
-        try:
-            code = autolog_mlflow.main(list(args))
-        except SystemExit as e:  # argparse's errors and --help
-            code = e.code
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
 
-    yield call
-    signal.signal(signal.SIGTERM, sigterm)
-    mlflow.set_tracking_uri(tracking_uri)
+def forget_relative_sqlite_stores():
+    """MLflow 3.17 keeps a store per URI and an engine per database URI for the life of the
+    process: a relative "sqlite:///mlflow.db" (the default) is another file in each folder, as
+    it is for a new process, so this process must forget the one it opened elsewhere."""
+    TrackingStoreRegistry._get_store_with_resolved_uri.cache_clear()
+    ModelRegistryStoreRegistry._get_store_with_resolved_uri.cache_clear()
+    for engines in (TrackingSqlStore._engine_map, RegistrySqlStore._engine_map):
+        for uri in [uri for uri in engines if re.fullmatch(r"sqlite:///[^/].*", uri)]:
+            engines.pop(uri).dispose()
+
+
+@pytest.fixture
+def script_main(tmp_path):
+    """`run_in_process` in the test's `tmp_path`."""
+    return lambda *args: run_in_process(tmp_path, *args)
 
 
 @dataclass
@@ -120,10 +167,11 @@ def run_eight_at_once(workdir, *args):
 
 
 def run_at_once(workdir, count, *args):
-    """`count` processes of the script at once; their JSON reports, once all have succeeded."""
+    """`count` processes of the script at once, each a TINY search; their JSON reports, once all
+    have succeeded."""
     processes = [
         subprocess.Popen(
-            [sys.executable, str(SCRIPT), "--json", *QUICK, *args],
+            [sys.executable, str(SCRIPT), "--json", *TINY, *args],
             cwd=workdir,
             env=script_env(),
             stdout=subprocess.PIPE,
@@ -145,8 +193,13 @@ def parent_runs(tracking_uri):
     return client.search_runs(experiments, filter_string="tags.mlflow.parentRunId IS NULL")
 
 
-def finished_run(workdir, *args, script=SCRIPT):
-    result = run_script(workdir, "--json", *args, script=script)
+def finished_run(workdir, *args, script=None):
+    """A successful run in `workdir`: in this process (`run_in_process`), or, given a `script`
+    (SCRIPT itself, or a copy), as a process of it."""
+    if script is None:
+        result = run_in_process(workdir, "--json", *args)
+    else:
+        result = run_script(workdir, "--json", *args, script=script)
     assert result.returncode == 0, result.stderr
     return ScriptRun(workdir, result)
 
@@ -159,11 +212,13 @@ def default_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def quick_runs(tmp_path_factory):
-    """The QUICK search twice in one fresh folder: its fits in this process, then again in
-    parallel worker processes (--n-jobs -1), the store now warm. Made together, so that runs
-    other tests add to this store come after both."""
-    first = finished_run(tmp_path_factory.mktemp("quick"), *QUICK)
-    return first, finished_run(first.workdir, *QUICK, "--n-jobs", "-1")
+    """The QUICK search twice in one fresh folder: its fits in the script's process, then again
+    in parallel worker processes (--n-jobs -1), the store now warm. Made together, so that runs
+    other tests add to this store come after both. Real processes, as a user runs the script:
+    what a run records of the code it ran is read from these (run in this process, the tests'
+    own modules would be part of it)."""
+    first = finished_run(tmp_path_factory.mktemp("quick"), *QUICK, script=SCRIPT)
+    return first, finished_run(first.workdir, *QUICK, "--n-jobs", "-1", script=SCRIPT)
 
 
 @pytest.fixture(scope="session")

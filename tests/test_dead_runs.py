@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import QUICK, SCRIPT, parent_runs, run_at_once, run_script, script_env
+from conftest import QUICK, SCRIPT, parent_runs, run_at_once, run_in_process, script_env
 from mlflow import MlflowClient
 from mlflow_ui import mlflow_server
 from postgres import postgres_server
@@ -84,7 +84,7 @@ def test_run_killed_mid_search_is_ended_failed_by_the_next_run_with_the_evidence
     client = sqlite_client(tmp_path)
     assert client.get_run(dead_id).info.status == "RUNNING"  # what MLflow alone leaves
 
-    result = run_script(tmp_path, *QUICK)
+    result = run_in_process(tmp_path, *QUICK)
     assert result.returncode == 0, result.stderr
     dead = client.get_run(dead_id)
     assert dead.info.status == "FAILED"
@@ -104,7 +104,7 @@ def test_run_killed_mid_search_is_ended_failed_by_the_next_run_with_the_evidence
 @pytest.mark.slow
 def test_live_run_of_another_process_on_this_machine_is_left_running_and_finishes(tmp_path):
     live, live_id = start_run(tmp_path, *SLOW)
-    report = json_report(run_script(tmp_path, "--json", *QUICK))
+    report = json_report(run_in_process(tmp_path, "--json", *QUICK))
     _, err = live.communicate(timeout=600)
     assert live.returncode == 0, err
     client = sqlite_client(tmp_path)
@@ -129,7 +129,7 @@ def test_run_of_another_machine_is_closed_once_its_heartbeat_is_stale_not_while_
     # while a third run sweeps.
     live, live_id = start_run(tmp_path, "--json", *SLOW, script=script)
     client.set_tag(live_id, HOST, "another-machine")
-    report = json_report(run_script(tmp_path, "--json", *QUICK))
+    report = json_report(run_in_process(tmp_path, "--json", *QUICK))
     out, err = live.communicate(timeout=600)
     assert live.returncode == 0, err
 
@@ -172,7 +172,7 @@ def test_close_dead_runs_only_sweeps_and_says_what_it_closed(tmp_path):
     experiment_id = client.get_run(dead_id).info.experiment_id
     notebook = client.create_run(experiment_id).info.run_id  # another tool's run: RUNNING
 
-    result = run_script(tmp_path, "--close-dead-runs")
+    result = run_in_process(tmp_path, "--close-dead-runs")
     assert result.returncode == 0, result.stderr
     dead = client.get_run(dead_id)
     assert result.stdout.splitlines() == [
@@ -183,16 +183,16 @@ def test_close_dead_runs_only_sweeps_and_says_what_it_closed(tmp_path):
     assert client.get_run(notebook).info.status == "RUNNING"
     assert len(parent_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")) == 2  # no new run
 
-    again = run_script(tmp_path, "--close-dead-runs")
+    again = run_in_process(tmp_path, "--close-dead-runs")
     assert again.returncode == 0
     assert again.stdout == "No run had died in experiment 'autolog_mlflow'.\n"
-    assert json_report(run_script(tmp_path, "--close-dead-runs", "--json")) == {
+    assert json_report(run_in_process(tmp_path, "--close-dead-runs", "--json")) == {
         "closed_dead_runs": []
     }
 
 
-def test_close_dead_runs_starts_no_run_so_it_refuses_run_options(tmp_path):
-    result = run_script(tmp_path, "--close-dead-runs", "--register-model", "m")
+def test_close_dead_runs_starts_no_run_so_it_refuses_run_options(tmp_path, script_main):
+    result = script_main("--close-dead-runs", "--register-model", "m")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "autolog_mlflow.py: error: --close-dead-runs starts no run: give it without --reproduce "
@@ -216,7 +216,7 @@ def server(request, tmp_path_factory):
 @pytest.mark.slow
 def test_run_killed_mid_search_is_closed_through_a_tracking_server(tmp_path, server):
     dead_id, _ = killed_run(tmp_path, "--tracking-uri", server.url)
-    report = json_report(run_script(tmp_path, "--json", "--tracking-uri", server.url, *QUICK))
+    report = json_report(run_in_process(tmp_path, "--json", "--tracking-uri", server.url, *QUICK))
     client = MlflowClient(server.url)
     dead = client.get_run(dead_id)
     evidence = same_host_evidence(dead)

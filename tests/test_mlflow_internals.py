@@ -4,12 +4,16 @@ autolog_mlflow.datasets_built_once() replaces pieces of MLflow 3.17.2's dataset 
 autolog_mlflow.child_runs_named_at_creation() its child-run creation, for speed (see the script's
 comments). If an MLflow upgrade changes what they compute,
 or stops going through them, these tests fail: what the run records must never change silently.
+MLFLOW_SETTINGS turns MLflow's usage telemetry off; the last test shows why.
 """
 
 import contextlib
 import cProfile
 import json
+import os
 import pstats
+import subprocess
+import sys
 
 import mlflow
 import mlflow.sklearn.utils
@@ -324,3 +328,36 @@ def test_the_workaround_puts_mlflow_back_as_it_was():
     with autolog_mlflow.child_runs_named_at_creation():
         assert utils._create_child_runs_for_parameter_search is not before
     assert utils._create_child_runs_for_parameter_search is before
+
+
+# --- MLflow's usage telemetry -----------------------------------------------------------------
+
+TELEMETRY_SESSION = """
+import json, os, sys, time
+import mlflow
+os.environ.update(json.loads(sys.argv[1]))  # as main() sets them, after the imports
+had = "_MLFLOW_TELEMETRY_SESSION_ID" in os.environ
+mlflow.set_tracking_uri("sqlite:///mlflow.db")
+with mlflow.start_run():  # MLflow's first use: telemetry, if on, starts its thread
+    pass
+deadline = time.monotonic() + 10
+while "_MLFLOW_TELEMETRY_SESSION_ID" in os.environ and time.monotonic() < deadline:
+    time.sleep(0.1)
+print(json.dumps([had, "_MLFLOW_TELEMETRY_SESSION_ID" in os.environ]))
+"""
+
+
+@pytest.mark.parametrize("settings, kept", [({}, False), (autolog_mlflow.MLFLOW_SETTINGS, True)])
+def test_telemetry_left_on_deletes_a_variable_of_the_environment_from_its_thread(
+    tmp_path, settings, kept
+):
+    """Why MLFLOW_SETTINGS turns MLflow's telemetry off: a run on a server failed with KeyError
+    '_MLFLOW_TELEMETRY_SESSION_ID', the variable deleted by telemetry's thread while requests
+    read the environment for proxies. Here offline for sure (a proxy on a closed port), outside
+    any CI (MLflow keeps telemetry off there): on, it deletes it; with our settings, never."""
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"],
+           "HTTPS_PROXY": "http://127.0.0.1:9"}  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", TELEMETRY_SESSION, json.dumps(settings)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [True, kept]

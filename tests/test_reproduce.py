@@ -21,7 +21,7 @@ from conftest import (
     ScriptRun,
     finished_run,
     parent_runs,
-    run_script,
+    run_in_process,
     script_env,
 )
 from mlflow import MlflowClient
@@ -57,7 +57,7 @@ def write_csv(path):
 
 
 def reproduce(workdir, run_id, *args):
-    return run_script(workdir, "--json", "--reproduce", run_id, *args)
+    return run_in_process(workdir, "--json", "--reproduce", run_id, *args)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_run_reproduced_from_another_folder_is_identical(quick_run, tmp_path):
 @pytest.mark.slow
 def test_csv_run_reproduced_is_identical_and_says_so_last(csv_run):
     run_id = csv_run.report["run_id"]
-    result = run_script(csv_run.workdir, "--reproduce", run_id, "--n-jobs", "1")
+    result = run_in_process(csv_run.workdir, "--reproduce", run_id, "--n-jobs", "1")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == f"Verdict: identical to run {run_id}"
     assert "changed since then: nothing" in result.stdout
@@ -147,7 +147,7 @@ def test_csv_run_reproduced_is_identical_and_says_so_last(csv_run):
 @pytest.mark.slow
 def test_run_on_a_tracking_server_reproduced_through_it_is_identical(tmp_path, tracking_server):
     uri = ["--tracking-uri", tracking_server.url]
-    original = run_script(tmp_path, "--json", *uri, *QUICK)
+    original = run_in_process(tmp_path, "--json", *uri, *QUICK)
     assert original.returncode == 0, original.stderr
     original_id = json.loads(original.stdout)["run_id"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from conftest import ROOT, SCRIPT, SMALL_GRID, finished_run, run_script, script_env
+from conftest import ROOT, SCRIPT, SMALL_GRID, finished_run, run_in_process, run_script, script_env
 from distributed import Client, LocalCluster
 from mlflow import MlflowClient
 from mlflow_ui import free_port
@@ -52,7 +52,8 @@ def test_search_on_a_dask_cluster_is_complete_and_identical_to_a_local_run(
     address, client = dask_cluster
     tasks_before = tasks_run_by_workers(client)
 
-    on_dask = finished_run(tmp_path, *QUICK, "--dask-scheduler", address)
+    # A process of its own: the cluster's client here is this process's.
+    on_dask = finished_run(tmp_path, *QUICK, "--dask-scheduler", address, script=SCRIPT)
 
     # Every candidate, every fold, a task each; nothing nested in them (a column, a tree).
     assert tasks_run_by_workers(client) - tasks_before == 4 * 3
@@ -115,7 +116,7 @@ def rest(server, method, endpoint, **kwargs):
 @pytest.mark.slow
 def test_everything_is_readable_through_the_servers_rest_api(tmp_path, tracking_server):
     server = tracking_server
-    result = run_script(tmp_path, "--json", "--tracking-uri", server.url, *QUICK)
+    result = run_in_process(tmp_path, "--json", "--tracking-uri", server.url, *QUICK)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     run_id, experiment_id = report["run_id"], report["experiment_id"]
