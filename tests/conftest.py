@@ -63,8 +63,8 @@ def run_in_process(workdir, *args, env=None):
     and return what a process would: its exit code, stdout and stderr.
 
     For tests of what a run records, reports or decides, where the process boundary is not the
-    point: a process of the script spends ~9 s of CPU importing and opening the store before
-    its run starts (tests/README.md). Exit codes of failures, signals, terminals, servers,
+    point: a process of the script spends ~7 s of CPU on imports before its run starts, which
+    this process has paid once (tests/README.md). Exit codes of failures, signals, terminals, servers,
     concurrency and what a process prints outside Python stay real processes (`run_script`).
     What main() changes in the process is put back afterwards: the folder, the environment and
     sys.argv (recorded with the run), MLflow's loggers, tracking URI, experiment and
