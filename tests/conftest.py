@@ -64,8 +64,8 @@ def run_in_process(workdir, *args, env=None):
 
     For tests of what a run records, reports or decides, where the process boundary is not the
     point: a process of the script spends ~7 s of CPU on imports before its run starts, which
-    this process has paid once (tests/README.md). Exit codes of failures, signals, terminals, servers,
-    concurrency and what a process prints outside Python stay real processes (`run_script`).
+    this process has paid once (tests/README.md). Exit codes of failures, signals, terminals,
+    servers, concurrency and what a process prints outside Python stay real processes.
     What main() changes in the process is put back afterwards: the folder, the environment and
     sys.argv (recorded with the run), MLflow's loggers, tracking URI, experiment and
     autologging, the SIGTERM handler, the hook for dropped exceptions, the warning filters.

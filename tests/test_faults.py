@@ -31,7 +31,8 @@ def start_script(workdir, *args):
         cwd=workdir, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         # Ctrl-C reaches it even if these tests run in the background: a shell starts background
         # jobs with SIGINT ignored, and Python leaves an inherited SIG_IGN alone.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        # (In the child, between fork and exec, only a sigaction: safe beside threads.)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )  # fmt: skip
     line = process.stderr.readline()  # "run <id>: searching ..."
     assert line.startswith("run "), line + process.stderr.read()
@@ -216,11 +217,13 @@ def test_a_stop_in_the_middle_of_a_store_read_still_ends_the_run_killed(tmp_path
     tracking_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
-        with pytest.raises(KeyboardInterrupt) as stopped:
-            with autolog_mlflow.tracked_run("stopped") as run:
-                sqlalchemy.event.listen(sqlalchemy.engine.Engine, "after_cursor_execute",
-                                        stop_after_the_first_read)  # fmt: skip
-                MlflowClient().get_run(run.info.run_id)
+        with (
+            pytest.raises(KeyboardInterrupt) as stopped,
+            autolog_mlflow.tracked_run("stopped") as run,
+        ):
+            sqlalchemy.event.listen(sqlalchemy.engine.Engine, "after_cursor_execute",
+                                    stop_after_the_first_read)  # fmt: skip
+            MlflowClient().get_run(run.info.run_id)
     finally:
         mlflow.set_tracking_uri(tracking_uri)
     assert stopped.value.__notes__ == [f"run {run.info.run_id} ended KILLED"]

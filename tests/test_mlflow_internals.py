@@ -361,7 +361,8 @@ def test_telemetry_left_on_deletes_a_variable_of_the_environment_from_its_thread
     any CI (MLflow keeps telemetry off there): on, it deletes it; with our settings, never."""
     env = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"],
            "HTTPS_PROXY": "http://127.0.0.1:9"}  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", TELEMETRY_SESSION, json.dumps(settings)],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    command = [sys.executable, "-c", TELEMETRY_SESSION, json.dumps(settings)]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [True, kept]

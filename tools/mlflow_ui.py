@@ -95,10 +95,12 @@ def wait_until_healthy(url, server):
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RuntimeError(f"mlflow ui exited with code {server.returncode}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"{url}/health", timeout=2) as response,
+        ):
+            if response.status == 200:
+                return
         time.sleep(0.25)
     raise RuntimeError(f"mlflow ui did not answer on {url} within {SERVER_START_TIMEOUT} s")
 
