@@ -1,29 +1,23 @@
 """Shared helpers: run autolog_mlflow.py as a user would, then inspect the store it wrote."""
 
-import io
+import atexit
+import concurrent.futures
+import contextlib
 import json
-import logging
 import os
-import re
 import signal
+import socket
 import subprocess
 import sys
-import warnings
-from contextlib import redirect_stderr, redirect_stdout
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import PIPE
 
-import cloudpickle
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistrySqlStore
-from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingSqlStore
-from mlflow.tracking import fluent as mlflow_fluent
-from mlflow.tracking._model_registry.registry import ModelRegistryStoreRegistry
-from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "autolog_mlflow.py"
@@ -35,8 +29,6 @@ TINY = ["--param-grid", '{"n_estimators": [10], "max_depth": [3]}', "--cv", "2",
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the script and the UI helpers
 from mlflow_ui import mlflow_server  # noqa: E402
 
-import autolog_mlflow  # noqa: E402
-
 
 def script_env():
     """The environment for the script: ours, less MLflow settings (tests set a tracking URI)
@@ -45,85 +37,130 @@ def script_env():
             if not key.startswith("MLFLOW_") and key != "PYTEST_CURRENT_TEST"}  # fmt: skip
 
 
-def run_script(workdir, *args, timeout=600, script=SCRIPT, env=None):
+def run_script(workdir, *args, timeout=600, script=SCRIPT, env=None, new_python=False):
     """Run the script (or a copy) in `workdir`, so its default store lands there, and wait for
-    it; `env` adds to its environment."""
-    return subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=workdir,
-        env=script_env() | (env or {}),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    it; `env` adds to its environment. A process of its own (`start_script`)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = start_script(workdir, *args, script=script, env=env, stdout=out, stderr=err,
+                               new_python=new_python)  # fmt: skip
+        try:
+            process.wait(timeout)
+        finally:
+            if process.returncode is None:
+                process.kill()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(
+            process.args, process.returncode, out.read().decode(), err.read().decode()
+        )
 
 
-def run_in_process(workdir, *args, env=None):
-    """Call the script's main() in this process, in `workdir`, as `run_script` runs it there,
-    and return what a process would: its exit code, stdout and stderr.
+def start_script(workdir, *args, script=SCRIPT, env=None, stdout=PIPE, stderr=PIPE,
+                 new_session=False, new_python=False):  # fmt: skip
+    """Start `python SCRIPT ARGS...` in `workdir`, `env` added to its environment, and return it
+    as subprocess.Popen would (`pid`, `stdout`/`stderr` as text when PIPE, `wait`,
+    `communicate`, `send_signal`...).
 
-    For tests of what a run records, reports or decides, where the process boundary is not the
-    point: a process of the script spends ~7 s of CPU on imports before its run starts, which
-    this process has paid once (tests/README.md). Exit codes of failures, signals, terminals,
-    servers, concurrency and what a process prints outside Python stay real processes.
-    What main() changes in the process is put back afterwards: the folder, the environment and
-    sys.argv (recorded with the run), MLflow's loggers, tracking URI, experiment and
-    autologging, the SIGTERM handler, the hook for dropped exceptions, the warning filters.
-    """
-    environ, cwd, argv = dict(os.environ), os.getcwd(), sys.argv
-    loggers = [logging.getLogger(name) for name in ("mlflow", "mlflow.sklearn")]
-    logger_state = [
-        (logger, logger.level, logger.handlers[:], logger.filters[:]) for logger in loggers
-    ]
-    sigterm, unraisablehook = signal.getsignal(signal.SIGTERM), sys.unraisablehook
-    tracking_uri, experiment_id = mlflow.get_tracking_uri(), mlflow_fluent._active_experiment_id
-    os.environ.clear()
-    os.environ.update(script_env() | (env or {}))
-    os.chdir(workdir)
-    sys.argv = [str(SCRIPT), *args]
-    forget_relative_sqlite_stores()
-    # The script's own classes (TablePipeline) are __main__'s in its process, so the logged
-    # model holds them by value; here they are a module's, which a model server cannot import.
-    cloudpickle.register_pickle_by_value(autolog_mlflow)
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with redirect_stdout(out), redirect_stderr(err), warnings.catch_warnings():
+    Forked by the prestarted Python (tests/prestarted.py), which has the script's libraries
+    imported: a real process, ~7 s of CPU less to start. A `new_python` where the test is
+    about what a process does from its first line (what the imports print), and wherever the
+    environment would change what those imports did (PYTHON*, HOME, MLflow's logging...)."""
+    env = script_env() | (env or {})
+    argv = [str(script), *args]
+    if new_python or any(env.get(key) != PRESTARTED_ENV.get(key)
+                         for key in env.keys() | PRESTARTED_ENV.keys()
+                         if key.startswith(READ_AT_IMPORT)):  # fmt: skip
+        return subprocess.Popen(
+            [sys.executable, *argv], cwd=workdir, env=env, stdout=stdout, stderr=stderr,
+            text=True, start_new_session=new_session,
+        )  # fmt: skip
+    return PrestartedProcess(argv, workdir, env, stdout, stderr, new_session)
+
+
+# Environment variables that the prestarted Python's imports read.
+READ_AT_IMPORT = ("PYTHON", "HOME", "MLFLOW_LOGGING", "MLFLOW_CONFIGURE_LOGGING", "MPL", "OMP_",
+                  "OPENBLAS", "MKL_", "LD_")  # fmt: skip
+PRESTARTED_ENV = script_env()
+_prestarted = {}  # this process's prestarted Python: its process and socket
+
+
+def prestarted_socket():
+    if "socket" not in _prestarted:
+        path = Path(tempfile.mkdtemp(prefix="prestarted-")) / "socket"
+        server = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "prestarted.py"), str(path)],
+            env=PRESTARTED_ENV, stdout=PIPE, text=True,
+        )  # fmt: skip
+        atexit.register(server.kill)
+        assert server.stdout.readline() == "ready\n", "the prestarted Python did not start"
+        _prestarted.update(process=server, socket=str(path))
+    return _prestarted["socket"]
+
+
+class PrestartedProcess:
+    """A process forked by the prestarted Python, used as a subprocess.Popen."""
+
+    def __init__(self, argv, cwd, env, stdout, stderr, new_session):
+        self.args, self.returncode = argv, None
+        ours, fds = [], []
+        for target in (stdout, stderr):
+            if target is PIPE:
+                read, write = os.pipe()
+                ours.append(open(read, encoding="utf-8"))
+                fds.append(write)
+            else:
+                ours.append(None)
+                fds.append(target.fileno())
+        self.stdout, self.stderr = ours
+        request = {"argv": argv, "cwd": str(cwd), "env": env, "new_session": new_session}
+        self.connection = socket.socket(socket.AF_UNIX)
+        self.connection.connect(prestarted_socket())
+        with open(os.devnull) as null:
+            message = f"{json.dumps(request)}\n".encode()
+            socket.send_fds(self.connection, [message], [null.fileno(), *fds])
+        for stream, fd in zip(ours, fds):
+            if stream:  # the child has its own copy of the writing end
+                os.close(fd)
+        self.answers = self.connection.makefile()
+        self.pid = int(self.answers.readline())
+
+    def poll(self):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.wait(0.001)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        if self.returncode is None:
+            self.connection.settimeout(timeout)
             try:
-                code = autolog_mlflow.main(list(args))
-            except SystemExit as e:  # argparse's errors and --help
-                code = e.code
-    finally:
-        mlflow.sklearn.autolog(disable=True)  # if a failure left it patching every fit
-        cloudpickle.unregister_pickle_by_value(autolog_mlflow)
-        os.environ.clear()
-        os.environ.update(environ)
-        os.chdir(cwd)
-        sys.argv = argv
-        for logger, level, handlers, filters in logger_state:
-            logger.setLevel(level)
-            logger.handlers[:], logger.filters[:] = handlers, filters
-        signal.signal(signal.SIGTERM, sigterm)
-        sys.unraisablehook = unraisablehook
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow_fluent._active_experiment_id = experiment_id
-    return subprocess.CompletedProcess([str(SCRIPT), *args], code, out.getvalue(), err.getvalue())
+                self.returncode = int(self.answers.readline())
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(self.args, timeout) from None
+            self.connection.close()
+        return self.returncode
 
+    def communicate(self, timeout=None):
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            reads = [pool.submit(stream.read) for stream in (self.stdout, self.stderr) if stream]
+            self.wait(timeout)
+            outputs = iter([read.result() for read in reads])
+        return tuple(next(outputs) if stream else None for stream in (self.stdout, self.stderr))
 
-def forget_relative_sqlite_stores():
-    """MLflow 3.17 keeps a store per URI and an engine per database URI for the life of the
-    process: a relative "sqlite:///mlflow.db" (the default) is another file in each folder, as
-    it is for a new process, so this process must forget the one it opened elsewhere."""
-    TrackingStoreRegistry._get_store_with_resolved_uri.cache_clear()
-    ModelRegistryStoreRegistry._get_store_with_resolved_uri.cache_clear()
-    for engines in (TrackingSqlStore._engine_map, RegistrySqlStore._engine_map):
-        for uri in [uri for uri in engines if re.fullmatch(r"sqlite:///[^/].*", uri)]:
-            engines.pop(uri).dispose()
+    def send_signal(self, sig):
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self):
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
 
 
 @pytest.fixture
 def script_main(tmp_path):
-    """`run_in_process` in the test's `tmp_path`."""
-    return lambda *args: run_in_process(tmp_path, *args)
+    """`run_script` in the test's `tmp_path`."""
+    return lambda *args: run_script(tmp_path, *args)
 
 
 @dataclass
@@ -169,17 +206,7 @@ def run_eight_at_once(workdir, *args):
 def run_at_once(workdir, count, *args):
     """`count` processes of the script at once, each a TINY search; their JSON reports, once all
     have succeeded."""
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(SCRIPT), "--json", *TINY, *args],
-            cwd=workdir,
-            env=script_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for _ in range(count)
-    ]
+    processes = [start_script(workdir, "--json", *TINY, *args) for _ in range(count)]
     outputs = [process.communicate(timeout=600) for process in processes]
     for process, (_, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr
@@ -193,13 +220,9 @@ def parent_runs(tracking_uri):
     return client.search_runs(experiments, filter_string="tags.mlflow.parentRunId IS NULL")
 
 
-def finished_run(workdir, *args, script=None):
-    """A successful run in `workdir`: in this process (`run_in_process`), or, given a `script`
-    (SCRIPT itself, or a copy), as a process of it."""
-    if script is None:
-        result = run_in_process(workdir, "--json", *args)
-    else:
-        result = run_script(workdir, "--json", *args, script=script)
+def finished_run(workdir, *args, script=SCRIPT, new_python=False):
+    """A successful run of the script (or a copy) in `workdir`."""
+    result = run_script(workdir, "--json", *args, script=script, new_python=new_python)
     assert result.returncode == 0, result.stderr
     return ScriptRun(workdir, result)
 
@@ -214,11 +237,11 @@ def default_run(tmp_path_factory):
 def quick_runs(tmp_path_factory):
     """The QUICK search twice in one fresh folder: its fits in the script's process, then again
     in parallel worker processes (--n-jobs -1), the store now warm. Made together, so that runs
-    other tests add to this store come after both. Real processes, as a user runs the script:
-    what a run records of the code it ran is read from these (run in this process, the tests'
-    own modules would be part of it)."""
-    first = finished_run(tmp_path_factory.mktemp("quick"), *QUICK, script=SCRIPT)
-    return first, finished_run(first.workdir, *QUICK, "--n-jobs", "-1", script=SCRIPT)
+    other tests add to this store come after both. The first in a new Python, as a user starts
+    it; the second forked by the prestarted one, as most runs of the tests are: the two are
+    compared (test_experiment.py, test_reproduce.py)."""
+    first = finished_run(tmp_path_factory.mktemp("quick"), *QUICK, new_python=True)
+    return first, finished_run(first.workdir, *QUICK, "--n-jobs", "-1")
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,10 @@
 runs end to end, registry and --reproduce included, for another classifier and a regressor."""
 
 import json
-import subprocess
-import sys
 
 import mlflow
 import pytest
-from conftest import ROOT, penguins, raw_rows, script_env
+from conftest import ROOT, penguins, raw_rows, run_script
 from mlflow import MlflowClient
 
 ESTIMATOR_LINE = "ESTIMATOR = ensemble.RandomForestClassifier()"
@@ -23,9 +21,7 @@ def script_with_estimator(folder, estimator):
 
 
 def run_copy(script, *args):
-    result = subprocess.run([sys.executable, str(script), "--json", "--n-jobs", "1", *args],
-                            cwd=script.parent, env=script_env(), capture_output=True, text=True,
-                            timeout=600)  # fmt: skip
+    result = run_script(script.parent, "--json", "--n-jobs", "1", *args, script=script)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -89,9 +85,7 @@ def test_a_regressor_is_one_line_scored_and_ranked_by_held_out_r2(tmp_path):
 def test_a_regressor_refuses_a_text_target(tmp_path):
     script = script_with_estimator(tmp_path, "ensemble.RandomForestRegressor()")
     penguins().dropna().to_csv(tmp_path / "penguins.csv", index=False)
-    result = subprocess.run([sys.executable, str(script), "--data", "penguins.csv", "--target",
-                             "species"], cwd=tmp_path, env=script_env(), capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+    result = run_script(tmp_path, "--data", "penguins.csv", "--target", "species", script=script)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert "--target species is not numeric: RandomForestRegressor is a regressor" in line

@@ -125,8 +125,8 @@ def test_mlflow_warning_reaches_stderr_as_mlflow_prints_it_and_fails_the_run(tmp
 
 def test_successful_run_shows_only_its_progress_on_stderr_and_json_on_stdout(tmp_path):
     """A fresh store: MLflow's creation of its tables and the cloudpickle warning are not news.
-    A real process: all it writes to its stderr counts, the C libraries' and warnings' too."""
-    run = finished_run(tmp_path, *QUICK, script=SCRIPT)
+    A new Python: all it writes to its stderr counts, its imports' warnings too."""
+    run = finished_run(tmp_path, *QUICK, new_python=True)
     assert run.report["status"] == "FINISHED"  # stdout parses as one JSON document
     for line in run.result.stderr.splitlines():
         assert line.startswith(("run ", "search: ", "logging the best model")), run.result.stderr

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import QUICK, SCRIPT, parent_runs, run_at_once, run_in_process, script_env
+from conftest import QUICK, SCRIPT, parent_runs, run_at_once, run_script, start_script
 from mlflow import MlflowClient
 from mlflow_ui import mlflow_server
 from postgres import postgres_server
@@ -29,11 +29,8 @@ FAST_BEAT = 2  # seconds: the heartbeat of the script's copies in these tests
 
 def start_run(workdir, *args, script=SCRIPT):
     """Start the script in its own process group; once its run exists: (process, run ID)."""
-    process = subprocess.Popen(
-        [sys.executable, str(script), *args],
-        cwd=workdir, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,  # so that SIGKILL reaches it and any worker it started
-    )  # fmt: skip
+    # In a session of its own, so that SIGKILL reaches it and any worker it started.
+    process = start_script(workdir, *args, script=script, new_session=True)
     for line in process.stderr:  # lines about runs it closed first, then "run <id>: searching"
         if line.startswith("run "):
             return process, line.split()[1].rstrip(":")
@@ -84,7 +81,7 @@ def test_run_killed_mid_search_is_ended_failed_by_the_next_run_with_the_evidence
     client = sqlite_client(tmp_path)
     assert client.get_run(dead_id).info.status == "RUNNING"  # what MLflow alone leaves
 
-    result = run_in_process(tmp_path, *QUICK)
+    result = run_script(tmp_path, *QUICK)
     assert result.returncode == 0, result.stderr
     dead = client.get_run(dead_id)
     assert dead.info.status == "FAILED"
@@ -104,7 +101,7 @@ def test_run_killed_mid_search_is_ended_failed_by_the_next_run_with_the_evidence
 @pytest.mark.slow
 def test_live_run_of_another_process_on_this_machine_is_left_running_and_finishes(tmp_path):
     live, live_id = start_run(tmp_path, *SLOW)
-    report = json_report(run_in_process(tmp_path, "--json", *QUICK))
+    report = json_report(run_script(tmp_path, "--json", *QUICK))
     _, err = live.communicate(timeout=600)
     assert live.returncode == 0, err
     client = sqlite_client(tmp_path)
@@ -129,7 +126,7 @@ def test_run_of_another_machine_is_closed_once_its_heartbeat_is_stale_not_while_
     # while a third run sweeps.
     live, live_id = start_run(tmp_path, "--json", *SLOW, script=script)
     client.set_tag(live_id, HOST, "another-machine")
-    report = json_report(run_in_process(tmp_path, "--json", *QUICK))
+    report = json_report(run_script(tmp_path, "--json", *QUICK))
     out, err = live.communicate(timeout=600)
     assert live.returncode == 0, err
 
@@ -172,7 +169,7 @@ def test_close_dead_runs_only_sweeps_and_says_what_it_closed(tmp_path):
     experiment_id = client.get_run(dead_id).info.experiment_id
     notebook = client.create_run(experiment_id).info.run_id  # another tool's run: RUNNING
 
-    result = run_in_process(tmp_path, "--close-dead-runs")
+    result = run_script(tmp_path, "--close-dead-runs")
     assert result.returncode == 0, result.stderr
     dead = client.get_run(dead_id)
     assert result.stdout.splitlines() == [
@@ -183,10 +180,10 @@ def test_close_dead_runs_only_sweeps_and_says_what_it_closed(tmp_path):
     assert client.get_run(notebook).info.status == "RUNNING"
     assert len(parent_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")) == 2  # no new run
 
-    again = run_in_process(tmp_path, "--close-dead-runs")
+    again = run_script(tmp_path, "--close-dead-runs")
     assert again.returncode == 0
     assert again.stdout == "No run had died in experiment 'autolog_mlflow'.\n"
-    assert json_report(run_in_process(tmp_path, "--close-dead-runs", "--json")) == {
+    assert json_report(run_script(tmp_path, "--close-dead-runs", "--json")) == {
         "closed_dead_runs": []
     }
 
@@ -216,7 +213,7 @@ def server(request, tmp_path_factory):
 @pytest.mark.slow
 def test_run_killed_mid_search_is_closed_through_a_tracking_server(tmp_path, server):
     dead_id, _ = killed_run(tmp_path, "--tracking-uri", server.url)
-    report = json_report(run_in_process(tmp_path, "--json", "--tracking-uri", server.url, *QUICK))
+    report = json_report(run_script(tmp_path, "--json", "--tracking-uri", server.url, *QUICK))
     client = MlflowClient(server.url)
     dead = client.get_run(dead_id)
     evidence = same_host_evidence(dead)

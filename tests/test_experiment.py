@@ -220,7 +220,8 @@ def test_only_runs_on_the_same_training_and_test_data_are_compared(tmp_path):
 
 
 def test_two_runs_give_identical_results(quick_run, second_quick_run):
-    """The second with its fits in parallel worker processes: results do not depend on it."""
+    """The second with its fits in parallel worker processes: results do not depend on it. (And
+    the second is forked by the tests' prestarted Python, the first a new one: neither do they.)"""
     first, second = quick_run.run, second_quick_run.run
     assert first.info.run_id != second.info.run_id
     timing = ("fit_time", "score_time")

@@ -12,7 +12,15 @@ import weakref
 import mlflow
 import pytest
 import sqlalchemy
-from conftest import QUICK, SCRIPT, parent_runs, run_eight_at_once, run_script, script_env
+from conftest import (
+    QUICK,
+    SCRIPT,
+    parent_runs,
+    run_eight_at_once,
+    run_script,
+    script_env,
+    start_script,
+)
 from mlflow import MlflowClient
 from mlflow_ui import free_port, mlflow_server
 
@@ -23,17 +31,13 @@ import autolog_mlflow
 MARGIN = 5  # seconds
 
 
-def start_script(workdir, *args):
+def start_run(workdir, *args):
     """Start the script as a terminal does, and wait until it has created its run; return
     (process, run_id)."""
-    process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), *args],
-        cwd=workdir, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        # Ctrl-C reaches it even if these tests run in the background: a shell starts background
-        # jobs with SIGINT ignored, and Python leaves an inherited SIG_IGN alone.
-        # (In the child, between fork and exec, only a sigaction: safe beside threads.)
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
-    )  # fmt: skip
+    # Ctrl-C reaches it even if these tests run in the background (a shell starts background
+    # jobs with SIGINT ignored, and Python leaves an inherited SIG_IGN alone): `start_script`
+    # gives it Python's own handler, as a terminal's `python` has.
+    process = start_script(workdir, *args)
     line = process.stderr.readline()  # "run <id>: searching ..."
     assert line.startswith("run "), line + process.stderr.read()
     return process, line.split()[1].rstrip(":")
@@ -173,7 +177,7 @@ def test_read_only_artifact_folder_is_rejected_before_any_run(tmp_path):
 )
 @pytest.mark.slow
 def test_signal_mid_search_ends_the_run_killed(tmp_path, sig, exit_code, message):
-    process, run_id = start_script(tmp_path)  # the default search takes seconds
+    process, run_id = start_run(tmp_path)  # the default search takes seconds
     # Once a tenth of its fits are done.
     next(line for line in process.stderr if line.startswith("search: "))
     process.send_signal(sig)
@@ -269,7 +273,7 @@ def test_server_killed_mid_run_exits_fast_and_saves_the_work(tmp_path):
     server_dir.mkdir()
     with mlflow_server(f"sqlite:///{server_dir / 'mlflow.db'}", server_dir, "server") as server:
         # A small search: the bound is for what follows the loss, not for the search's own time.
-        process, run_id = start_script(tmp_path, "--tracking-uri", server.url, *QUICK)
+        process, run_id = start_run(tmp_path, "--tracking-uri", server.url, *QUICK)
         time.sleep(1)
         server.stop(signal.SIGKILL)
         killed_at = time.monotonic()

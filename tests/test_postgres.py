@@ -7,7 +7,7 @@ import json
 
 import psycopg
 import pytest
-from conftest import QUICK, run_eight_at_once, run_in_process, run_script
+from conftest import QUICK, run_eight_at_once, run_script
 from mlflow import MlflowClient
 from team_server import team_server as started_team_server
 
@@ -43,7 +43,7 @@ def status_in_database(server, run_id):
 
 
 def test_one_run_is_complete_and_stored_in_postgresql(tmp_path, team_server):
-    result = run_in_process(tmp_path, "--json", "--tracking-uri", team_server.url, *QUICK)
+    result = run_script(tmp_path, "--json", "--tracking-uri", team_server.url, *QUICK)
     assert result.returncode == 0, result.stderr
     run_id = json.loads(result.stdout)["run_id"]
     assert complete(team_server, run_id)
@@ -69,7 +69,7 @@ def test_a_dask_run_logs_into_it(tmp_path, team_server):
 
 def test_registration_into_it_makes_a_champion(tmp_path, team_server):
     uri = ["--tracking-uri", team_server.url]
-    result = run_in_process(tmp_path, "--json", *uri, *QUICK, "--register-model", "team-model")
+    result = run_script(tmp_path, "--json", *uri, *QUICK, "--register-model", "team-model")
     assert result.returncode == 0, result.stderr
     registration = json.loads(result.stdout)["registration"]
     assert (registration["version"], registration["aliases"]) == (1, ["champion"])

@@ -14,7 +14,7 @@ import urllib.request
 import mlflow
 import numpy as np
 import pytest
-from conftest import parent_runs, run_in_process, run_script, script_env
+from conftest import parent_runs, run_script, script_env
 from mlflow import MlflowClient
 from mlflow_ui import free_port
 
@@ -32,7 +32,7 @@ SEQUENCE = {
 
 
 def register(workdir, grid, *args):
-    result = run_in_process(workdir, "--json", "--param-grid", grid, "--cv", "2", "--n-jobs", "1",
+    result = run_script(workdir, "--json", "--param-grid", grid, "--cv", "2", "--n-jobs", "1",
                             "--register-model", NAME, *args)  # fmt: skip
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -100,7 +100,7 @@ def test_a_better_version_takes_over_as_champion(registry):
 
 @pytest.mark.slow
 def test_report_shows_the_version_its_aliases_and_the_champion_uri(tmp_path):
-    result = run_in_process(tmp_path, "--param-grid", SEQUENCE["first"], "--cv", "2",
+    result = run_script(tmp_path, "--param-grid", SEQUENCE["first"], "--cv", "2",
                             "--register-model", NAME)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"Model registry: {NAME} version 1 (aliases: champion)" in result.stdout

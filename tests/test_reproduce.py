@@ -6,7 +6,6 @@ import json
 import platform
 import shutil
 import subprocess
-import sys
 from importlib.metadata import version
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,8 +20,7 @@ from conftest import (
     ScriptRun,
     finished_run,
     parent_runs,
-    run_in_process,
-    script_env,
+    run_script,
 )
 from mlflow import MlflowClient
 from sklearn.datasets import load_breast_cancer
@@ -57,7 +55,7 @@ def write_csv(path):
 
 
 def reproduce(workdir, run_id, *args):
-    return run_in_process(workdir, "--json", "--reproduce", run_id, *args)
+    return run_script(workdir, "--json", "--reproduce", run_id, *args)
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +94,20 @@ def test_run_records_the_script_itself_and_its_sha256(quick_run):
     recorded = record(quick_run)
     assert recorded["script"] == {"file": SCRIPT.name, "sha256": sha256(SCRIPT)}
     assert artifact(quick_run, f"code/{SCRIPT.name}") == SCRIPT.read_text()
+
+
+def test_a_run_forked_by_the_tests_prestarted_python_records_what_a_new_python_does(
+    quick_run, second_quick_run
+):
+    """The first in a new Python, the second forked by the prestarted one (conftest's
+    `start_script`): its modules, imported before the script ran, are not the script's code."""
+    first, second = record(quick_run), record(second_quick_run)
+    for part in ("script", "git", "environment"):
+        assert first[part] == second[part], part
+    assert first["command_line"] == second["command_line"][:-2]  # less "--n-jobs -1"
+    code = [MlflowClient(run.tracking_uri).list_artifacts(run.run.info.run_id, "code")
+            for run in (quick_run, second_quick_run)]  # fmt: skip
+    assert [item.path for item in code[0]] == [item.path for item in code[1]]
 
 
 def test_run_records_the_git_commit_and_whether_the_script_had_edits(quick_run):
@@ -138,7 +150,7 @@ def test_run_reproduced_from_another_folder_is_identical(quick_run, tmp_path):
 @pytest.mark.slow
 def test_csv_run_reproduced_is_identical_and_says_so_last(csv_run):
     run_id = csv_run.report["run_id"]
-    result = run_in_process(csv_run.workdir, "--reproduce", run_id, "--n-jobs", "1")
+    result = run_script(csv_run.workdir, "--reproduce", run_id, "--n-jobs", "1")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == f"Verdict: identical to run {run_id}"
     assert "changed since then: nothing" in result.stdout
@@ -147,7 +159,7 @@ def test_csv_run_reproduced_is_identical_and_says_so_last(csv_run):
 @pytest.mark.slow
 def test_run_on_a_tracking_server_reproduced_through_it_is_identical(tmp_path, tracking_server):
     uri = ["--tracking-uri", tracking_server.url]
-    original = run_in_process(tmp_path, "--json", *uri, *QUICK)
+    original = run_script(tmp_path, "--json", *uri, *QUICK)
     assert original.returncode == 0, original.stderr
     original_id = json.loads(original.stdout)["run_id"]
 
@@ -221,8 +233,7 @@ def test_options_of_the_experiment_cannot_be_changed_when_reproducing(script_mai
 
 
 def run_copy(script, workdir, *args):
-    command = [sys.executable, str(script), "--json", *args]
-    return subprocess.run(command, cwd=workdir, env=script_env(), capture_output=True, text=True)
+    return run_script(workdir, "--json", *args, script=script)
 
 
 @pytest.mark.slow

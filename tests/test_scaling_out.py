@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from conftest import ROOT, SCRIPT, SMALL_GRID, finished_run, run_in_process, run_script, script_env
+from conftest import ROOT, SCRIPT, SMALL_GRID, finished_run, run_script, script_env
 from distributed import Client, LocalCluster
 from mlflow import MlflowClient
 from mlflow_ui import free_port
@@ -116,7 +116,7 @@ def rest(server, method, endpoint, **kwargs):
 @pytest.mark.slow
 def test_everything_is_readable_through_the_servers_rest_api(tmp_path, tracking_server):
     server = tracking_server
-    result = run_in_process(tmp_path, "--json", "--tracking-uri", server.url, *QUICK)
+    result = run_script(tmp_path, "--json", "--tracking-uri", server.url, *QUICK)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     run_id, experiment_id = report["run_id"], report["experiment_id"]

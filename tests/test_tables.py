@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import QUICK, penguins, raw_rows, run_in_process, script_env
+from conftest import QUICK, penguins, raw_rows, run_script, script_env
 from mlflow import MlflowClient
 from mlflow_ui import free_port
 from test_registry import wait_until_serving
@@ -138,7 +138,7 @@ def test_served_model_answers_raw_json_records_with_text_fields(table_run):
 
 @pytest.mark.slow
 def test_reproducing_a_table_run_gives_identical_results(table_run):
-    result = run_in_process(table_run.workdir, "--json", "--reproduce", table_run.run.info.run_id)
+    result = run_script(table_run.workdir, "--json", "--reproduce", table_run.run.info.run_id)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["reproduction"]["verdict"] == "identical"
 
