@@ -2,7 +2,6 @@
 
 import atexit
 import concurrent.futures
-import contextlib
 import json
 import os
 import signal
@@ -17,6 +16,7 @@ from subprocess import PIPE
 import numpy as np
 import pandas as pd
 import pytest
+from filelock import FileLock
 from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,37 +121,41 @@ class PrestartedProcess:
         for stream, fd in zip(ours, fds):
             if stream:  # the child has its own copy of the writing end
                 os.close(fd)
-        self.answers = self.connection.makefile()
-        self.pid = int(self.answers.readline())
+        self.received = b""
+        self.pid = self.answer()
 
-    def poll(self):
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.wait(0.001)
-        return self.returncode
+    def answer(self, timeout=None):
+        """The next number the prestarted Python sends: the PID, then the exit code."""
+        self.connection.settimeout(timeout)
+        while b"\n" not in self.received:
+            try:
+                chunk = self.connection.recv(64)
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(self.args, timeout) from None
+            assert chunk, "the prestarted Python is gone"
+            self.received += chunk
+        line, _, self.received = self.received.partition(b"\n")
+        return int(line)
 
     def wait(self, timeout=None):
         if self.returncode is None:
-            self.connection.settimeout(timeout)
-            try:
-                self.returncode = int(self.answers.readline())
-            except TimeoutError:
-                raise subprocess.TimeoutExpired(self.args, timeout) from None
+            self.returncode = self.answer(timeout)
             self.connection.close()
         return self.returncode
 
     def communicate(self, timeout=None):
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            reads = [pool.submit(stream.read) for stream in (self.stdout, self.stderr) if stream]
+        pool = concurrent.futures.ThreadPoolExecutor(2)
+        reads = [pool.submit(stream.read) for stream in (self.stdout, self.stderr) if stream]
+        try:
             self.wait(timeout)
-            outputs = iter([read.result() for read in reads])
+        finally:
+            pool.shutdown(wait=False)  # on a timeout, the caller kills the process
+        outputs = iter([read.result() for read in reads])
         return tuple(next(outputs) if stream else None for stream in (self.stdout, self.stderr))
 
     def send_signal(self, sig):
         if self.returncode is None:
             os.kill(self.pid, sig)
-
-    def terminate(self):
-        self.send_signal(signal.SIGTERM)
 
     def kill(self):
         self.send_signal(signal.SIGKILL)
@@ -227,6 +231,26 @@ def finished_run(workdir, *args, script=SCRIPT, new_python=False):
     return ScriptRun(workdir, result)
 
 
+def made_once(tmp_path_factory, name, make):
+    """The ScriptRuns `make()` returns, made once for the whole test run: the first worker (of
+    pytest-xdist's) to ask makes them, the others wait for them and read them."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:  # one process: no one to share with
+        return make()
+    shared = tmp_path_factory.getbasetemp().parent
+    with FileLock(shared / f"{name}.lock"):
+        saved = shared / f"{name}.json"
+        if saved.exists():
+            return [ScriptRun(Path(workdir), subprocess.CompletedProcess(*result))
+                    for workdir, result in json.loads(saved.read_text())]  # fmt: skip
+        runs = make()
+        saved.write_text(json.dumps([
+            [str(run.workdir), [run.result.args, run.result.returncode, run.result.stdout,
+                                run.result.stderr]]
+            for run in runs
+        ]))  # fmt: skip
+        return runs
+
+
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory):
     """The script with all its defaults, on a fresh SQLite store in an empty folder."""
@@ -240,8 +264,12 @@ def quick_runs(tmp_path_factory):
     other tests add to this store come after both. The first in a new Python, as a user starts
     it; the second forked by the prestarted one, as most runs of the tests are: the two are
     compared (test_experiment.py, test_reproduce.py)."""
-    first = finished_run(tmp_path_factory.mktemp("quick"), *QUICK, new_python=True)
-    return first, finished_run(first.workdir, *QUICK, "--n-jobs", "-1")
+
+    def make():
+        first = finished_run(tmp_path_factory.mktemp("quick"), *QUICK, new_python=True)
+        return first, finished_run(first.workdir, *QUICK, "--n-jobs", "-1")
+
+    return made_once(tmp_path_factory, "quick_runs", make)
 
 
 @pytest.fixture(scope="session")
@@ -292,9 +320,13 @@ def penguins(rows=400, seed=0):
 @pytest.fixture(scope="session")
 def table_run(tmp_path_factory):
     """The script on penguins.csv, as it comes."""
-    workdir = tmp_path_factory.mktemp("table")
-    penguins().to_csv(workdir / "penguins.csv", index=False)
-    return finished_run(workdir, "--data", "penguins.csv", "--target", "species", *QUICK)
+
+    def make():
+        workdir = tmp_path_factory.mktemp("table")
+        penguins().to_csv(workdir / "penguins.csv", index=False)
+        return [finished_run(workdir, "--data", "penguins.csv", "--target", "species", *QUICK)]
+
+    return made_once(tmp_path_factory, "table_run", make)[0]
 
 
 def raw_rows():

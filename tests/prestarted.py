@@ -1,35 +1,47 @@
 """A Python process that has imported the script's libraries once and forks a fresh process
-for each run of the script: `python prestarted.py SOCKET`, then `prestarted_run()` in conftest.
+for each run of the script: `python prestarted.py SOCKET`; conftest's `start_script` asks it.
 
 Each run is a real process (its own PID, exit code, signals, environment, folder and file
 descriptors) that runs the script as `__main__`, as `python autolog_mlflow.py` would, and
 exits as Python does (non-daemon threads joined, atexit handlers, streams flushed); it skips
-only the ~7 s of CPU of importing MLflow, scikit-learn, pandas, skrub and MLflow's SQL store,
-which it inherits from this process, imported but never used. Single-threaded, so forking is
+only the ~7 s of CPU of importing MLflow, scikit-learn, pandas, skrub, MLflow's SQL store and
+the rest, which it inherits from this process, imported but never used. Single-threaded, so forking is
 safe: it waits for requests and for its children's ends (pidfds) in one select loop.
 
-Request: JSON {"argv": [SCRIPT, ...], "cwd": ..., "env": {...}, "new_session": bool} with stdin,
-stdout and stderr as three file descriptors; answers: a line with the child's PID, then a line with its exit
-code (negative: the signal that ended it), as subprocess gives them.
+Request: a line of JSON, {"argv": [SCRIPT, ...], "cwd": ..., "env": {...}, "new_session": bool},
+with stdin, stdout and stderr as three file descriptors. Answers: a line with the child's PID,
+then a line with its exit code (negative: the signal that ended it), as subprocess gives them.
 """
 
+import ast
 import contextlib
+import importlib
 import json
 import os
 import selectors
 import socket
 import sys
+from pathlib import Path
 
-# The heavy part of what a run imports (-X importtime), so that no run imports it again.
-import mlflow.sklearn  # noqa: F401
-import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
-import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-import pandas  # noqa: F401
-import rich.progress  # noqa: F401
-import sklearn.ensemble  # noqa: F401
-import sklearn.model_selection  # noqa: F401
-import skrub  # noqa: F401
-from matplotlib.figure import Figure  # noqa: F401
+SCRIPT = Path(__file__).resolve().parent.parent / "autolog_mlflow.py"
+# What a run imports later, on its way: its store's tables (alembic), MLflow's git tags
+# (GitPython), the model (pyfunc), the pictures (PIL), MLflow's tracing, the data profile.
+IMPORTED_LATER = ["alembic.command", "git", "mlflow.pyfunc", "PIL.Image", "mlflow.tracing",
+                  "mlflow.store.tracking.sqlalchemy_store", "dask.array",
+                  "mlflow.store.model_registry.sqlalchemy_store", "sklearn.inspection"]  # fmt: skip
+
+
+def import_what_a_run_imports():
+    """The modules the script imports at its top (read from it), and IMPORTED_LATER."""
+    modules = list(IMPORTED_LATER)
+    for node in ast.parse(SCRIPT.read_text()).body:
+        if isinstance(node, ast.Import):
+            modules += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            modules.append(node.module)
+    for module in modules:
+        with contextlib.suppress(ImportError):  # e.g. dask, an option
+            importlib.import_module(module)
 
 
 def serve(path):
@@ -129,5 +141,6 @@ def run(request, fds):
 if __name__ == "__main__":
     import threading
 
+    import_what_a_run_imports()
     assert threading.active_count() == 1, "a thread would not survive a fork"
     serve(sys.argv[1])

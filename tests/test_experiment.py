@@ -1,6 +1,7 @@
 """What one run of the script leaves in the tracking store, checked with MLflow's own client."""
 
 import json
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import mlflow
@@ -115,6 +116,14 @@ def test_best_model_is_logged_once_ready_with_signature_and_pinned_requirements(
     assert "signature:" in mlmodel and "saved_input_example_info" in mlmodel
     logged = set((model_dir / "requirements.txt").read_text().split())
     assert pinned_requirements() <= logged
+
+
+@pytest.mark.parametrize("module", ["sklearn.ensemble._forest", "skrub", "dateutil.parser"])
+def test_the_distribution_pinned_for_the_estimators_module_is_the_one_python_names(module):
+    """The estimator's distribution is pinned too (here scikit-learn, or any other a user's
+    estimator comes from); found in MODEL_PACKAGES first, elsewhere as importlib finds it."""
+    (expected,) = packages_distributions()[module.split(".")[0]]
+    assert autolog_mlflow.distribution_of(module) == expected
 
 
 def test_best_model_reloads_and_predicts_like_a_fresh_fit(quick_run):
