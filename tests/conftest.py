@@ -1,7 +1,8 @@
 """Shared helpers: run autolog_mlflow.py as a user would, then inspect the store it wrote."""
 
 import atexit
-import concurrent.futures
+import contextlib
+import io
 import json
 import os
 import signal
@@ -9,6 +10,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import PIPE
@@ -48,11 +51,15 @@ def run_script(workdir, *args, timeout=600, script=SCRIPT, env=None, new_python=
         finally:
             if process.returncode is None:
                 process.kill()
-        out.seek(0)
-        err.seek(0)
         return subprocess.CompletedProcess(
-            process.args, process.returncode, out.read().decode(), err.read().decode()
+            process.args, process.returncode, text_of(out), text_of(err)
         )
+
+
+def text_of(file):
+    """What a file holds, as subprocess's text mode gives it (universal newlines)."""
+    file.seek(0)
+    return io.TextIOWrapper(file, encoding="utf-8", newline=None).read()
 
 
 def start_script(workdir, *args, script=SCRIPT, env=None, stdout=PIPE, stderr=PIPE,
@@ -64,23 +71,33 @@ def start_script(workdir, *args, script=SCRIPT, env=None, stdout=PIPE, stderr=PI
     Forked by the prestarted Python (tests/prestarted.py), which has the script's libraries
     imported: a real process, ~7 s of CPU less to start. A `new_python` where the test is
     about what a process does from its first line (what the imports print), and wherever the
-    environment would change what those imports did (PYTHON*, HOME, MLflow's logging...)."""
+    environment differs from the prestarted one's in anything but MLflow's settings read at
+    call time (HOME, PYTHON*, TERM...: imports may have read them)."""
     env = script_env() | (env or {})
     argv = [str(script), *args]
-    if new_python or any(env.get(key) != PRESTARTED_ENV.get(key)
-                         for key in env.keys() | PRESTARTED_ENV.keys()
-                         if key.startswith(READ_AT_IMPORT)):  # fmt: skip
+    if new_python or imports_may_differ(env):
         return subprocess.Popen(
             [sys.executable, *argv], cwd=workdir, env=env, stdout=stdout, stderr=stderr,
             text=True, start_new_session=new_session,
+            # Ctrl-C reaches it even if the tests run in the background (a shell starts
+            # background jobs with SIGINT ignored, and Python leaves an inherited SIG_IGN
+            # alone), as the forked ones: Python's own handler, as from a terminal. (In the
+            # child, between fork and exec, only a sigaction: safe beside threads.)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
         )  # fmt: skip
     return PrestartedProcess(argv, workdir, env, stdout, stderr, new_session)
 
 
-# Environment variables that the prestarted Python's imports read.
-READ_AT_IMPORT = ("PYTHON", "HOME", "MLFLOW_LOGGING", "MLFLOW_CONFIGURE_LOGGING", "MPL", "OMP_",
-                  "OPENBLAS", "MKL_", "LD_")  # fmt: skip
+MLFLOW_AT_IMPORT = ("MLFLOW_LOGGING", "MLFLOW_CONFIGURE_LOGGING")  # read by `import mlflow`
 PRESTARTED_ENV = script_env()
+
+
+def imports_may_differ(env):
+    keys = env.keys() | PRESTARTED_ENV.keys()
+    return any(env.get(key) != PRESTARTED_ENV.get(key) for key in keys
+               if not key.startswith("MLFLOW_") or key.startswith(MLFLOW_AT_IMPORT))  # fmt: skip
+
+
 _prestarted = {}  # this process's prestarted Python: its process and socket
 
 
@@ -121,8 +138,11 @@ class PrestartedProcess:
         for stream, fd in zip(ours, fds):
             if stream:  # the child has its own copy of the writing end
                 os.close(fd)
-        self.received = b""
-        self.pid = self.answer()
+        self.connection.settimeout(60)
+        self.received, fds, _, _ = socket.recv_fds(self.connection, 64, 1)
+        assert fds, "the prestarted Python could not start the script: see its stderr"
+        self.pidfd = fds[0]
+        self.pid, self.reads = self.answer(), None
 
     def answer(self, timeout=None):
         """The next number the prestarted Python sends: the PID, then the exit code."""
@@ -141,24 +161,43 @@ class PrestartedProcess:
         if self.returncode is None:
             self.returncode = self.answer(timeout)
             self.connection.close()
+            os.close(self.pidfd)
         return self.returncode
 
     def communicate(self, timeout=None):
-        pool = concurrent.futures.ThreadPoolExecutor(2)
-        reads = [pool.submit(stream.read) for stream in (self.stdout, self.stderr) if stream]
-        try:
-            self.wait(timeout)
-        finally:
-            pool.shutdown(wait=False)  # on a timeout, the caller kills the process
-        outputs = iter([read.result() for read in reads])
-        return tuple(next(outputs) if stream else None for stream in (self.stdout, self.stderr))
+        """Its output to the end, and its exit; TimeoutExpired after `timeout` seconds (then
+        kill it and call this again, as with Popen)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.reads is None:  # daemon threads: a hung child cannot hold pytest at exit
+            self.reads = [ReadToEnd(stream) for stream in (self.stdout, self.stderr)]
+        for read in self.reads:
+            read.join(None if deadline is None else max(0, deadline - time.monotonic()))
+            if read.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        self.wait(None if deadline is None else max(0.001, deadline - time.monotonic()))
+        return tuple(read.text for read in self.reads)
 
     def send_signal(self, sig):
         if self.returncode is None:
-            os.kill(self.pid, sig)
+            with contextlib.suppress(ProcessLookupError):  # it has just ended
+                signal.pidfd_send_signal(self.pidfd, sig)
 
     def kill(self):
         self.send_signal(signal.SIGKILL)
+
+
+class ReadToEnd(threading.Thread):
+    """A stream read to its end in the background (nothing to read: `text` None)."""
+
+    def __init__(self, stream):
+        super().__init__(daemon=True)
+        self.stream, self.text = stream, None
+        self.start()
+
+    def run(self):
+        if self.stream:
+            with self.stream:
+                self.text = self.stream.read()
 
 
 @pytest.fixture
@@ -240,14 +279,21 @@ def made_once(tmp_path_factory, name, make):
     with FileLock(shared / f"{name}.lock"):
         saved = shared / f"{name}.json"
         if saved.exists():
+            made = json.loads(saved.read_text())
+            if "failed" in made:  # not again: it takes minutes, and would fail the same way
+                pytest.fail(f"{name}, made by another worker, failed: {made['failed']}")
             return [ScriptRun(Path(workdir), subprocess.CompletedProcess(*result))
-                    for workdir, result in json.loads(saved.read_text())]  # fmt: skip
-        runs = make()
-        saved.write_text(json.dumps([
+                    for workdir, result in made["runs"]]  # fmt: skip
+        try:
+            runs = make()
+        except BaseException as e:
+            saved.write_text(json.dumps({"failed": f"{type(e).__name__}: {e}"}))
+            raise
+        saved.write_text(json.dumps({"runs": [
             [str(run.workdir), [run.result.args, run.result.returncode, run.result.stdout,
                                 run.result.stderr]]
             for run in runs
-        ]))  # fmt: skip
+        ]}))  # fmt: skip
         return runs
 
 

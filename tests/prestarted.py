@@ -5,8 +5,12 @@ Each run is a real process (its own PID, exit code, signals, environment, folder
 descriptors) that runs the script as `__main__`, as `python autolog_mlflow.py` would, and
 exits as Python does (non-daemon threads joined, atexit handlers, streams flushed); it skips
 only the ~7 s of CPU of importing MLflow, scikit-learn, pandas, skrub, MLflow's SQL store and
-the rest, which it inherits from this process, imported but never used. Single-threaded, so forking is
-safe: it waits for requests and for its children's ends (pidfds) in one select loop.
+the rest, which it inherits from this process, imported but never used. No Python thread runs
+here, so forking is safe: it waits for requests and for its children's ends (pidfds) in one
+select loop. What a fork shares with its siblings, unlike new Pythons: the string hash seed
+(a new Python's is random: reproduction tests compare a new Python with a fork), warnings
+already shown at import, the modules imported ahead (a copy of the script that imports a
+module of the same name as one of them gets this one). Linux 5.3 or later (pidfds).
 
 Request: a line of JSON, {"argv": [SCRIPT, ...], "cwd": ..., "env": {...}, "new_session": bool},
 with stdin, stdout and stderr as three file descriptors. Answers: a line with the child's PID,
@@ -51,37 +55,56 @@ def serve(path):
     print("ready", flush=True)
     events = selectors.DefaultSelector()
     events.register(listener, selectors.EVENT_READ)
+    parent = os.pidfd_open(os.getppid())  # pytest's process: when it ends, so does this one
+    events.register(parent, selectors.EVENT_READ)
     while True:
         for key, _ in events.select():
+            if key.fileobj is parent:
+                return
             if key.fileobj is listener:
                 connection, _ = listener.accept()
-                pid = start(connection)
-                events.register(os.pidfd_open(pid), selectors.EVENT_READ, (pid, connection))
+                try:
+                    pid, pidfd = start(connection)
+                except Exception as e:  # a bad request, or no fork: that test fails, not all
+                    print(f"prestarted: {e!r}", file=sys.stderr, flush=True)
+                    connection.close()
+                    continue
+                events.register(pidfd, selectors.EVENT_READ, (pid, connection))
             else:
                 pid, connection = key.data
                 events.unregister(key.fileobj)
                 os.close(key.fd)
                 _, status = os.waitpid(pid, 0)
-                answer(connection, os.waitstatus_to_exitcode(status))
+                with contextlib.suppress(OSError):  # the test that asked may be gone
+                    connection.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
                 connection.close()
 
 
 def start(connection):
+    """Fork the requested run; send its PID, with a pidfd to signal it by (a PID can be reused
+    once this process has reaped the child; a pidfd cannot)."""
     message, fds, _, _ = socket.recv_fds(connection, 1 << 16, 3)
-    while not message.endswith(b"\n"):  # a stream: a long request may come in pieces
-        message += connection.recv(1 << 16)
-    pid = os.fork()
-    if pid == 0:
-        os._exit(run(json.loads(message), fds))
-    for fd in fds:
-        os.close(fd)
-    answer(connection, pid)
-    return pid
-
-
-def answer(connection, number):
-    with contextlib.suppress(OSError):  # the test that asked may be gone: serve the others
-        connection.sendall(f"{number}\n".encode())
+    try:
+        while not message.endswith(b"\n"):  # a stream: a long request may come in pieces
+            chunk = connection.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("the request ended before its end of line")
+            message += chunk
+        request = json.loads(message)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = run(request, fds)
+            finally:
+                os._exit(code)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    pidfd = os.pidfd_open(pid)
+    with contextlib.suppress(OSError):
+        socket.send_fds(connection, [f"{pid}\n".encode()], [pidfd])
+    return pid, pidfd
 
 
 def run(request, fds):
@@ -92,6 +115,9 @@ def run(request, fds):
     import threading
     import traceback
 
+    import numpy
+
+    numpy.random.seed()  # as a new process's: not the same state in every fork
     if request["new_session"]:
         os.setsid()
     for target, fd in enumerate(fds):
@@ -108,31 +134,32 @@ def run(request, fds):
     script = request["argv"][0]
     sys.argv = list(request["argv"])
     sys.path[0] = os.path.dirname(os.path.abspath(script))
-    code = 0
+    code, interrupted = 0, False
     try:
         runpy.run_path(script, run_name="__main__")
     except SystemExit as e:
         if e.code is None:
             code = 0
         elif isinstance(e.code, int):
-            code = e.code
+            code = e.code & 0xFF
         else:
             print(e.code, file=sys.stderr)
             code = 1
     except KeyboardInterrupt:
         traceback.print_exc()
-        code = -signal.SIGINT  # Python ends itself by SIGINT then
+        interrupted = True  # Python ends itself by SIGINT then
     except BaseException:
         traceback.print_exc()
         code = 1
-    threading._shutdown()  # as Python's own exit: wait for non-daemon threads
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
+    for step in (threading._shutdown, atexit._run_exitfuncs):  # Python's own exit, in order
         try:
+            step()
+        except BaseException as e:  # Python prints them and keeps the exit code
+            traceback.print_exception(e)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
             stream.flush()
-        except Exception:
-            pass
-    if code == -signal.SIGINT:
+    if interrupted:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
     return code
@@ -142,5 +169,6 @@ if __name__ == "__main__":
     import threading
 
     import_what_a_run_imports()
+    # No Python thread may run at a fork (OpenBLAS's own threads have fork handlers).
     assert threading.active_count() == 1, "a thread would not survive a fork"
     serve(sys.argv[1])

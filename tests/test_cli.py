@@ -1,7 +1,7 @@
 """The command line: documented defaults, and bad input rejected before any run exists.
 
-Each rule is checked by calling the script's main() in this process (fast); a few of them also
-through a real process, for its exit code and its whole stderr.
+Each rule is checked on a run forked by the tests' prestarted Python (fast: conftest's
+`start_script`); a few of them also in a new Python, for its whole stderr, imports included.
 """
 
 import json
@@ -119,13 +119,14 @@ def test_bad_csv_is_rejected_in_one_line_with_exit_2(tmp_path, script_main, csv,
     assert_rejected_before_any_run(result, tmp_path, message)
 
 
-# Through a real process too, for its exit code and whole stderr: a rule that argparse applies,
+# In a new Python too, for its whole stderr from its first line: a rule that argparse applies,
 # and one that main() does.
 @pytest.mark.parametrize("case", ["grid not JSON", "target not a column"])
-def test_a_real_process_rejects_bad_input_in_one_line_with_exit_2(tmp_path, case):
+def test_a_new_python_rejects_bad_input_in_one_line_with_exit_2(tmp_path, case):
     if case in BAD_CSVS:
         csv, target, message = BAD_CSVS[case]
         args = [*write_csv(tmp_path, csv), "--target", target]
     else:
         args, message = BAD_INPUTS[case]
-    assert_rejected_before_any_run(run_script(tmp_path, *args), tmp_path, message)
+    result = run_script(tmp_path, *args, new_python=True)
+    assert_rejected_before_any_run(result, tmp_path, message)
