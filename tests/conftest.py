@@ -30,7 +30,7 @@ QUICK = ["--param-grid", SMALL_GRID, "--cv", "3", "--n-jobs", "1"]
 TINY = ["--param-grid", '{"n_estimators": [10], "max_depth": [3]}', "--cv", "2", "--n-jobs", "1"]
 
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the script and the UI helpers
-from mlflow_ui import mlflow_server  # noqa: E402
+from mlflow_ui import mlflow_server
 
 
 def script_env():
@@ -123,7 +123,7 @@ class PrestartedProcess:
         for target in (stdout, stderr):
             if target is PIPE:
                 read, write = os.pipe()
-                ours.append(open(read, encoding="utf-8"))
+                ours.append(open(read, encoding="utf-8"))  # noqa: SIM115 -- ReadToEnd closes it
                 fds.append(write)
             else:
                 ours.append(None)

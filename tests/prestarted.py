@@ -63,9 +63,9 @@ def serve(path):
                 return
             if key.fileobj is listener:
                 connection, _ = listener.accept()
-                try:
+                try:  # a bad request, or no fork: that test fails, not every later one
                     pid, pidfd = start(connection)
-                except Exception as e:  # a bad request, or no fork: that test fails, not all
+                except Exception as e:  # noqa: BLE001
                     print(f"prestarted: {e!r}", file=sys.stderr, flush=True)
                     connection.close()
                     continue
@@ -148,13 +148,13 @@ def run(request, fds):
     except KeyboardInterrupt:
         traceback.print_exc()
         interrupted = True  # Python ends itself by SIGINT then
-    except BaseException:
+    except BaseException:  # noqa: BLE001 -- as Python's top level: printed, exit code 1
         traceback.print_exc()
         code = 1
     for step in (threading._shutdown, atexit._run_exitfuncs):  # Python's own exit, in order
         try:
             step()
-        except BaseException as e:  # Python prints them and keeps the exit code
+        except BaseException as e:  # noqa: BLE001 -- Python prints them, keeps the exit code
             traceback.print_exception(e)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
