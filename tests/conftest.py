@@ -70,12 +70,19 @@ def start_script(workdir, *args, script=SCRIPT, env=None, stdout=PIPE, stderr=PI
 
     Forked by the prestarted Python (tests/prestarted.py), which has the script's libraries
     imported: a real process, ~7 s of CPU less to start. A `new_python` where the test is
-    about what a process does from its first line (what the imports print), and wherever the
-    environment differs from the prestarted one's in anything but MLflow's settings read at
-    call time (HOME, PYTHON*, TERM...: imports may have read them)."""
+    about what a process does from its first line (what the imports print), and where `env`
+    sets more than MLflow's settings read at call time (HOME, PYTHON*, TERM...: imports may
+    read them). The rest of the environment is this process's, as the prestarted one's was,
+    with what imports here added since (scikit-learn's KMP_* variables: a new Python's imports
+    set them too)."""
+    import_time = [
+        key
+        for key in env or {}
+        if key.startswith(MLFLOW_AT_IMPORT) or not key.startswith("MLFLOW_")
+    ]
     env = script_env() | (env or {})
     argv = [str(script), *args]
-    if new_python or imports_may_differ(env):
+    if new_python or import_time:
         return subprocess.Popen(
             [sys.executable, *argv], cwd=workdir, env=env, stdout=stdout, stderr=stderr,
             text=True, start_new_session=new_session,
@@ -89,13 +96,6 @@ def start_script(workdir, *args, script=SCRIPT, env=None, stdout=PIPE, stderr=PI
 
 
 MLFLOW_AT_IMPORT = ("MLFLOW_LOGGING", "MLFLOW_CONFIGURE_LOGGING")  # read by `import mlflow`
-PRESTARTED_ENV = script_env()
-
-
-def imports_may_differ(env):
-    keys = env.keys() | PRESTARTED_ENV.keys()
-    return any(env.get(key) != PRESTARTED_ENV.get(key) for key in keys
-               if not key.startswith("MLFLOW_") or key.startswith(MLFLOW_AT_IMPORT))  # fmt: skip
 
 
 _prestarted = {}  # this process's prestarted Python: its process and socket
@@ -106,7 +106,7 @@ def prestarted_socket():
         path = Path(tempfile.mkdtemp(prefix="prestarted-")) / "socket"
         server = subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "prestarted.py"), str(path)],
-            env=PRESTARTED_ENV, stdout=PIPE, text=True,
+            env=script_env(), stdout=PIPE, text=True,
         )  # fmt: skip
         atexit.register(server.kill)
         assert server.stdout.readline() == "ready\n", "the prestarted Python did not start"
