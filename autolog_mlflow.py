@@ -10,7 +10,8 @@ names, the best model logged once with its exact pinned environment, the held-ou
 was done to each column of the data, and a profile of the training table.
 
 While the search fits, its progress shows on stderr: a live bar on a terminal, a line per tenth
-of the fits elsewhere. Then the script reads the run back *from the tracking store* -- proof of
+of the fits elsewhere; and in the MLflow UI each candidate's child run appears once its folds are
+fitted, its scores filled in when the search ends. Then the script reads the run back *from the tracking store* -- proof of
 what was logged, not what we think we logged -- checks that everything expected is there, and
 prints a report: run ID, status and duration, what was done to each column of the data, params,
 metrics, artifacts, the logged model and how to load it, the child runs as a leaderboard, the
@@ -43,6 +44,7 @@ SIGTERM (the run ends KILLED).
 import _thread  # interrupt_main: a signal for the main thread, on every platform
 import argparse
 import calendar
+import collections
 import concurrent.futures
 import contextlib
 import csv
@@ -53,6 +55,7 @@ import json
 import logging
 import os
 import platform
+import queue
 import re
 import signal
 import subprocess
@@ -88,7 +91,7 @@ from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.types import DataType
 from mlflow.utils.credentials import get_default_host_creds, read_mlflow_creds
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlflow.utils.rest_utils import http_request, verify_rest_response
 from sklearn import (
     ensemble,  # the estimator's module: see ESTIMATOR
@@ -379,6 +382,7 @@ def run_experiment(experiment, client, mlflow_warnings, where):
     with (
         tracked_run(args.run_name) as run,
         heartbeat(run.info.run_id),
+        live_child_runs(run, args) as live,
         datasets_built_once() as dataset_of,
         data_profile(data.X_train, data.y_train, args.seed) as profile,
     ):
@@ -388,7 +392,7 @@ def run_experiment(experiment, client, mlflow_warnings, where):
                  f"{'s' * (candidates > 1)} with {args.cv}-fold CV on {where} ...")  # fmt: skip
         log_record(experiment.record)
         register_datasets(dataset_of, data.X_train, data.X_test)
-        search = build_search(args).set_callbacks(SearchProgress())  # progress on stderr
+        search = build_search(args).set_callbacks(SearchProgress(live))  # stderr, and the UI
         search.fit(data.X_train, data.y_train)
         with rescued_on_failure(search, data.X_train, run.info.run_id):
             report = log_what_the_search_found(experiment, search, profile, client, mlflow_warnings)
@@ -1016,7 +1020,9 @@ def data_profile(X_train, y_train, seed):
 # at every fit that the forest takes no callbacks. So this callback counts the fits itself
 # (it is not propagated to the forests) and draws one bar on stderr, or writes plain lines.
 class SearchProgress:
-    """Fits done of the total, time elapsed and left, on stderr, while a search fits.
+    """Fits done of the total, time elapsed and left, on stderr, while a search fits; and each
+    candidate whose folds are all fitted, to `live_child_runs` (see "Child runs as candidates
+    finish").
 
     On a terminal, a live bar; elsewhere (CI logs, pipes), a line at each further tenth of the
     fits. The total comes from scikit-learn's task tree: every CV fit, and the refit. Copies of
@@ -1025,8 +1031,12 @@ class SearchProgress:
 
     in_worker, address, authkey = False, None, None  # until the fit begins
 
+    def __init__(self, live_child_runs=None):
+        self.live_child_runs = live_child_runs
+
     def setup(self, estimator, context):  # in this process, as the search's fit begins
         self.total, self.done, self.tenths_shown = context.max_subtasks, 0, 0
+        self.folds, self.folds_done = None, collections.Counter()
         self.start, self.lock = time.monotonic(), threading.Lock()
         console = rich.console.Console(stderr=True)
         self.bar = live_bar(console) if console.is_interactive else None
@@ -1041,15 +1051,20 @@ class SearchProgress:
     def on_fit_task_begin(self, estimator, context):
         if context.max_subtasks and context.parent is not None:  # the search: its fits take
             self.total += context.max_subtasks - 1  # the place of one task in the total
+            self.folds = estimator.n_splits_
             if self.bar:
                 self.bar.update(self.bar.task_ids[0], total=self.total)
                 self.bar.start()
 
     def on_fit_task_end(self, estimator, context):
+        # A CV fit's task is candidate x folds + fold (scikit-learn 1.9's _search.py).
+        cv_fit = context.task_id if context.task_name == "candidate-split-evaluation" else None
         if context.parent is None:  # the whole fit succeeded: every fit is done
             self.fit_done(all_of_them=True)
+            if self.live_child_runs:  # for autologging to fill in (ChildRunsQueued)
+                estimator.child_runs_made_ = self.live_child_runs.made()
         elif context.max_subtasks == 0 and not self.in_worker:
-            self.fit_done()
+            self.fit_done(cv_fit)
         elif context.max_subtasks == 0:  # a copy in a worker: tell this process
             # Progress must never fail a fit: a worker that cannot reach this process (a Dask
             # worker on another machine) stays silent, and the count jumps at the end.
@@ -1057,7 +1072,8 @@ class SearchProgress:
                 contextlib.suppress(Exception),
                 connection.Client(self.address, authkey=self.authkey) as c,
             ):
-                c.send("fit done")
+                c.send(cv_fit)
+                c.recv()
 
     def teardown(self, estimator, context):
         self.listener.close()
@@ -1067,17 +1083,25 @@ class SearchProgress:
     def count_reported_fits(self):
         while True:
             try:
-                with self.listener.accept() as connection:
-                    connection.recv()
+                connection = self.listener.accept()
             except OSError:  # closed: the fit is over
                 return
-            except Exception:  # a connection that did not report a fit
+            except Exception:  # a connection that did not authenticate
                 continue
-            self.fit_done()
+            with connection, contextlib.suppress(Exception):  # one that did not report a fit
+                cv_fit = connection.recv()
+                self.fit_done(cv_fit if isinstance(cv_fit, int) else None)
+                # The worker waits for this, so every fit is counted before the search ends.
+                connection.send("counted")
 
-    def fit_done(self, all_of_them=False):
+    def fit_done(self, cv_fit=None, all_of_them=False):
         with self.lock:
             self.done = self.total if all_of_them else min(self.done + 1, self.total)
+            if cv_fit is not None and self.folds and self.live_child_runs:
+                candidate = cv_fit // self.folds
+                self.folds_done[candidate] += 1
+                if self.folds_done[candidate] == self.folds:
+                    self.live_child_runs.candidate_done(candidate)
             if self.bar:  # redrawn at once, and every second for the clock
                 self.bar.update(self.bar.task_ids[0], completed=self.done, total=self.total)
                 self.bar.refresh()
@@ -1261,6 +1285,8 @@ def tracked_run(run_name):
         # reference cycle, and the read lock with it: ending the run would wait 20 s and fail.
         traceback.clear_frames(e.__traceback__)
         gc.collect()
+        with contextlib.suppress(Exception):  # the run's own end matters more
+            end_running_children(MlflowClient(), run, status)
         e.add_note(end_run(run.info.run_id, status))
         raise
     mlflow.end_run("FINISHED")
@@ -1416,6 +1442,7 @@ def close_dead_runs(client, experiment_id):
             tags.append(RunTag("mlflow.note.content", f"**Died**: {evidence}."))
         client.log_batch(run.info.run_id, tags=tags)
         client.set_terminated(run.info.run_id, "FAILED", end_time=end_time)
+        end_running_children(client, run, "FAILED", end_time)
         progress(f"closed run {run.info.run_id}, which had died: {evidence}")
         closed.append({"run_id": run.info.run_id, "run_name": run.info.run_name,
                        "evidence": evidence})  # fmt: skip
@@ -1537,7 +1564,11 @@ def child_runs_named_at_creation():
     create_child_runs = utils._create_child_runs_for_parameter_search
 
     def child_runs_named(autologging_client, cv_estimator, **rest):  # as autologging calls it
-        queued = ChildRunsQueued(autologging_client)
+        # The child runs made during the search (see "Child runs as candidates finish") are
+        # filled in, if every candidate gets one: autologging then goes in cv_results_' order.
+        every_candidate = rest["max_tuning_runs"] is None
+        made = getattr(cv_estimator, "child_runs_made_", {}) if every_candidate else {}
+        queued = ChildRunsQueued(autologging_client, made)
         create_child_runs(autologging_client=queued, cv_estimator=cv_estimator, **rest)
         varied = sorted(set().union(*cv_estimator.cv_results_["params"]))
         for run_id, params in queued.params.items():
@@ -1553,13 +1584,25 @@ def child_runs_named_at_creation():
 
 class ChildRunsQueued:
     """Autologging's queueing client, noting the params and metrics queued for each child run,
-    and writing each distinct param value once."""
+    writing each distinct param value once, and filling in the child runs `made` already."""
 
-    def __init__(self, client):
+    def __init__(self, client, made):
         self.client, self.params, self.metrics, self.texts = client, {}, {}, {}
+        self.made, self.created = made, 0
 
-    def __getattr__(self, name):  # create_run, log_inputs, set_terminated: as they are
+    def __getattr__(self, name):  # log_inputs, set_terminated: as they are
         return getattr(self.client, name)
+
+    def create_run(self, experiment_id, start_time, tags):
+        """The next candidate's child run: the one made during the search, its tags queued
+        (sent in the batch with its params and metrics), or a new one."""
+        candidate, self.created = self.created, self.created + 1
+        if candidate not in self.made:
+            return self.client.create_run(
+                experiment_id=experiment_id, start_time=start_time, tags=tags
+            )
+        self.client.set_tags(self.made[candidate], tags)
+        return self.made[candidate]
 
     def log_params(self, run_id, params):
         self.params[run_id] = params
@@ -1577,13 +1620,88 @@ class ChildRunsQueued:
 
 
 def child_run_tags(varied, params, metrics, children):
-    """A child run's name, after the hyperparameters the search varied, and its description."""
+    """A child run's name and its description."""
     line = (f"rank {int(metrics['rank_test_score'])} of {children}: mean CV {score_name()} "
             f"{metrics['mean_test_score']:.3f} (+/- {2 * metrics['std_test_score']:.3f})")  # fmt: skip
-    return {
-        MLFLOW_RUN_NAME: " ".join(f"{key}={params[key]}" for key in varied),
-        "mlflow.note.content": line,
-    }
+    return {MLFLOW_RUN_NAME: child_run_name(varied, params), "mlflow.note.content": line}
+
+
+def child_run_name(varied, params):
+    """After the hyperparameters the search varied: `max_depth=5 n_estimators=100`."""
+    return " ".join(f"{key}={params[key]}" for key in varied)
+
+
+# %% Child runs as candidates finish, so that the MLflow UI lists a long search's candidates
+# while it runs. scikit-learn 1.9's callbacks tell this process when each CV fit ends
+# (SearchProgress), not its score: when a candidate's last fold ends, its child run is made,
+# named, RUNNING; when the search ends, autologging fills it in (its params, CV metrics, rank,
+# dataset) and ends it, instead of making it (ChildRunsQueued.create_run). With
+# --max-tuning-runs N, the top N are known only at the end: they are made then, as before. A
+# run that fails ends its children as itself; one that dies, the sweep ends them with it.
+@contextlib.contextmanager
+def live_child_runs(run, args):
+    """LiveChildRuns for the search's candidates (None with --max-tuning-runs N), stopped when
+    the block ends."""
+    if args.max_tuning_runs != "all":
+        yield None
+        return
+    live = LiveChildRuns(run, args.param_grid)
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+class LiveChildRuns:
+    """The child runs made while the search runs, by candidate index; written by a thread of
+    their own, so that neither the search nor its progress waits for the store."""
+
+    def __init__(self, parent, param_grid):
+        self.parent, self.candidates = parent, ParameterGrid(param_grid)
+        self.varied = sorted(set().union(*self.candidates))
+        self.run_ids, self.queue, self.stopped = {}, queue.SimpleQueue(), threading.Event()
+        self.writer = threading.Thread(target=self.write, name="child runs", daemon=True)
+        self.writer.start()
+
+    def candidate_done(self, candidate):
+        self.queue.put(candidate)
+
+    def write(self):
+        client, parent = MlflowClient(), self.parent.info
+        while (candidate := self.queue.get()) is not None and not self.stopped.is_set():
+            tags = {
+                MLFLOW_PARENT_RUN_ID: parent.run_id,
+                MLFLOW_RUN_NAME: child_run_name(self.varied, self.candidates[candidate]),
+                "mlflow.note.content": "Its folds are fitted; its scores come when the search ends.",
+            }
+            # Never fails the search: a child not made here, autologging makes at the end.
+            with contextlib.suppress(Exception):
+                run = client.create_run(parent.experiment_id, tags=tags)
+                self.run_ids[candidate] = run.info.run_id
+
+    def made(self):
+        """The child runs made, once the search has succeeded (none made after)."""
+        self.queue.put(None)
+        self.writer.join()
+        return dict(self.run_ids)
+
+    def stop(self):
+        """No more child runs: the search has ended, or failed (a create under way may finish,
+        unless the store is too slow to answer in SERVER_CHECK_TIMEOUT)."""
+        self.stopped.set()
+        self.queue.put(None)
+        self.writer.join(SERVER_CHECK_TIMEOUT)
+
+
+def end_running_children(client, run, status, end_time=None):
+    """End `status` the child runs of `run` still RUNNING (made while its search ran)."""
+    for child in client.search_runs(
+        [run.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'RUNNING'",
+        max_results=10_000,
+    ):
+        child_end = None if end_time is None else max(end_time, child.info.start_time)
+        client.set_terminated(child.info.run_id, status, end_time=child_end)
 
 
 # %% What each run records, so that it can be run again (read back by --reproduce)

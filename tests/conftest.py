@@ -263,6 +263,20 @@ def parent_runs(tracking_uri):
     return client.search_runs(experiments, filter_string="tags.mlflow.parentRunId IS NULL")
 
 
+def child_runs_once_made(client, run_id, timeout=300):
+    """The child runs of a run still searching, as soon as it has one."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = client.search_runs(
+            [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
+        )
+        if children:
+            return children
+        time.sleep(0.05)
+    raise AssertionError(f"run {run_id} made no child run in {timeout} s")
+
+
 def finished_run(workdir, *args, script=SCRIPT, new_python=False):
     """A successful run of the script (or a copy) in `workdir`."""
     result = run_script(workdir, "--json", *args, script=script, new_python=new_python)

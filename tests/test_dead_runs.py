@@ -13,7 +13,15 @@ import sys
 import time
 
 import pytest
-from conftest import QUICK, SCRIPT, parent_runs, run_at_once, run_script, start_script
+from conftest import (
+    QUICK,
+    SCRIPT,
+    child_runs_once_made,
+    parent_runs,
+    run_at_once,
+    run_script,
+    start_script,
+)
 from mlflow import MlflowClient
 from mlflow_ui import mlflow_server
 from postgres import postgres_server
@@ -43,9 +51,12 @@ def kill_hard(process):
     process.communicate()
 
 
-def killed_run(workdir, *args, script=SCRIPT):
-    """A run of the script killed mid-search; (its run ID, the PID that ran it)."""
+def killed_run(workdir, *args, script=SCRIPT, with_children=False):
+    """A run of the script killed mid-search (`with_children`: once it has made a child run);
+    (its run ID, the PID that ran it)."""
     process, run_id = start_run(workdir, *QUICK, *args, script=script)
+    if with_children:
+        child_runs_once_made(sqlite_client(workdir), run_id)
     kill_hard(process)
     return run_id, process.pid
 
@@ -77,9 +88,14 @@ def same_host_evidence(run):
 
 @pytest.mark.slow
 def test_run_killed_mid_search_is_ended_failed_by_the_next_run_with_the_evidence(tmp_path):
-    dead_id, pid = killed_run(tmp_path)
+    dead_id, pid = killed_run(tmp_path, with_children=True)
     client = sqlite_client(tmp_path)
     assert client.get_run(dead_id).info.status == "RUNNING"  # what MLflow alone leaves
+    children = client.search_runs(
+        [client.get_run(dead_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{dead_id}'",
+    )
+    assert {child.info.status for child in children} == {"RUNNING"}
 
     result = run_script(tmp_path, *QUICK)
     assert result.returncode == 0, result.stderr
@@ -96,6 +112,9 @@ def test_run_killed_mid_search_is_ended_failed_by_the_next_run_with_the_evidence
     new_id = result.stdout.split("Run ID: ")[1].split()[0]
     assert client.get_run(new_id).info.status == "FINISHED"
     assert CRASHED not in client.get_run(new_id).data.tags
+    for child in children:  # made during its search: ended with it
+        ended = client.get_run(child.info.run_id).info
+        assert ended.status == "FAILED" and ended.end_time >= ended.start_time
 
 
 @pytest.mark.slow

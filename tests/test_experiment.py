@@ -8,7 +8,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import QUICK, ROOT, SMALL_GRID, finished_run
+from conftest import QUICK, ROOT, SMALL_GRID, child_runs_once_made, finished_run, start_script
+from mlflow import MlflowClient
 from sklearn.datasets import load_iris, make_classification
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score
@@ -102,6 +103,51 @@ def test_one_child_run_per_candidate_named_after_its_hyperparameters(request, se
         expected = " ".join(f"{key}={child.data.params[key]}" for key in sorted(grid))
         assert child.info.run_name == expected
         assert {"mean_test_score", "std_test_score", "rank_test_score"} <= set(child.data.metrics)
+
+
+@pytest.mark.parametrize("run", ["quick_run", "second_quick_run"])  # fits here; in workers
+def test_each_child_run_is_made_during_the_search_and_filled_in_after_it(request, run):
+    made = request.getfixturevalue(run)
+    parent = made.run.info
+    # Autologging's first metric, logged once the search's fit has returned.
+    searched = made.client.get_metric_history(parent.run_id, "training_score")[0].timestamp
+    for child in made.child_runs():
+        assert parent.start_time < child.info.start_time < searched
+        assert child.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_candidates_appear_in_the_store_while_the_search_runs(tmp_path):
+    """A long search fills the MLflow UI as it goes: each candidate's child run exists, named
+    and RUNNING, once its folds are fitted; the same runs hold its scores at the end."""
+    grid = {"n_estimators": [10, 100, 200, 300]}  # the later candidates take longer
+    process = start_script(tmp_path, "--json", "--param-grid", json.dumps(grid), "--cv", "3")
+    line = process.stderr.readline()  # "run <id>: searching ..."
+    assert line.startswith("run "), line + process.stderr.read()
+    run_id = line.split()[1].rstrip(":")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    seen = child_runs_once_made(client, run_id)
+    searching = client.get_run(run_id)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr
+
+    assert "training_score" not in searching.data.metrics  # the search had not returned
+    for child in seen:
+        assert child.info.status == "RUNNING"
+        assert child.info.run_name in {f"n_estimators={n}" for n in grid["n_estimators"]}
+        assert child.data.tags["mlflow.note.content"] == (
+            "Its folds are fitted; its scores come when the search ends."
+        )
+        assert child.data.metrics == {}
+    children = client.search_runs(
+        [searching.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
+    )
+    assert len(children) == len(grid["n_estimators"])
+    assert {child.info.run_id for child in seen} <= {child.info.run_id for child in children}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.note.content"].startswith("rank ")
+        assert {"mean_test_score", "rank_test_score"} <= set(child.data.metrics)
 
 
 def test_best_model_is_logged_once_ready_with_signature_and_pinned_requirements(quick_run):

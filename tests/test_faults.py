@@ -15,6 +15,7 @@ import sqlalchemy
 from conftest import (
     QUICK,
     SCRIPT,
+    child_runs_once_made,
     parent_runs,
     run_eight_at_once,
     run_script,
@@ -175,14 +176,19 @@ def test_read_only_artifact_folder_is_rejected_before_any_run(tmp_path):
 @pytest.mark.slow
 def test_signal_mid_search_ends_the_run_killed(tmp_path, sig, exit_code, message):
     process, run_id = start_run(tmp_path)  # the default search takes seconds
-    # Once a tenth of its fits are done.
-    next(line for line in process.stderr if line.startswith("search: "))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    child_runs_once_made(client, run_id)  # once a candidate's folds are all done
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == exit_code
     assert f"{message}; run {run_id} ended KILLED" in stderr
     assert "Traceback" not in stderr
     assert run_status(tmp_path, run_id) == "KILLED"
+    children = client.search_runs(
+        [client.get_run(run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
+    )
+    assert children and {child.info.status for child in children} == {"KILLED"}
 
 
 def test_a_stop_dropped_in_a_garbage_collector_callback_is_raised_again(monkeypatch):

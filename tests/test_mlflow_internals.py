@@ -301,6 +301,39 @@ def test_child_runs_named_at_creation_hold_what_mlflows_own_hold(store, max_tuni
         )
 
 
+def test_child_runs_made_during_the_search_are_filled_in_by_candidate(store):
+    """Autologging goes through cv_results_ in order when every candidate gets a child run: the
+    run made for candidate k during the search gets candidate k's params, metrics, tags and
+    end, and no other run is made."""
+    X, y = make_classification(n_samples=200, n_features=4, random_state=0)
+    search = search_of(GRID).fit(X, y)
+    dataset = mlflow.data.from_numpy(X, targets=y)
+    client = mlflow.MlflowClient()
+    theirs, ours = [client.create_run("0") for _ in range(2)]
+    for parent in (theirs, ours):
+        client.log_inputs(parent.info.run_id, [DatasetInput(dataset._to_mlflow_entity())])
+    candidates = search.cv_results_["params"]
+    search.child_runs_made_ = {
+        k: client.create_run("0", tags={"mlflow.parentRunId": ours.info.run_id}).info.run_id
+        for k in range(len(candidates))
+    }
+
+    mlflows = child_runs_made_by(mlflow.sklearn.utils._create_child_runs_for_parameter_search,
+                                 search, theirs, None, dataset)  # fmt: skip
+    with autolog_mlflow.child_runs_named_at_creation():
+        filled = child_runs_made_by(mlflow.sklearn.utils._create_child_runs_for_parameter_search,
+                                    search, ours, None, dataset)  # fmt: skip
+
+    assert {child.info.run_id for child in filled.values()} == set(search.child_runs_made_.values())
+    by_params = {tuple(sorted(c.data.params.items())): c for c in mlflows.values()}
+    for k, run_id in search.child_runs_made_.items():
+        child = client.get_run(run_id)
+        assert child.info.run_name == " ".join(f"{p}={candidates[k][p]}" for p in sorted(GRID))
+        mine = recorded(child, ours)
+        own = recorded(by_params[tuple(sorted(child.data.params.items()))], theirs)
+        assert mine[:1] + mine[2:] == own[:1] + own[2:]  # the start: the parent's, or when made
+
+
 def test_each_child_runs_params_are_turned_into_text_once(store):
     """The pipeline's steps are params of every child run; scikit-learn's repr of them is slow."""
     X, y = make_classification(n_samples=100, n_features=4, random_state=0)
