@@ -32,6 +32,7 @@ copy that explains nothing, on the default search and on a 200,000-row table wit
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -193,24 +194,30 @@ def print_variants(n_jobs, results):
         )
 
 
-def scaling(rounds, workdir, sizes, tracking_uri=None):
+def scaling(rounds, workdir, sizes, cv, tracking_uri=None):
     """Per grid size: the logging overhead (script - bare, medians) and the ratio script / bare;
-    and the cost per child run."""
+    the cost per child run; and where one run of the largest grid spends its time."""
     extra = ["--tracking-uri", tracking_uri] if tracking_uri else []
+    search = SEARCH | {"cv": cv}
     overhead, ratio = {}, {}
     warm_dir = Path(tempfile.mkdtemp(dir=workdir))
-    measure(script_command(SCALING_GRIDS[9], 1, *extra), warm_dir)  # warm the store
+    measure(script_command(SCALING_GRIDS[9], 1, *extra, search=search), warm_dir)  # warm it
     for size in sizes:
         bare, script = [], []
         for _ in range(rounds):
-            bare.append(measure(bare_command(SCALING_GRIDS[size], 1), workdir)[0])
-            script.append(measure(script_command(SCALING_GRIDS[size], 1, *extra), warm_dir)[0])
+            bare.append(measure(bare_command(SCALING_GRIDS[size], 1, search), workdir)[0])
+            script.append(
+                measure(script_command(SCALING_GRIDS[size], 1, *extra, search=search), warm_dir)[0]
+            )
         overhead[size] = statistics.median(script) - statistics.median(bare)
         ratio[size] = statistics.median(script) / statistics.median(bare)
         print(f"  scaling {tracking_uri or 'sqlite'}: {size} done", file=sys.stderr, flush=True)
     smallest, largest = min(overhead), max(overhead)
     per_child_ms = 1000 * (overhead[largest] - overhead[smallest]) / (largest - smallest)
-    return overhead, ratio, per_child_ms
+    profile = profile_script(
+        script_command(SCALING_GRIDS[largest], 1, *extra, search=search), warm_dir
+    )
+    return overhead, ratio, per_child_ms, profile
 
 
 def write_table(rows, folder, kind="numeric"):
@@ -266,6 +273,7 @@ PROFILED_STEPS = {
     "building datasets (digest, schema)": "mlflow/data/pandas_dataset.py:from_pandas",
     "autologging: training metrics and plots": "mlflow/sklearn/utils.py:_log_estimator_content",
     "autologging: child runs": "mlflow/sklearn/utils.py:_create_child_runs_for_parameter_search",
+    "autologging: writing what it queued (the child runs' params, metrics, ends)": "mlflow/utils/autologging_utils/client.py:flush",
     "recording the datasets": "autolog_mlflow.py:register_datasets",
     "held-out metrics (bare work too)": "autolog_mlflow.py:score_on_test_split",
     "describing the data, its profile": "autolog_mlflow.py:describe_data|"
@@ -559,6 +567,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--scaling-rounds", type=int, default=3, help="rounds per grid size")
+    parser.add_argument("--scaling-cv", type=int, default=SEARCH["cv"], help="folds of the scaling")
     parser.add_argument("--skip-scaling", action="store_true", help="no grid-size scaling")
     parser.add_argument(
         "--scaling-stores",
@@ -629,30 +638,33 @@ def main():
             return
         stores, results = args.scaling_stores.split(","), {}
         sizes = [int(size) for size in args.scaling_sizes.split(",")]
+        scale = functools.partial(scaling, args.scaling_rounds, workdir, sizes, args.scaling_cv)
         if "sqlite" in stores:
-            results["SQLite"] = scaling(args.scaling_rounds, workdir, sizes)
+            results["SQLite"] = scale()
         if "server" in stores:
             server_dir = tempfile.mkdtemp(dir=workdir)
             with mlflow_server(f"sqlite:///{server_dir}/mlflow.db", server_dir, "server") as server:
-                results["mlflow server on SQLite"] = scaling(
-                    args.scaling_rounds, workdir, sizes, server.url
-                )
+                results["mlflow server on SQLite"] = scale(server.url)
         if "postgres" in stores:
             with team_server(tempfile.mkdtemp(dir=workdir)) as server:
-                results["mlflow server on PostgreSQL"] = scaling(
-                    args.scaling_rounds, workdir, sizes, server.url
-                )
-    print_scaling(results, sizes)
+                results["mlflow server on PostgreSQL"] = scale(server.url)
+    print_scaling(results, sizes, args.scaling_cv)
 
 
-def print_scaling(results, sizes):
-    print("\n### Scaling: every candidate a child run, n_jobs=1\n")
+def print_scaling(results, sizes, cv):
+    print(f"\n### Scaling: every candidate a child run, cv {cv}, n_jobs=1\n")
     header = " | ".join(f"{size}: overhead s (script / bare)" for size in sizes)
     print(f"| store | {header} | per child run ms |")
     print("|---|" + "---|" * (len(sizes) + 1))
-    for store, (overhead, ratio, per_child_ms) in results.items():
+    for store, (overhead, ratio, per_child_ms, _) in results.items():
         cells = " | ".join(f"{overhead[size]:.2f} ({ratio[size]:.2f}x)" for size in sizes)
         print(f"| {store} | {cells} | {per_child_ms:.1f} |")
+    print(f"\nWhere one run of the {max(sizes)}-candidate grid spends its time, s (one cProfiled")
+    print("run per store, main thread; profiling inflates Python-heavy steps):\n")
+    print(f"| step | {' | '.join(results)} |")
+    print("|---|" + "---|" * len(results))
+    for step in PROFILED_STEPS:
+        print(f"| {step} | {' | '.join(f'{r[3][step]:.2f}' for r in results.values())} |")
 
 
 if __name__ == "__main__":

@@ -133,6 +133,9 @@ def run(request, fds):
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     script = request["argv"][0]
     sys.argv = list(request["argv"])
+    # multiprocessing's alias of the main module at its import: this server's, not the script's
+    # (the script records the files of the modules it imported from its repository).
+    sys.modules.pop("__mp_main__", None)
     sys.path[0] = os.path.dirname(os.path.abspath(script))
     code, interrupted = 0, False
     try:

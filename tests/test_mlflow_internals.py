@@ -313,10 +313,13 @@ def test_child_runs_made_during_the_search_are_filled_in_by_candidate(store):
     for parent in (theirs, ours):
         client.log_inputs(parent.info.run_id, [DatasetInput(dataset._to_mlflow_entity())])
     candidates = search.cv_results_["params"]
+    # Made with some of the tags autologging gives: those are not sent again, and still there.
+    made_with = {"mlflow.parentRunId": ours.info.run_id, "mlflow.autologging": "sklearn"}
     search.child_runs_made_ = {
-        k: client.create_run("0", tags={"mlflow.parentRunId": ours.info.run_id}).info.run_id
+        k: (client.create_run("0", tags=made_with).info.run_id, made_with)
         for k in range(len(candidates))
     }
+    made = {k: run_id for k, (run_id, _) in search.child_runs_made_.items()}
 
     mlflows = child_runs_made_by(mlflow.sklearn.utils._create_child_runs_for_parameter_search,
                                  search, theirs, None, dataset)  # fmt: skip
@@ -324,9 +327,9 @@ def test_child_runs_made_during_the_search_are_filled_in_by_candidate(store):
         filled = child_runs_made_by(mlflow.sklearn.utils._create_child_runs_for_parameter_search,
                                     search, ours, None, dataset)  # fmt: skip
 
-    assert {child.info.run_id for child in filled.values()} == set(search.child_runs_made_.values())
+    assert {child.info.run_id for child in filled.values()} == set(made.values())
     by_params = {tuple(sorted(c.data.params.items())): c for c in mlflows.values()}
-    for k, run_id in search.child_runs_made_.items():
+    for k, run_id in made.items():
         child = client.get_run(run_id)
         assert child.info.run_name == " ".join(f"{p}={candidates[k][p]}" for p in sorted(GRID))
         mine = recorded(child, ours)
