@@ -11,13 +11,14 @@ was done to each column of the data, and a profile of the training table.
 
 While the search fits, its progress shows on stderr: a live bar on a terminal, a line per tenth
 of the fits elsewhere; and in the MLflow UI each candidate's child run appears once its folds are
-fitted, its scores filled in when the search ends. Then the script reads the run back *from the tracking store* -- proof of
-what was logged, not what we think we logged -- checks that everything expected is there, and
-prints a report: run ID, status and duration, what was done to each column of the data, params,
-metrics, artifacts, the logged model and how to load it, the child runs as a leaderboard, the
-columns that matter most, how the run compares with earlier runs on the same data, and how to
-browse it in the MLflow UI, where the run's page opens with the same summary and the grid's
-scores as a picture. A run that is missing anything ends FAILED.
+fitted, its scores filled in when the search ends. Then the script reads the run back *from the
+tracking store* -- proof of what was logged, not what we think we logged -- checks that
+everything expected is there, and prints a report: run ID, status and duration, what was done
+to each column of the data, params, metrics, artifacts, the logged model and how to load it,
+the child runs as a leaderboard, the columns that matter most, how the run compares with
+earlier runs on the same data, and how to browse it in the MLflow UI, where the run's page opens
+with the same summary and the grid's scores as a picture. A run that is missing anything ends
+FAILED.
 
 Run it:
 
@@ -1098,16 +1099,20 @@ class SearchProgress:
         with self.lock:
             self.done = self.total if all_of_them else min(self.done + 1, self.total)
             if cv_fit is not None and self.folds and self.live_child_runs:
-                candidate = cv_fit // self.folds
-                self.folds_done[candidate] += 1
-                if self.folds_done[candidate] == self.folds:
-                    self.live_child_runs.candidate_done(candidate)
+                self.fold_done(cv_fit)
             if self.bar:  # redrawn at once, and every second for the clock
                 self.bar.update(self.bar.task_ids[0], completed=self.done, total=self.total)
                 self.bar.refresh()
             elif self.done * 10 // self.total > self.tenths_shown:
                 self.tenths_shown = self.done * 10 // self.total
                 progress(progress_line(self.done, self.total, time.monotonic() - self.start))
+
+    def fold_done(self, cv_fit):
+        """Count a CV fit for its candidate; one whose folds are all fitted gets its child run."""
+        candidate = cv_fit // self.folds
+        self.folds_done[candidate] += 1
+        if self.folds_done[candidate] == self.folds:
+            self.live_child_runs.candidate_done(candidate)
 
 
 def live_bar(console):
@@ -1441,8 +1446,9 @@ def close_dead_runs(client, experiment_id):
             # The run's description, atop its page in the UI: why it is FAILED.
             tags.append(RunTag("mlflow.note.content", f"**Died**: {evidence}."))
         client.log_batch(run.info.run_id, tags=tags)
-        client.set_terminated(run.info.run_id, "FAILED", end_time=end_time)
+        # Its children first: a sweep stopped in between leaves the parent RUNNING, found again.
         end_running_children(client, run, "FAILED", end_time)
+        client.set_terminated(run.info.run_id, "FAILED", end_time=end_time)
         progress(f"closed run {run.info.run_id}, which had died: {evidence}")
         closed.append({"run_id": run.info.run_id, "run_name": run.info.run_name,
                        "evidence": evidence})  # fmt: skip
@@ -1594,13 +1600,15 @@ class ChildRunsQueued:
         return getattr(self.client, name)
 
     def create_run(self, experiment_id, start_time, tags):
-        """The next candidate's child run: the one made during the search, or a new one."""
+        """The next candidate's child run (autologging asks in cv_results_' order): the one made
+        during the search, or a new one."""
         candidate, self.created = self.created, self.created + 1
         if candidate not in self.made:
             return self.client.create_run(
                 experiment_id=experiment_id, start_time=start_time, tags=tags
             )
-        run_id, self.sent[run_id] = self.made[candidate]
+        run_id, sent = self.made[candidate]
+        self.sent[run_id] = sent
         self.set_tags(run_id, tags)
         return run_id
 
@@ -1678,6 +1686,8 @@ class LiveChildRuns:
         # Where the fits run in this very thread (--n-jobs 1), a thread beside them fights them
         # for the interpreter: 80 child runs made by one slowed the search by 6 s; made here,
         # each costs what it costs (~7 ms on SQLite). Reported by workers: the writer makes it.
+        if self.stopped.is_set():
+            return
         if threading.current_thread() is threading.main_thread():
             self.make(candidate)
         else:
@@ -1692,10 +1702,14 @@ class LiveChildRuns:
             MLFLOW_RUN_NAME: child_run_name(self.varied, self.candidates[candidate]),
             "mlflow.note.content": "Its folds are fitted; its scores come when the search ends.",
         }
-        # Never fails the search: a child not made here, autologging makes at the end.
-        with contextlib.suppress(Exception):
+        # Never fails the search: a child not made here, autologging makes at the end. After a
+        # failure, none is tried again (a lost server would cost each candidate MLflow's retries).
+        try:
             run = self.client.create_run(self.parent.info.experiment_id, tags=tags)
-            self.runs[candidate] = run.info.run_id, tags
+        except Exception:
+            self.stopped.set()
+            return
+        self.runs[candidate] = run.info.run_id, tags
 
     def made(self):
         """The child runs made, once the search has succeeded (none made after)."""

@@ -313,10 +313,16 @@ def test_child_runs_made_during_the_search_are_filled_in_by_candidate(store):
     for parent in (theirs, ours):
         client.log_inputs(parent.info.run_id, [DatasetInput(dataset._to_mlflow_entity())])
     candidates = search.cv_results_["params"]
-    # Made with some of the tags autologging gives: those are not sent again, and still there.
-    made_with = {"mlflow.parentRunId": ours.info.run_id, "mlflow.autologging": "sklearn"}
+
+    # Made as during a search: named, a placeholder description, and some of the tags
+    # autologging gives (not sent again, and still there).
+    def made_with(k):
+        name = " ".join(f"{p}={candidates[k][p]}" for p in sorted(GRID))
+        return {"mlflow.parentRunId": ours.info.run_id, "mlflow.autologging": "sklearn",
+                "mlflow.runName": name, "mlflow.note.content": "folds fitted"}  # fmt: skip
+
     search.child_runs_made_ = {
-        k: (client.create_run("0", tags=made_with).info.run_id, made_with)
+        k: (client.create_run("0", tags=made_with(k)).info.run_id, made_with(k))
         for k in range(len(candidates))
     }
     made = {k: run_id for k, (run_id, _) in search.child_runs_made_.items()}
@@ -328,6 +334,7 @@ def test_child_runs_made_during_the_search_are_filled_in_by_candidate(store):
                                     search, ours, None, dataset)  # fmt: skip
 
     assert {child.info.run_id for child in filled.values()} == set(made.values())
+    assert len(children_of(ours)) == len(candidates)  # no other child run
     by_params = {tuple(sorted(c.data.params.items())): c for c in mlflows.values()}
     for k, run_id in made.items():
         child = client.get_run(run_id)
@@ -335,6 +342,9 @@ def test_child_runs_made_during_the_search_are_filled_in_by_candidate(store):
         mine = recorded(child, ours)
         own = recorded(by_params[tuple(sorted(child.data.params.items()))], theirs)
         assert mine[:1] + mine[2:] == own[:1] + own[2:]  # the start: the parent's, or when made
+        assert child.data.tags["mlflow.note.content"].startswith(
+            f"rank {int(child.data.metrics['rank_test_score'])} of {len(candidates)}: "
+        )
 
 
 def test_each_child_runs_params_are_turned_into_text_once(store):
