@@ -1706,7 +1706,7 @@ class LiveChildRuns:
         # failure, none is tried again (a lost server would cost each candidate MLflow's retries).
         try:
             run = self.client.create_run(self.parent.info.experiment_id, tags=tags)
-        except Exception:
+        except Exception:  # noqa: BLE001 -- whatever it is, the search goes on
             self.stopped.set()
             return
         self.runs[candidate] = run.info.run_id, tags
