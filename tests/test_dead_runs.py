@@ -211,8 +211,10 @@ def test_close_dead_runs_starts_no_run_so_it_refuses_run_options(tmp_path, scrip
     result = script_main("--close-dead-runs", "--register-model", "m")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "autolog_mlflow.py: error: --close-dead-runs starts no run: give it without --reproduce "
-        "and --register-model (see --help)"
+        (
+            "autolog_mlflow.py: error: --close-dead-runs starts no run: give it without "
+            "--reproduce and --register-model (see --help)"
+        )
     ]
     assert not (tmp_path / "mlflow.db").exists()
 

@@ -80,8 +80,10 @@ def test_unreachable_dask_scheduler_fails_in_one_line_within_its_connect_timeout
     assert time.monotonic() - start - baseline < autolog_mlflow.DASK_CONNECT_TIMEOUT + 5
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"autolog_mlflow.py: error: cannot reach the Dask scheduler {address}: "
-        f"Timed out trying to connect to {address} after {autolog_mlflow.DASK_CONNECT_TIMEOUT} s"
+        (
+            f"autolog_mlflow.py: error: cannot reach the Dask scheduler {address}: "
+            f"Timed out trying to connect to {address} after {autolog_mlflow.DASK_CONNECT_TIMEOUT} s"
+        )
     ]
     assert not (tmp_path / "mlruns").exists() or not any((tmp_path / "mlruns").rglob("meta*"))
 
