@@ -1727,11 +1727,9 @@ class LiveChildRuns:
 
 def end_running_children(client, run, status, end_time=None):
     """End `status` the child runs of `run` still RUNNING (made while its search ran)."""
-    for child in client.search_runs(
-        [run.info.experiment_id],
-        f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'RUNNING'",
-        max_results=10_000,
-    ):
+    for child in find_child_runs(client, run):
+        if child.info.status != "RUNNING":
+            continue
         child_end = None if end_time is None else max(end_time, child.info.start_time)
         client.set_terminated(child.info.run_id, status, end_time=child_end)
 

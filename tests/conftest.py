@@ -32,6 +32,8 @@ TINY = ["--param-grid", '{"n_estimators": [10], "max_depth": [3]}', "--cv", "2",
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the script and the UI helpers
 from mlflow_ui import mlflow_server
 
+import autolog_mlflow
+
 
 def script_env():
     """The environment for the script: ours, less MLflow settings (tests set a tracking URI)
@@ -265,12 +267,10 @@ def parent_runs(tracking_uri):
 
 def child_runs_once_made(client, run_id, timeout=300):
     """The child runs of a run still searching, as soon as it has one."""
-    experiment_id = client.get_run(run_id).info.experiment_id
+    run = client.get_run(run_id)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        children = client.search_runs(
-            [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
-        )
+        children = autolog_mlflow.find_child_runs(client, run)
         if children:
             return children
         time.sleep(0.05)

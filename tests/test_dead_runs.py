@@ -91,10 +91,7 @@ def test_run_killed_mid_search_is_ended_failed_by_the_next_run_with_the_evidence
     dead_id, pid = killed_run(tmp_path, with_children=True)
     client = sqlite_client(tmp_path)
     assert client.get_run(dead_id).info.status == "RUNNING"  # what MLflow alone leaves
-    children = client.search_runs(
-        [client.get_run(dead_id).info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{dead_id}'",
-    )
+    children = autolog_mlflow.find_child_runs(client, client.get_run(dead_id))
     assert {child.info.status for child in children} == {"RUNNING"}
 
     result = run_script(tmp_path, *QUICK)

@@ -139,9 +139,7 @@ def test_candidates_appear_in_the_store_while_the_search_runs(tmp_path):
             "Its folds are fitted; its scores come when the search ends."
         )
         assert child.data.metrics == {}
-    children = client.search_runs(
-        [searching.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
-    )
+    children = autolog_mlflow.find_child_runs(client, searching)
     assert len(children) == len(grid["n_estimators"])
     assert {child.info.run_id for child in seen} <= {child.info.run_id for child in children}
     for child in children:

@@ -184,10 +184,7 @@ def test_signal_mid_search_ends_the_run_killed(tmp_path, sig, exit_code, message
     assert f"{message}; run {run_id} ended KILLED" in stderr
     assert "Traceback" not in stderr
     assert run_status(tmp_path, run_id) == "KILLED"
-    children = client.search_runs(
-        [client.get_run(run_id).info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
-    )
+    children = autolog_mlflow.find_child_runs(client, client.get_run(run_id))
     assert children and {child.info.status for child in children} == {"KILLED"}
 
 
