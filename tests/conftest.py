@@ -25,9 +25,15 @@ from mlflow import MlflowClient
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "autolog_mlflow.py"
 SMALL_GRID = '{"n_estimators": [10, 20], "max_depth": [null, 3]}'  # 4 quick candidates
-QUICK = ["--param-grid", SMALL_GRID, "--cv", "3", "--n-jobs", "1"]
+SMALL_SEARCH = ["--param-grid", SMALL_GRID, "--cv", "3", "--n-jobs", "1"]
+# Where the data is not the point: 5 of the bundled data's 30 columns, as a CSV. skrub's
+# TableVectorizer works column by column at every fit and transform (~3 ms a column here): on
+# all 30 it is a third of a small search's CPU.
+SMALL_TABLE = ["--data", str(ROOT / "tests" / "small_table.csv"), "--target", "target"]
+QUICK = [*SMALL_TABLE, *SMALL_SEARCH]
 # One candidate, 2 folds: for runs at once, which contend for the store, not for the search.
-TINY = ["--param-grid", '{"n_estimators": [10], "max_depth": [3]}', "--cv", "2", "--n-jobs", "1"]
+TINY = [*SMALL_TABLE, "--param-grid", '{"n_estimators": [10], "max_depth": [3]}', "--cv", "2",
+        "--n-jobs", "1"]  # fmt: skip
 
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the script and the UI helpers
 from mlflow_ui import mlflow_server
@@ -319,15 +325,15 @@ def default_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def quick_runs(tmp_path_factory):
-    """The QUICK search twice in one fresh folder: its fits in the script's process, then again
-    in parallel worker processes (--n-jobs -1), the store now warm. Made together, so that runs
-    other tests add to this store come after both. The first in a new Python, as a user starts
-    it; the second forked by the prestarted one, as most runs of the tests are: the two are
-    compared (test_experiment.py, test_reproduce.py)."""
+    """The small search on the bundled data twice in one fresh folder: its fits in the script's
+    process, then again in parallel worker processes (--n-jobs -1), the store now warm. Made
+    together, so that runs other tests add to this store come after both. The first in a new
+    Python, as a user starts it; the second forked by the prestarted one, as most runs of the
+    tests are: the two are compared (test_experiment.py, test_reproduce.py)."""
 
     def make():
-        first = finished_run(tmp_path_factory.mktemp("quick"), *QUICK, new_python=True)
-        return first, finished_run(first.workdir, *QUICK, "--n-jobs", "-1")
+        first = finished_run(tmp_path_factory.mktemp("quick"), *SMALL_SEARCH, new_python=True)
+        return first, finished_run(first.workdir, *SMALL_SEARCH, "--n-jobs", "-1")
 
     return made_once(tmp_path_factory, "quick_runs", make)
 
@@ -384,7 +390,9 @@ def table_run(tmp_path_factory):
     def make():
         workdir = tmp_path_factory.mktemp("table")
         penguins().to_csv(workdir / "penguins.csv", index=False)
-        return [finished_run(workdir, "--data", "penguins.csv", "--target", "species", *QUICK)]
+        return [
+            finished_run(workdir, "--data", "penguins.csv", "--target", "species", *SMALL_SEARCH)
+        ]
 
     return made_once(tmp_path_factory, "table_run", make)[0]
 

@@ -8,7 +8,15 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import QUICK, ROOT, SMALL_GRID, child_runs_once_made, finished_run, start_script
+from conftest import (
+    QUICK,
+    ROOT,
+    SMALL_GRID,
+    SMALL_SEARCH,
+    child_runs_once_made,
+    finished_run,
+    start_script,
+)
 from mlflow import MlflowClient
 from sklearn.datasets import load_iris, make_classification
 from sklearn.ensemble import RandomForestClassifier
@@ -331,7 +339,7 @@ def test_semicolon_separated_csv_with_decimal_commas_is_read_as_numbers(tmp_path
     frame = pd.DataFrame(X, columns=["a", "b", "c", "d"]).assign(label=y)
     frame.to_csv(tmp_path / "semicolons.csv", sep=";", decimal=",", index=False)
 
-    run = finished_run(tmp_path, "--data", "semicolons.csv", "--target", "label", *QUICK)
+    run = finished_run(tmp_path, "--data", "semicolons.csv", "--target", "label", *SMALL_SEARCH)
 
     (train,) = [item for item in run.run.inputs.dataset_inputs for tag in item.tags
                 if tag.key == "mlflow.data.context" and tag.value == "train"]  # fmt: skip

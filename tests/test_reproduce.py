@@ -17,6 +17,7 @@ from conftest import (
     ROOT,
     SCRIPT,
     SMALL_GRID,
+    SMALL_SEARCH,
     ScriptRun,
     finished_run,
     parent_runs,
@@ -63,7 +64,7 @@ def csv_run(tmp_path_factory):
     """A small search on a CSV of the breast-cancer data; its file, cancer.csv, beside it."""
     workdir = tmp_path_factory.mktemp("csv")
     write_csv(workdir / "cancer.csv")
-    return finished_run(workdir, "--data", "cancer.csv", "--target", "target", *QUICK)
+    return finished_run(workdir, "--data", "cancer.csv", "--target", "target", *SMALL_SEARCH)
 
 
 def assert_identical(result, original_id):
@@ -81,7 +82,7 @@ def test_run_records_the_configuration_command_line_python_platform_and_every_pa
     recorded = record(quick_run)
     assert recorded["configuration"]["param_grid"] == json.loads(SMALL_GRID)
     assert recorded["configuration"]["test_size"] == autolog_mlflow.TEST_SIZE
-    assert recorded["command_line"][1:] == ["--json", *QUICK]
+    assert recorded["command_line"][1:] == ["--json", *SMALL_SEARCH]
     environment = recorded["environment"]
     assert environment["python"] == platform.python_version()
     assert environment["platform"] == platform.platform()

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from conftest import ROOT, SCRIPT, SMALL_GRID, finished_run, run_script, script_env
+from conftest import ROOT, SCRIPT, SMALL_GRID, SMALL_TABLE, finished_run, run_script, script_env
 from distributed import Client, LocalCluster
 from mlflow import MlflowClient
 from mlflow_ui import free_port
 
 import autolog_mlflow
 
-QUICK = ["--param-grid", SMALL_GRID, "--cv", "3"]
+QUICK = [*SMALL_TABLE, "--param-grid", SMALL_GRID, "--cv", "3"]  # on every core
 TIMING = ("fit_time", "score_time")
 
 

@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import QUICK, penguins, raw_rows, run_script, script_env
+from conftest import SMALL_SEARCH, penguins, raw_rows, run_script, script_env
 from mlflow import MlflowClient
 from mlflow_ui import free_port
 from test_registry import wait_until_serving
@@ -164,7 +164,7 @@ def test_a_target_a_classifier_cannot_learn_is_rejected_before_any_run(
     tmp_path, script_main, change, message
 ):
     change(penguins()).to_csv(tmp_path / "bad.csv", index=False)
-    result = script_main("--data", "bad.csv", "--target", "species", *QUICK)
+    result = script_main("--data", "bad.csv", "--target", "species", *SMALL_SEARCH)
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert message in line and "Traceback" not in result.stderr
