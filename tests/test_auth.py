@@ -11,14 +11,15 @@ from pathlib import Path
 import matplotlib
 import pytest
 import requests
-from conftest import run_script
+from conftest import SMALL_TABLE, run_script
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from team_server import ADMIN, team_server
 
 pytestmark = pytest.mark.slow
 
-CHEAP = ["--param-grid", '{"n_estimators": [5], "max_depth": [2]}', "--cv", "2", "--n-jobs", "1"]
+CHEAP = [*SMALL_TABLE, "--param-grid", '{"n_estimators": [5], "max_depth": [2]}', "--cv", "2",
+         "--n-jobs", "1"]  # fmt: skip
 EXPERIMENT = "team-experiment"
 MODEL = "team-model"
 # Unique per test session, so that finding one in a file means it leaked there.

@@ -16,7 +16,8 @@ from mlflow_ui import free_port
 
 import autolog_mlflow
 
-QUICK = [*SMALL_TABLE, "--param-grid", SMALL_GRID, "--cv", "3"]  # on every core
+SEARCH = ["--param-grid", SMALL_GRID, "--cv", "3"]  # on every core
+QUICK = [*SMALL_TABLE, *SEARCH]
 TIMING = ("fit_time", "score_time")
 
 
@@ -52,8 +53,9 @@ def test_search_on_a_dask_cluster_is_complete_and_identical_to_a_local_run(
     address, client = dask_cluster
     tasks_before = tasks_run_by_workers(client)
 
-    # A process of its own: the cluster's client here is this process's.
-    on_dask = finished_run(tmp_path, *QUICK, "--dask-scheduler", address, script=SCRIPT)
+    # A process of its own: the cluster's client here is this process's. The bundled data, as
+    # quick_run's.
+    on_dask = finished_run(tmp_path, *SEARCH, "--dask-scheduler", address, script=SCRIPT)
 
     # Every candidate, every fold, a task each; nothing nested in them (a column, a tree).
     assert tasks_run_by_workers(client) - tasks_before == 4 * 3
