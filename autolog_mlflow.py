@@ -1812,7 +1812,9 @@ def code_files_in(top, script):
 
 def installed_distributions():
     """Every installed distribution and its version, by normalised name."""
-    found = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version for d in distributions()}
+    found = {}
+    for meta in (d.metadata for d in distributions()):  # parsed once (`.version` parses again)
+        found[re.sub(r"[-_.]+", "-", meta["Name"]).lower()] = meta["Version"]
     return dict(sorted(found.items()))
 
 

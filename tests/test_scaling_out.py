@@ -153,7 +153,7 @@ def test_model_loads_from_a_process_that_cannot_see_the_servers_folders(tmp_path
     model_uri = run.report["logged_models"][0]["uri"]
     load_and_score = (
         "import json, mlflow.sklearn, autolog_mlflow as a; "
-        "args = a.parse_args([]); data = a.split_data(*a.load_data(args), args); "
+        f"args = a.parse_args({SMALL_TABLE!r}); data = a.split_data(*a.load_data(args), args); "
         f"model = mlflow.sklearn.load_model({model_uri!r}); "
         "print(json.dumps(float((model.predict(data.X_test) == data.y_test).mean())))"
     )  # fmt: skip
