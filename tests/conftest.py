@@ -40,6 +40,21 @@ from mlflow_ui import mlflow_server
 
 import autolog_mlflow
 
+# The files that take longest run first. pytest-xdist hands each worker whole files in the order
+# they are collected (`--no-loadscope-reorder` in pyproject.toml; by default it starts with the
+# files that have the most tests, which are quick), so a long file left for the end would run
+# alone on one core while the other idles. Test seconds summed per file on 2026-11-30 (see
+# tests/README.md, "Durations"); a file not listed runs after these.
+LONGEST_FIRST = ["test_faults.py", "test_reproduce.py", "test_experiment.py", "test_dead_runs.py",
+                 "test_scaling_out.py", "test_registry.py", "test_postgres.py",
+                 "test_platforms.py", "test_adapting.py", "test_auth.py", "test_tables.py",
+                 "test_ui.py", "test_correctness.py", "test_mlflow_internals.py"]  # fmt: skip
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: tests in order
+
 
 def script_env():
     """The environment for the script: ours, less MLflow settings (tests set a tracking URI)
