@@ -16,6 +16,7 @@ import pytest
 from conftest import (
     QUICK,
     SCRIPT,
+    SMALL_TABLE,
     child_runs_once_made,
     parent_runs,
     run_at_once,
@@ -29,9 +30,9 @@ from postgres import postgres_server
 import autolog_mlflow
 from autolog_mlflow import CRASHED, HEARTBEAT, HOST, PID
 
-# Long enough (tens of seconds) to be still running while another run starts and sweeps.
-SLOW = ["--param-grid", '{"n_estimators": [300, 400], "max_depth": [null, 3]}', "--cv", "5",
-        "--n-jobs", "1"]  # fmt: skip
+# Long enough (~20 s of search here) to be still running while another run starts and sweeps.
+SLOW = [*SMALL_TABLE, "--param-grid", '{"n_estimators": [300, 400], "max_depth": [null, 3]}',
+        "--cv", "5", "--n-jobs", "1"]  # fmt: skip
 FAST_BEAT = 2  # seconds: the heartbeat of the script's copies in these tests
 
 

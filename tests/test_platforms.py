@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import QUICK, SCRIPT, parent_runs, script_env
+from conftest import QUICK, SCRIPT, TINY, parent_runs, script_env
 
 import autolog_mlflow
 
@@ -67,7 +67,7 @@ def test_run_with_parallel_worker_processes_finishes_without_posix_only_modules(
 def test_four_first_runs_at_once_on_a_fresh_store_without_posix_only_modules(
     tmp_path, windows_like_env
 ):
-    processes = [start(tmp_path, windows_like_env, *QUICK) for _ in range(4)]
+    processes = [start(tmp_path, windows_like_env, *TINY) for _ in range(4)]
     results = [(process.wait(timeout=600), process.stderr.read()) for process in processes]
     assert [code for code, _ in results] == [0] * 4, results
     runs = parent_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
