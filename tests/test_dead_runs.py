@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -251,7 +252,7 @@ def test_process_start_tells_a_live_process_from_a_dead_one_not_yet_reaped():
         assert started == autolog_mlflow.process_start(child.pid)  # the same process, read again
         assert started != autolog_mlflow.process_start(os.getpid())  # another one
         child.kill()
-        while open(f"/proc/{child.pid}/stat").read().rpartition(")")[2].split()[0] != "Z":
+        while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
             time.sleep(0.05)  # dead, a zombie until its parent (this test) waits for it
         assert autolog_mlflow.process_start(child.pid) is None
     finally:

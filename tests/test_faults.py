@@ -87,7 +87,7 @@ def test_server_that_never_answers_fails_within_its_timeout(tmp_path):
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
-        uri = "http://127.0.0.1:{}".format(silent.getsockname()[1])
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
         result, seconds = seconds_beyond_a_reference(run_script, tmp_path, "--tracking-uri", uri)
     assert result.returncode == 1
     assert "no answer within" in one_line_error(result)

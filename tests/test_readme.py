@@ -16,7 +16,9 @@ MAX_LINES = 220  # issue #23: about 200; the quick start must stay one read
 
 def section(title):
     """The README's text under `## title`, up to the next section."""
-    match = re.search(rf"^## {title}\n(.*?)(?=^## |\Z)", README.read_text(), re.M | re.S)
+    match = re.search(
+        rf"^## {title}\n(.*?)(?=^## |\Z)", README.read_text(), re.MULTILINE | re.DOTALL
+    )
     assert match, f"the README has no section {title!r}"
     return match.group(1)
 
