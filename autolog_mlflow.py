@@ -1812,9 +1812,8 @@ def code_files_in(top, script):
 
 def installed_distributions():
     """Every installed distribution and its version, by normalised name."""
-    found = {}
-    for meta in (d.metadata for d in distributions()):  # parsed once (`.version` parses again)
-        found[re.sub(r"[-_.]+", "-", meta["Name"]).lower()] = meta["Version"]
+    metadata = (d.metadata for d in distributions())  # each parsed once (`.version` parses again)
+    found = {re.sub(r"[-_.]+", "-", meta["Name"]).lower(): meta["Version"] for meta in metadata}
     return dict(sorted(found.items()))
 
 
