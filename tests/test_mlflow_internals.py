@@ -1,8 +1,9 @@
 """The MLflow internals the script works around give MLflow's own answers, and still apply.
 
-autolog_mlflow.datasets_built_once() replaces pieces of MLflow 3.17.2's dataset logging, and
-autolog_mlflow.child_runs_named_at_creation() its child-run creation, for speed (see the script's
-comments). If an MLflow upgrade changes what they compute,
+autolog_mlflow.datasets_built_once() replaces pieces of MLflow 3.17.2's dataset logging,
+autolog_mlflow.training_table_shared() its copy of the training table, and
+autolog_mlflow.child_runs_named_at_creation() its child-run creation, for speed and memory (see
+the script's comments). If an MLflow upgrade changes what they compute,
 or stops going through them, these tests fail: what the run records must never change silently.
 MLFLOW_SETTINGS turns MLflow's usage telemetry off; the last test shows why.
 """
@@ -374,6 +375,59 @@ def test_the_workaround_puts_mlflow_back_as_it_was():
     with autolog_mlflow.child_runs_named_at_creation():
         assert utils._create_child_runs_for_parameter_search is not before
     assert utils._create_child_runs_for_parameter_search is before
+
+
+# The training table shared, not deep-copied: training_table_shared().
+def table_and_target():
+    X, y = make_classification(n_samples=300, n_features=4, random_state=0)
+    return pd.DataFrame(X, columns=["a", "b", "c", "d"]).assign(e="text"), pd.Series(y)
+
+
+def shares_data(copy, original):
+    return np.shares_memory(copy.to_numpy(), original.to_numpy())
+
+
+def test_autologging_takes_a_fits_pandas_table_shared_in_the_block_copied_outside():
+    X, y = table_and_target()
+    fit = RandomForestClassifier().fit
+    take = mlflow.sklearn.utils._get_X_y_and_sample_weight  # autologging's, before each fit
+
+    mlflows_X, _, _ = take(fit, (X, y), {})
+    assert not shares_data(mlflows_X["a"], X["a"]), "MLflow no longer deep-copies X"
+    with autolog_mlflow.training_table_shared():
+        X_taken, y_taken, _ = take(fit, (X, y), {})
+        numbers = X[["a", "b"]].to_numpy()
+        numbers_taken, _, _ = take(fit, (numbers, y.to_numpy()), {})
+
+    assert shares_data(X_taken["a"], X["a"]) and shares_data(y_taken, y)
+    pd.testing.assert_frame_equal(X_taken, X)
+    pd.testing.assert_series_equal(y_taken, y)
+    assert not np.shares_memory(numbers_taken, numbers)  # anything else: copied, as MLflow does
+    X_taken.loc[0, "a"] = -1.0  # copy on write: a change on one side never reaches the other
+    assert X.loc[0, "a"] != -1.0
+
+
+def test_a_fit_in_the_block_leaves_its_table_as_it_was_and_records_the_same_metrics(store):
+    X, y = table_and_target()
+    X = X.drop(columns="e")
+    as_given = X.copy(deep=True)
+    mlflow.sklearn.autolog(log_models=False)
+    recorded = []
+    for block in (contextlib.nullcontext(), autolog_mlflow.training_table_shared()):
+        with mlflow.start_run() as run, block:
+            search_of(GRID).fit(X, y)
+        recorded.append(mlflow.get_run(run.info.run_id).data.metrics)
+
+    pd.testing.assert_frame_equal(X, as_given)
+    assert {"training_score", "training_accuracy_score", "best_cv_score"} <= set(recorded[1])
+    assert recorded[1] == recorded[0]
+
+
+def test_the_shared_table_block_puts_mlflow_back_as_it_was():
+    before = mlflow.sklearn.utils.deepcopy
+    with autolog_mlflow.training_table_shared():
+        assert mlflow.sklearn.utils.deepcopy is not before
+    assert mlflow.sklearn.utils.deepcopy is before
 
 
 # --- MLflow's usage telemetry -----------------------------------------------------------------
