@@ -1495,7 +1495,7 @@ def datasets_built_once():
     built = {}  # digest -> dataset: the store keeps one record per name and digest anyway
 
     def dataset_of(df, source=None):  # as autologging calls it: a frame and a code source
-        digest = pandas_digest(df)  # by content: autologging digests a deep copy of X_train
+        digest = pandas_digest(df)  # by content: autologging digests its copy of X_train
         if digest not in built:
             built[digest] = from_pandas(df, source=source, digest=digest)
         return built[digest]
@@ -1555,11 +1555,11 @@ def all_str_values(column):
 # Before a logged fit, autologging deep-copies the fit's X and y
 # (mlflow.sklearn.utils._get_X_y_and_sample_weight, the one user of that module's `deepcopy`),
 # so that what it logs after the fit cannot see changes the fit made to them. pandas 3 copies on
-# write: a shallow copy is already safe from such changes, and costs nothing. On a 300,000-row
-# table with text, gaps and a date, the run's peak memory fell by 37-63 MiB (about the training
-# split's size); on numeric tables the peak comes later (benchmarks/README.md). Checked by
-# tests/test_mlflow_internals.py: autologging then shares the fit's table, records the same
-# metrics, and the test fails if an upgrade copies another way.
+# write: a shallow copy is already safe from changes made through pandas (scikit-learn makes none
+# at all), and costs nothing. On a large table with text the run's peak memory falls by about the
+# training split's size; on numeric tables the peak comes later (benchmarks/README.md). Checked
+# by tests/test_mlflow_internals.py: a fit's table shared, the same metrics recorded; it fails if
+# an upgrade copies another way.
 @contextlib.contextmanager
 def training_table_shared():
     """Within the block, autologging's copies of a fit's pandas X and y share their data."""

@@ -380,7 +380,8 @@ def test_the_workaround_puts_mlflow_back_as_it_was():
 # The training table shared, not deep-copied: training_table_shared().
 def table_and_target():
     X, y = make_classification(n_samples=300, n_features=4, random_state=0)
-    return pd.DataFrame(X, columns=["a", "b", "c", "d"]).assign(e="text"), pd.Series(y)
+    X = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    return X.assign(e=np.where(X.a > 0, "up", "down")), pd.Series(y)
 
 
 def shares_data(copy, original):
@@ -400,24 +401,35 @@ def test_autologging_takes_a_fits_pandas_table_shared_in_the_block_copied_outsid
         numbers_taken, _, _ = take(fit, (numbers, y.to_numpy()), {})
 
     assert shares_data(X_taken["a"], X["a"]) and shares_data(y_taken, y)
-    pd.testing.assert_frame_equal(X_taken, X)
-    pd.testing.assert_series_equal(y_taken, y)
     assert not np.shares_memory(numbers_taken, numbers)  # anything else: copied, as MLflow does
     X_taken.loc[0, "a"] = -1.0  # copy on write: a change on one side never reaches the other
     assert X.loc[0, "a"] != -1.0
 
 
-def test_a_fit_in_the_block_leaves_its_table_as_it_was_and_records_the_same_metrics(store):
+def test_a_logged_fit_in_the_block_shares_its_table_and_records_the_same_metrics(
+    store, monkeypatch
+):
+    """The script's case: a search of the table pipeline on a table with text, autologged."""
     X, y = table_and_target()
-    X = X.drop(columns="e")
     as_given = X.copy(deep=True)
+    utils, taken = mlflow.sklearn.utils, []
+    take = utils._get_X_y_and_sample_weight
+
+    def noted(*arguments):
+        taken.append(take(*arguments))
+        return taken[-1]
+
+    monkeypatch.setattr(utils, "_get_X_y_and_sample_weight", noted)  # bound by autolog()
     mlflow.sklearn.autolog(log_models=False)
     recorded = []
     for block in (contextlib.nullcontext(), autolog_mlflow.training_table_shared()):
         with mlflow.start_run() as run, block:
-            search_of(GRID).fit(X, y)
+            grid = {"n_estimators": [5], "max_depth": [2, None]}
+            GridSearchCV(autolog_mlflow.table_pipeline(0), grid, cv=2).fit(X, y)
         recorded.append(mlflow.get_run(run.info.run_id).data.metrics)
 
+    (copied, _, _), (shared, _, _) = taken
+    assert not shares_data(copied["a"], X["a"]) and shares_data(shared["a"], X["a"])
     pd.testing.assert_frame_equal(X, as_given)
     assert {"training_score", "training_accuracy_score", "best_cv_score"} <= set(recorded[1])
     assert recorded[1] == recorded[0]
@@ -427,6 +439,9 @@ def test_the_shared_table_block_puts_mlflow_back_as_it_was():
     before = mlflow.sklearn.utils.deepcopy
     with autolog_mlflow.training_table_shared():
         assert mlflow.sklearn.utils.deepcopy is not before
+    assert mlflow.sklearn.utils.deepcopy is before
+    with pytest.raises(RuntimeError), autolog_mlflow.training_table_shared():
+        raise RuntimeError("a failure inside the block")
     assert mlflow.sklearn.utils.deepcopy is before
 
 
