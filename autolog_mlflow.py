@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import unquote, urlparse
 
+import joblib
 import mlflow
 import mlflow.sklearn
 import mlflow.sklearn.utils
@@ -263,11 +264,12 @@ def check_target(y, name):
                        "needs two or more of each; drop those rows or merge the classes")  # fmt: skip
 
 
-def build_search(args):
+def build_search(args, fold_cache=None):
     """The grid search over the pipeline: the table to numbers (skrub), then ESTIMATOR."""
     return GridSearchCV(
-        table_pipeline(args.seed), args.param_grid, scoring=SCORING, cv=args.cv, n_jobs=args.n_jobs
-    )
+        table_pipeline(args.seed, fold_cache), args.param_grid, scoring=SCORING, cv=args.cv,
+        n_jobs=args.n_jobs,
+    )  # fmt: skip
 
 
 # The held-out score that ranks runs on the same data and decides, with --register-model, which
@@ -387,6 +389,7 @@ def run_experiment(experiment, client, mlflow_warnings, where):
         datasets_built_once() as dataset_of,
         training_table_shared(),
         data_profile(data.X_train, data.y_train, args.seed) as profile,
+        fold_cache() as folds,
     ):
         closed_dead_runs = close_dead_runs(client, run.info.experiment_id)
         candidates = len(ParameterGrid(args.param_grid))
@@ -394,8 +397,9 @@ def run_experiment(experiment, client, mlflow_warnings, where):
                  f"{'s' * (candidates > 1)} with {args.cv}-fold CV on {where} ...")  # fmt: skip
         log_record(experiment.record)
         register_datasets(dataset_of, data.X_train, data.X_test)
-        search = build_search(args).set_callbacks(SearchProgress(live))  # stderr, and the UI
+        search = build_search(args, folds).set_callbacks(SearchProgress(live))  # stderr, the UI
         search.fit(data.X_train, data.y_train)
+        search.best_estimator_.memory = None  # the model logged: the folds' cache is not its
         with rescued_on_failure(search, data.X_train, run.info.run_id):
             report = log_what_the_search_found(experiment, search, profile, client, mlflow_warnings)
     finished = client.get_run(run.info.run_id)
@@ -867,7 +871,6 @@ def search_backend(args):
         yield "local processes"
         return
     try:  # optional: imported only when asked for
-        import joblib
         from distributed import Client as DaskClient
         from distributed import LocalCluster
     except ImportError:
@@ -927,6 +930,7 @@ class TablePipeline(Pipeline):
     In a plain Pipeline they carry the step's name (`randomforestclassifier__max_depth`): on the
     command line, in `best_*` params, child-run params and names, cv_results.csv. Here a name
     without `__` goes to the estimator, and get_params lists the estimator's under their own.
+    With a FoldCache as `memory`, the steps before the estimator run once per CV fold.
     """
 
     def get_params(self, deep=True):
@@ -943,11 +947,61 @@ class TablePipeline(Pipeline):
             **{f"{estimator}__{key}" if key in own else key: value for key, value in params.items()}
         )
 
+    def _iter(self, with_final=True, filter_passthrough=True):
+        # scikit-learn 1.9.1 caches a step's fit (`memory`), not its transform: predict, score,
+        # predict_proba, decision_function... take the steps before the estimator from this
+        # private generator, so here each of them transforms through the FoldCache. (_fit asks
+        # with filter_passthrough=False, for steps to fit.) test_mlflow_internals.py counts the
+        # transforms of a search: it fails if an upgrade bypasses this.
+        for index, name, step in super()._iter(with_final, filter_passthrough):
+            if isinstance(self.memory, FoldCache) and not with_final and filter_passthrough:
+                step = CachedTransform(step, self.memory.cache(transformed))
+            yield index, name, step
 
-def table_pipeline(seed):
+
+class FoldCache(joblib.Memory):
+    """The preprocessing fitted once per CV fold, not once per candidate and fold.
+
+    Only the estimator's hyperparameters vary from one candidate to the next, so the steps
+    before it see the same rows in every candidate of a fold. On disk, for the search's worker
+    processes (or each Dask worker) to share, keyed by a step's parameters and its rows: each
+    step's fit and output (scikit-learn's pipeline caching) and its output on the scored rows
+    (TablePipeline._iter). The results are those of fitting again: same CV scores, same model.
+    """
+
+    def __repr__(self):  # in the run's `estimator` param: no temporary path
+        return "FoldCache()"
+
+
+@contextlib.contextmanager
+def fold_cache():
+    """A FoldCache for one search, removed with its folder when the search is over."""
+    with tempfile.TemporaryDirectory(prefix="autolog_mlflow-folds-") as folder:
+        yield FoldCache(folder, verbose=0)
+
+
+class CachedTransform:
+    """A fitted step whose transform is looked up in a FoldCache before it is computed."""
+
+    def __init__(self, step, cached_transformed):
+        self.step, self.cached_transformed = step, cached_transformed
+
+    def transform(self, X, **params):
+        return self.cached_transformed(self.step, X, params)
+
+    def __getattr__(self, name):  # anything else: the step's own
+        return getattr(self.step, name)
+
+
+def transformed(step, X, params):
+    return step.transform(X, **params)
+
+
+def table_pipeline(seed, fold_cache=None):
     """skrub's pipeline for ESTIMATOR (numbers as they are, text encoded, dates split into
-    numbers), with every random_state in it set to the seed."""
-    pipeline = TablePipeline(skrub.tabular_pipeline(clone(ESTIMATOR)).steps)
+    numbers), with every random_state in it set to the seed; its preprocessing fitted once per
+    CV fold with a `fold_cache`."""
+    pipeline = TablePipeline(skrub.tabular_pipeline(clone(ESTIMATOR)).steps, memory=fold_cache)
     seeded = [key for key in pipeline.get_params() if key.split("__")[-1] == "random_state"]
     return pipeline.set_params(**dict.fromkeys(seeded, seed))
 
