@@ -421,10 +421,12 @@ def log_what_the_search_found(experiment, search, profile, client, mlflow_warnin
     mlflow_warnings.raise_if_any()
     mlflow.sklearn.autolog(disable=True)  # its work is done; what follows is ours
     progress("logging the best model, explaining the run, checking what the store holds ...")
-    log_best_model(search, data.X_train)
-    described = describe_data(data, search.best_estimator_, args)
-    log_data_description(described, *profile())
-    importance, importance_rows = explain_run(search, data, y_pred, args.seed)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # side by side: one core each
+        explained = pool.submit(explain_run, client, run_id, search, data, y_pred, args.seed)
+        log_best_model(search, data.X_train)
+        described = describe_data(data, search.best_estimator_, args)
+        log_data_description(described, *profile())
+        importance, importance_rows = explained.result()
     reproduction = original and log_reproduction(client, original, run_id, record, X_test)
     report = read_run_back(client, run_id)
     require_complete(report, args, search, held_out_metrics)
@@ -1913,22 +1915,24 @@ def log_record(record):
 # %% The run explains itself in the MLflow UI: a summary as its description, the grid as a
 # picture, what drives the model, the held-out confusion matrix. Made after autologging is
 # switched off, so that the predictions made here are not logged as metrics of their own.
-def explain_run(search, data, y_pred, seed):
+def explain_run(client, run_id, search, data, y_pred, seed):
     """Log the grid's picture, the raw columns' importance and the held-out confusion matrix;
     returns the importance table (and how many held-out rows it was measured on).
 
-    The pictures are Figures of their own, never pyplot's: its shared state is not thread-safe,
-    and the data profile's thread (skrub's TableReport) draws with it.
+    It runs in a thread while the model is logged, so it logs through `client` to `run_id` (the
+    active run is the main thread's). The pictures are Figures of their own, never pyplot's:
+    its shared state is not thread-safe, and the data profile's thread (skrub's TableReport)
+    draws with it.
     """
-    mlflow.log_figure(grid_scores_figure(search), "grid_scores.png")
+    client.log_figure(run_id, grid_scores_figure(search), "grid_scores.png")
     importance, rows = raw_column_importance(search, data.X_test, data.y_test, seed)
-    mlflow.log_text(importance.to_csv(index=False), "feature_importance.csv")
-    mlflow.log_figure(importance_figure(importance, rows), "feature_importance.png")
+    client.log_text(run_id, importance.to_csv(index=False), "feature_importance.csv")
+    client.log_figure(run_id, importance_figure(importance, rows), "feature_importance.png")
     if is_classifier(search):
         figure, axes = figure_and_axes(5, 4)
         ConfusionMatrixDisplay.from_predictions(data.y_test, y_pred, ax=axes, colorbar=False)
         axes.set_title(f"Held-out confusion matrix ({len(data.y_test)} rows)")
-        mlflow.log_figure(figure, "held_out_confusion_matrix.png")
+        client.log_figure(run_id, figure, "held_out_confusion_matrix.png")
     return importance, rows
 
 
@@ -2006,7 +2010,9 @@ def raw_column_importance(search, X, y, seed):
 
     TableVectorizer encodes each column on its own, so shuffling a raw column shuffles the
     columns it became, in the same order: the table is encoded once, and only the estimator
-    predicts again for each shuffle (as for encoded features, but grouped by raw column).
+    predicts again for each shuffle (as for encoded features, but grouped by raw column). The
+    shuffles are drawn in order from the seed, then scored on every core (threads: a forest
+    predicts without Python's lock).
     """
     if len(X) > IMPORTANCE_ROWS:
         X, y = (
@@ -2015,13 +2021,24 @@ def raw_column_importance(search, X, y, seed):
         )
     vectorizer, estimator = search.best_estimator_.steps[0][1], search.best_estimator_.steps[-1][1]
     encoded, rng = vectorizer.transform(X), np.random.default_rng(seed)
-    baseline = search.scorer_(estimator, encoded, y)
+    shuffles = {
+        column: [shuffled(encoded, outputs, rng) for _ in range(IMPORTANCE_REPEATS)]
+        for column in X.columns
+        if (outputs := vectorizer.input_to_outputs_.get(column))  # none: dropped, no information
+    }  # fmt: skip
+
+    def score(table):
+        return search.scorer_(estimator, table, y)
+
+    baseline = score(encoded)
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+        drops = {column: [baseline - s for s in pool.map(score, tables)]
+                 for column, tables in shuffles.items()}  # fmt: skip
     table = []
     for column in X.columns:
-        outputs = vectorizer.input_to_outputs_.get(column, [])  # none: dropped, no information
-        drops = [baseline - search.scorer_(estimator, shuffled(encoded, outputs, rng), y)
-                 for _ in range(IMPORTANCE_REPEATS if outputs else 0)] or [0.0]  # fmt: skip
-        table.append({"column": str(column), "importance": np.mean(drops), "std": np.std(drops)})
+        column_drops = drops.get(column, [0.0])
+        table.append({"column": str(column), "importance": np.mean(column_drops),
+                      "std": np.std(column_drops)})  # fmt: skip
     return pd.DataFrame(table).sort_values("importance", ascending=False, kind="stable"), len(X)
 
 
