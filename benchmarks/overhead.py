@@ -1,4 +1,5 @@
-"""What does tracking cost? autolog_mlflow.py against the same search without MLflow.
+"""What does the script cost? autolog_mlflow.py against the plain search a user would write
+instead, and against the same pipeline without MLflow.
 
     python benchmarks/overhead.py                 # the full benchmark (about 30 minutes)
     python benchmarks/overhead.py --rounds 2 --skip-scaling   # a quick look
@@ -11,10 +12,15 @@
 
 Whole processes, interleaved (A B C, A B C, ...) so that a noisy machine hurts every variant
 alike, and compared by their medians:
-  bare    the same data, split, grid, CV, seed and n_jobs, without MLflow
+  plain   what a user writes instead: GridSearchCV(RandomForestClassifier()) on the same data,
+          split, grid, CV, seed and n_jobs, scored on the held-out split, no pipeline, no
+          MLflow (on a table with text: a hand-written OrdinalEncoder pipeline)
+  bare    the script's own pipeline (skrub's TableVectorizer, then the forest), no MLflow
   fresh   autolog_mlflow.py on a store that does not exist yet
   warm    autolog_mlflow.py on a store that already exists
-at --n-jobs 1 and -1. Then scaling: grids of 9, 80 and 320 candidates with every candidate
+for the default grid at --n-jobs 1 and -1 and 80 candidates at -1 (time / plain is what a user
+sees; bare / plain is the pipeline's own cost, warm / bare tracking's), and for tables of 20,000
+and 200,000 rows, numeric and with text (plain, bare, warm). Then scaling: grids of 9, 80 and 320 candidates with every candidate
 logged as a child run, on SQLite and on a real `mlflow server` on 127.0.0.1, backed by SQLite
 and by PostgreSQL (tools/postgres.py; Debian's, as tests/setup.sh installs it); the cost per child
 run is the slope of the logging overhead (script minus bare) between the smallest and the
@@ -70,10 +76,43 @@ SCALING_GRIDS = {
 # The data-size sweep: synthetic tables (seeded make_classification, 20 features, a binary
 # target) passed with --data/--target, and a small grid, so that the rows and not the grid
 # drive the cost.
-DATA_SIZES = [10_000, 100_000, 300_000]
+DATA_SIZES = [20_000, 200_000]
 DATA_GRID = {"n_estimators": [10], "max_depth": [5, 10]}
 DATA_SEARCH = {"cv": 3, "seed": 42, "test_size": 0.25, "n_jobs": -1}
-# The search without MLflow: what autolog_mlflow.py does, less the tracking.
+# What a user writes instead of the script: the forest searched on the table as it is (the
+# bundled data, a numeric table), or with its text columns as ordinal codes; no MLflow.
+PLAIN = """
+import json, sys
+import pandas as pd
+from sklearn.compose import make_column_transformer
+from sklearn.datasets import load_breast_cancer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OrdinalEncoder
+c = json.loads(sys.argv[1])
+if c.get("data"):
+    frame = pd.read_csv(c["data"])
+    X, y = frame.drop(columns=[c["target"]]), frame[c["target"]]
+else:
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+X_train, X_test, y_train, y_test = train_test_split(
+    X, y, test_size=c["test_size"], stratify=y, random_state=c["seed"])
+estimator, grid = RandomForestClassifier(random_state=c["seed"]), c["grid"]
+text = X.select_dtypes(exclude="number").columns
+if len(text):
+    codes = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1,
+                           encoded_missing_value=-1)
+    estimator = make_pipeline(make_column_transformer((codes, text), remainder="passthrough"),
+                              estimator)
+    grid = {f"randomforestclassifier__{name}": values for name, values in grid.items()}
+search = GridSearchCV(estimator, grid, cv=c["cv"], n_jobs=c["n_jobs"]).fit(X_train, y_train)
+y_pred = search.predict(X_test)
+accuracy_score(y_test, y_pred), f1_score(y_test, y_pred)
+roc_auc_score(y_test, search.predict_proba(X_test)[:, 1])
+"""
+# The script's search without MLflow: its pipeline, less the tracking.
 BARE = """
 import json, sys
 import pandas as pd
@@ -145,9 +184,13 @@ def measure(command, cwd, env=None):
     return seconds, usage.ru_maxrss / 1024
 
 
-def bare_command(grid, n_jobs, search=SEARCH, data=None):
+def bare_command(grid, n_jobs, search=SEARCH, data=None, program=BARE):
     config = search | {"grid": grid, "n_jobs": n_jobs, "data": data, "target": "label"}
-    return [sys.executable, "-c", BARE, json.dumps(config)]
+    return [sys.executable, "-c", program, json.dumps(config)]
+
+
+def plain_command(grid, n_jobs, search=SEARCH, data=None):
+    return bare_command(grid, n_jobs, search, data, program=PLAIN)
 
 
 def script_command(grid, n_jobs, *extra, search=SEARCH):
@@ -168,29 +211,48 @@ def summary(samples):
     }
 
 
-def compare_variants(n_jobs, rounds, workdir):
-    """Interleaved rounds of bare / fresh store / warm store; returns their summaries."""
+# The searches compared with the plain one: (title, grid, search settings, n_jobs, fresh store)
+VARIANTS = [
+    ("Default search (9 candidates x 5 folds), n_jobs=1", DEFAULT_GRID, SEARCH, 1, True),
+    ("Default search (9 candidates x 5 folds), n_jobs=-1", DEFAULT_GRID, SEARCH, -1, True),
+    ("80 candidates x 3 folds, small forests, n_jobs=-1", SCALING_GRIDS[80], SEARCH | {"cv": 3},
+     -1, False),
+]  # fmt: skip
+
+
+def compare_variants(grid, search, n_jobs, fresh, rounds, workdir):
+    """Interleaved rounds of plain / bare / fresh store / warm store; returns their summaries."""
+    commands = {
+        "plain": plain_command(grid, n_jobs, search),
+        "bare": bare_command(grid, n_jobs, search),
+        "fresh": script_command(grid, n_jobs, search=search),
+        "warm": script_command(grid, n_jobs, search=search),
+    }
+    if not fresh:
+        del commands["fresh"]
     warm_dir = Path(tempfile.mkdtemp(dir=workdir))
-    measure(script_command(DEFAULT_GRID, n_jobs), warm_dir)  # create the warm store
-    samples = {"bare": [], "fresh": [], "warm": []}
+    measure(commands["warm"], warm_dir)  # create the warm store
+    samples = {name: [] for name in commands}
     for round_ in range(rounds):
-        samples["bare"].append(measure(bare_command(DEFAULT_GRID, n_jobs), workdir))
-        fresh_dir = tempfile.mkdtemp(dir=workdir)
-        samples["fresh"].append(measure(script_command(DEFAULT_GRID, n_jobs), fresh_dir))
-        samples["warm"].append(measure(script_command(DEFAULT_GRID, n_jobs), warm_dir))
-        print(f"  n_jobs={n_jobs} round {round_ + 1}/{rounds}", file=sys.stderr, flush=True)
+        for name, command in commands.items():
+            folder = tempfile.mkdtemp(dir=workdir) if name == "fresh" else warm_dir
+            samples[name].append(measure(command, folder))
+        print(f"  {json.dumps(grid)[:40]}... n_jobs={n_jobs} round {round_ + 1}/{rounds}",
+              file=sys.stderr, flush=True)  # fmt: skip
     return {name: summary(values) for name, values in samples.items()}
 
 
-def print_variants(n_jobs, results):
-    bare = results["bare"]
-    print(f"\n### Default search (9 candidates x 5 folds), n_jobs={n_jobs}\n")
-    print("| variant | median s | min-max s | peak RSS MiB | time / bare | RSS / bare |")
-    print("|---|---|---|---|---|---|")
+def print_variants(title, results):
+    plain, bare = results["plain"], results["bare"]
+    print(f"\n### {title}\n")
+    print("| variant | median s | min-max s | peak RSS MiB | time / plain | time / bare "
+          "| RSS / plain |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(
             f"| {name} | {r['median']:.2f} | {r['min']:.2f}-{r['max']:.2f} | {r['rss']:.0f} "
-            f"| {r['median'] / bare['median']:.2f} | {r['rss'] / bare['rss']:.2f} |"
+            f"| {r['median'] / plain['median']:.2f} | {r['median'] / bare['median']:.2f} "
+            f"| {r['rss'] / plain['rss']:.2f} |"
         )
 
 
@@ -247,7 +309,8 @@ def write_table(rows, folder, kind="numeric"):
 
 
 def data_sizes(sizes, rounds, workdir, kind="numeric"):
-    """Bare vs script (warm store), interleaved, per table size; returns their summaries."""
+    """Plain, bare and script (warm store), interleaved, per table size; returns their summaries
+    (with the table's size in memory, as pandas reads it) and a profile of the largest."""
     warm_dir = Path(tempfile.mkdtemp(dir=workdir))
     measure(script_command(SCALING_GRIDS[9], 1), warm_dir)  # create the warm store
     results = {}
@@ -257,14 +320,25 @@ def data_sizes(sizes, rounds, workdir, kind="numeric"):
             DATA_GRID, DATA_SEARCH["n_jobs"], "--data", str(table), "--target", "label",
             search=DATA_SEARCH,
         )  # fmt: skip
-        bare = bare_command(DATA_GRID, DATA_SEARCH["n_jobs"], DATA_SEARCH, str(table))
-        samples = {"bare": [], "script": []}
+        commands = {
+            "plain": plain_command(DATA_GRID, DATA_SEARCH["n_jobs"], DATA_SEARCH, str(table)),
+            "bare": bare_command(DATA_GRID, DATA_SEARCH["n_jobs"], DATA_SEARCH, str(table)),
+            "script": script,
+        }
+        samples = {name: [] for name in commands}
         for round_ in range(rounds):
-            samples["bare"].append(measure(bare, workdir))
-            samples["script"].append(measure(script, warm_dir))
+            for name, command in commands.items():
+                samples[name].append(measure(command, warm_dir if name == "script" else workdir))
             print(f"  {rows} rows: round {round_ + 1}/{rounds}", file=sys.stderr, flush=True)
         results[rows] = {name: summary(values) for name, values in samples.items()}
+        results[rows]["table MiB"] = table_mib(table)
     return results, profile_script(script, warm_dir)
+
+
+def table_mib(path):
+    import pandas as pd
+
+    return pd.read_csv(path).memory_usage(deep=True).sum() / 2**20
 
 
 # Where the script's time goes: the cumulative time of these steps in one profiled run.
@@ -306,19 +380,24 @@ def profile_script(command, cwd):
 def print_data_sizes(results, profile, kind):
     print(f"\n### Data size, {kind} table: {json.dumps(DATA_GRID)}, cv {DATA_SEARCH['cv']}, "
           "n_jobs -1, warm store\n")  # fmt: skip
-    print(
-        "| rows | bare s | script s | overhead s | time / bare | bare MiB | script MiB | RSS / bare |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    print("| rows | table MiB | plain s | bare s | script s | script / plain | bare / plain "
+          "| plain MiB | bare MiB | script MiB | script MiB - plain MiB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for rows, r in results.items():
-        bare, script = r["bare"], r["script"]
+        plain, bare, script = r["plain"], r["bare"], r["script"]
         print(
-            f"| {rows:,} | {bare['median']:.2f} | {script['median']:.2f} "
-            f"| {script['median'] - bare['median']:.2f} | {script['median'] / bare['median']:.2f} "
-            f"| {bare['rss']:.0f} | {script['rss']:.0f} | {script['rss'] / bare['rss']:.2f} |"
+            f"| {rows:,} | {r['table MiB']:.0f} | {plain['median']:.2f} | {bare['median']:.2f} "
+            f"| {script['median']:.2f} | {script['median'] / plain['median']:.2f} "
+            f"| {bare['median'] / plain['median']:.2f} | {plain['rss']:.0f} | {bare['rss']:.0f} "
+            f"| {script['rss']:.0f} | {script['rss'] - plain['rss']:.0f} |"
         )
-    overheads = [r["script"]["median"] - r["bare"]["median"] for r in results.values()]
-    print(f"\nOverhead at the largest size / at the smallest: {overheads[-1] / overheads[0]:.2f}")
+    (small, *_, large) = results.values()
+    extra = (large["script"]["rss"] - large["plain"]["rss"]) - (
+        small["script"]["rss"] - small["plain"]["rss"]
+    )
+    grown = large["table MiB"] - small["table MiB"]
+    print(f"\nExtra memory (script - plain) grown from {min(results):,} to {max(results):,} rows: "
+          f"{extra:.0f} MiB, for {grown:.0f} MiB more table ({extra / grown:.2f} of it)")  # fmt: skip
     print(f"\nWhere the script's time goes at {max(results):,} rows (one cProfiled run, main")
     print("process; profiling inflates Python-heavy steps):\n")
     print("| step | s |")
@@ -591,7 +670,7 @@ def main():
         help="tables of the data-size sweep: numeric, and text (text columns, gaps and dates)",
     )
     parser.add_argument("--only-data-sizes", action="store_true", help="only the data sweep")
-    parser.add_argument("--skip-variants", action="store_true", help="no bare/fresh/warm rounds")
+    parser.add_argument("--skip-variants", action="store_true", help="no plain/bare/warm rounds")
     parser.add_argument("--progress-rounds", type=int, default=6, help="0: no progress rounds")
     parser.add_argument("--only-progress", action="store_true", help="only the progress rounds")
     parser.add_argument("--login-rounds", type=int, default=3, help="rounds of --only-login")
@@ -632,8 +711,9 @@ def main():
                 print_data_sizes(*data_sizes(sizes, args.data_rounds, workdir, kind), kind)
         if args.only_data_sizes:
             return
-        for n_jobs in () if args.skip_variants else (1, -1):
-            print_variants(n_jobs, compare_variants(n_jobs, args.rounds, workdir))
+        for title, grid, search, n_jobs, fresh in [] if args.skip_variants else VARIANTS:
+            results = compare_variants(grid, search, n_jobs, fresh, args.rounds, workdir)
+            print_variants(title, results)
         if args.skip_scaling:
             return
         stores, results = args.scaling_stores.split(","), {}

@@ -10,6 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import penguins
+from sklearn.datasets import make_regression
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.metrics import get_scorer
 from sklearn.model_selection import GridSearchCV
 
 import autolog_mlflow
@@ -88,6 +91,33 @@ def test_shuffling_encoded_columns_scores_like_shuffling_the_raw_column():
         raw = X.copy()
         raw[column] = X[column].iloc[np.random.default_rng(7).permutation(len(X))].to_numpy()
         assert search.scorer_(estimator, shortcut, y) == search.best_estimator_.score(raw, y)
+
+
+@pytest.mark.parametrize(
+    "scorer", ["accuracy", "balanced_accuracy", "roc_auc_ovr", "neg_log_loss", "f1_macro"]
+)
+def test_answers_made_in_one_call_score_each_shuffle_as_the_estimator_itself(scorer):
+    search, X, y = fitted_search({"n_estimators": [5]})
+    vectorizer, estimator = search.best_estimator_.steps[0][1], search.best_estimator_.steps[-1][1]
+    encoded, rng = vectorizer.transform(X), np.random.default_rng(7)
+    tables = [autolog_mlflow.shuffled(encoded, vectorizer.input_to_outputs_[column], rng)
+              for column in ["name", "island", "bill_length_mm"]]  # fmt: skip
+    answers = autolog_mlflow.AnswersInOneCall(estimator, [encoded, *tables])
+    score = get_scorer(scorer)
+    for table in [*tables, encoded]:  # in any order
+        assert score(answers, table, y) == score(estimator, table, y)
+
+
+def test_answers_made_in_one_call_score_a_regressors_shuffles_as_the_regressor_itself():
+    X, y = make_regression(n_samples=120, n_features=4, random_state=0)
+    X = pd.DataFrame(X, columns=list("abcd"))
+    regressor = RandomForestRegressor(n_estimators=5, random_state=0).fit(X, y)
+    tables = [X.sample(frac=1, random_state=seed).set_axis(X.index) for seed in range(3)]
+    answers = autolog_mlflow.AnswersInOneCall(regressor, tables)
+    assert not hasattr(answers, "predict_proba")  # a regressor's scorers find what it has
+    for name in ["r2", "neg_mean_absolute_error"]:
+        for table in tables:
+            assert get_scorer(name)(answers, table, y) == get_scorer(name)(regressor, table, y)
 
 
 def test_a_one_hyperparameter_grid_draws_a_line_with_error_bars():
