@@ -4,10 +4,12 @@ The script enables MLflow's scikit-learn autologging, runs a `GridSearchCV` insi
 run and scores the best model on a held-out test split that the search never sees. The search
 tunes a pipeline: skrub's TableVectorizer turns the table into numbers (text categories, dates
 and gaps included), then the estimator named once at the top, a random forest classifier by
-default. Autologging records the search's parameters, CV metrics, artifacts, datasets and one
-child run per candidate; the script adds what autologging cannot do well: descriptive child-run
-names, the best model logged once with its exact pinned environment, the held-out scores, what
-was done to each column of the data, and a profile of the training table.
+default; as the candidates differ only in the estimator's hyperparameters, the TableVectorizer
+is fitted once per CV fold and reused by all of them. Autologging records the search's
+parameters, CV metrics, artifacts, datasets and one child run per candidate; the script adds
+what autologging cannot do well: descriptive child-run names, the best model logged once with
+its exact pinned environment, the held-out scores, what was done to each column of the data,
+and a profile of the training table.
 
 While the search fits, its progress shows on stderr: a live bar on a terminal, a line per tenth
 of the fits elsewhere; and in the MLflow UI each candidate's child run appears once its folds are

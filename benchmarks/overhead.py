@@ -15,7 +15,8 @@ alike, and compared by their medians:
   plain   what a user writes instead: GridSearchCV(RandomForestClassifier()) on the same data,
           split, grid, CV, seed and n_jobs, scored on the held-out split, no pipeline, no
           MLflow (on a table with text: a hand-written OrdinalEncoder pipeline)
-  bare    the script's own pipeline (skrub's TableVectorizer, then the forest), no MLflow
+  bare    the script's own search (skrub's TableVectorizer, then the forest, the preprocessing
+          fitted once per fold), no MLflow
   fresh   autolog_mlflow.py on a store that does not exist yet
   warm    autolog_mlflow.py on a store that already exists
 for the default grid at --n-jobs 1 and -1 and 80 candidates at -1 (time / plain is what a user
@@ -79,18 +80,15 @@ SCALING_GRIDS = {
 DATA_SIZES = [20_000, 200_000]
 DATA_GRID = {"n_estimators": [10], "max_depth": [5, 10]}
 DATA_SEARCH = {"cv": 3, "seed": 42, "test_size": 0.25, "n_jobs": -1}
-# What a user writes instead of the script: the forest searched on the table as it is (the
-# bundled data, a numeric table), or with its text columns as ordinal codes; no MLflow.
-PLAIN = """
+# The searches without MLflow, as programs: the data and its split, a search, the held-out
+# scores. Each is HEAD, its own SEARCHES entry, then TAIL.
+HEAD = """
 import json, sys
 import pandas as pd
-from sklearn.compose import make_column_transformer
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from sklearn.model_selection import GridSearchCV, train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OrdinalEncoder
 c = json.loads(sys.argv[1])
 if c.get("data"):
     frame = pd.read_csv(c["data"])
@@ -99,6 +97,19 @@ else:
     X, y = load_breast_cancer(return_X_y=True, as_frame=True)
 X_train, X_test, y_train, y_test = train_test_split(
     X, y, test_size=c["test_size"], stratify=y, random_state=c["seed"])
+"""
+TAIL = """
+y_pred = search.predict(X_test)
+accuracy_score(y_test, y_pred), f1_score(y_test, y_pred)
+roc_auc_score(y_test, search.predict_proba(X_test)[:, 1])
+"""
+SEARCHES = {
+    # What a user writes instead of the script: the forest searched on the table as it is (the
+    # bundled data, a numeric table), or with its text columns as ordinal codes.
+    "plain": """
+from sklearn.compose import make_column_transformer
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OrdinalEncoder
 estimator, grid = RandomForestClassifier(random_state=c["seed"]), c["grid"]
 text = X.select_dtypes(exclude="number").columns
 if len(text):
@@ -108,35 +119,25 @@ if len(text):
                               estimator)
     grid = {f"randomforestclassifier__{name}": values for name, values in grid.items()}
 search = GridSearchCV(estimator, grid, cv=c["cv"], n_jobs=c["n_jobs"]).fit(X_train, y_train)
-y_pred = search.predict(X_test)
-accuracy_score(y_test, y_pred), f1_score(y_test, y_pred)
-roc_auc_score(y_test, search.predict_proba(X_test)[:, 1])
-"""
-# The script's search without MLflow: its pipeline, less the tracking.
-BARE = """
-import json, sys
-import pandas as pd
-from skrub import tabular_pipeline
-from sklearn.datasets import load_breast_cancer
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
-from sklearn.model_selection import GridSearchCV, train_test_split
-c = json.loads(sys.argv[1])
-if c.get("data"):
-    frame = pd.read_csv(c["data"])
-    X, y = frame.drop(columns=[c["target"]]), frame[c["target"]]
-else:
-    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
-X_train, X_test, y_train, y_test = train_test_split(
-    X, y, test_size=c["test_size"], stratify=y, random_state=c["seed"])
-pipeline = tabular_pipeline(RandomForestClassifier(random_state=c["seed"]))
-pipeline.set_params(tablevectorizer__high_cardinality__random_state=c["seed"])
-grid = {f"randomforestclassifier__{name}": values for name, values in c["grid"].items()}
-search = GridSearchCV(pipeline, grid, cv=c["cv"], n_jobs=c["n_jobs"]).fit(X_train, y_train)
-y_pred = search.predict(X_test)
-accuracy_score(y_test, y_pred), f1_score(y_test, y_pred)
-roc_auc_score(y_test, search.predict_proba(X_test)[:, 1])
-"""
+""",
+    # The script's own search, less the tracking: its pipeline and fold cache, their code taken
+    # from the script itself (run as __main__, as the script's are, so pickled by value).
+    "bare": """
+import ast, contextlib, tempfile
+import joblib, skrub
+from sklearn.base import clone
+from sklearn.pipeline import Pipeline
+PIPELINE = {"TablePipeline", "FoldCache", "fold_cache", "CachedTransform", "transformed",
+            "table_pipeline"}
+script = ast.parse(open(c["script"]).read())
+pipeline_code = [node for node in script.body if getattr(node, "name", None) in PIPELINE]
+exec(compile(ast.Module(pipeline_code, []), c["script"], "exec"))
+ESTIMATOR = RandomForestClassifier()
+with fold_cache() as folds:
+    search = GridSearchCV(table_pipeline(c["seed"], folds), c["grid"], cv=c["cv"],
+                          n_jobs=c["n_jobs"]).fit(X_train, y_train)
+""",
+}
 
 
 # The default search fitted with and without the progress callback, in one process (imports
@@ -169,28 +170,45 @@ print(json.dumps(seconds))
 """
 
 
+# Linux starts a child's peak memory (ru_maxrss) at its parent's at the fork and keeps it across
+# exec: measured from this process (MLflow imported, tables read), every command seemed to take
+# at least this process's memory. So a small Python forks the command and reports its peak.
+PEAK_OF_CHILD = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as file:
+    file.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def measure(command, cwd, env=None):
     """Wall seconds and peak RSS (MiB, the largest process of the tree) of one command; `env`
     adds to its environment."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env=os.environ | (env or {}))  # fmt: skip
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    stderr = process.stderr.read().decode()
-    process.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(map(str, command))} failed:\n{stderr}")
-    return seconds, usage.ru_maxrss / 1024
+    with tempfile.NamedTemporaryFile("r") as peak:
+        start = time.perf_counter()
+        process = subprocess.run(
+            [sys.executable, "-c", PEAK_OF_CHILD, peak.name, *map(str, command)], cwd=cwd,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ | (env or {}),
+            check=False,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        if process.returncode != 0:
+            raise SystemExit(f"{' '.join(map(str, command))} failed:\n{process.stderr.decode()}")
+        return seconds, int(peak.read()) / 1024
 
 
-def bare_command(grid, n_jobs, search=SEARCH, data=None, program=BARE):
-    config = search | {"grid": grid, "n_jobs": n_jobs, "data": data, "target": "label"}
-    return [sys.executable, "-c", program, json.dumps(config)]
+def bare_command(grid, n_jobs, search=SEARCH, data=None, kind="bare"):
+    config = search | {"grid": grid, "n_jobs": n_jobs, "data": data, "target": "label",
+                       "script": str(SCRIPT)}  # fmt: skip
+    return [sys.executable, "-c", HEAD + SEARCHES[kind] + TAIL, json.dumps(config)]
 
 
 def plain_command(grid, n_jobs, search=SEARCH, data=None):
-    return bare_command(grid, n_jobs, search, data, program=PLAIN)
+    return bare_command(grid, n_jobs, search, data, kind="plain")
 
 
 def script_command(grid, n_jobs, *extra, search=SEARCH):
@@ -336,9 +354,13 @@ def data_sizes(sizes, rounds, workdir, kind="numeric"):
 
 
 def table_mib(path):
-    import pandas as pd
-
-    return pd.read_csv(path).memory_usage(deep=True).sum() / 2**20
+    """The table's size in memory as pandas reads it (in a process of its own: see measure)."""
+    program = (
+        "import sys, pandas; print(pandas.read_csv(sys.argv[1]).memory_usage(deep=True).sum())"
+    )
+    size = subprocess.run([sys.executable, "-c", program, path], capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    return int(size.stdout) / 2**20
 
 
 # Where the script's time goes: the cumulative time of these steps in one profiled run.
