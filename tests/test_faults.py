@@ -254,7 +254,10 @@ def test_full_artifact_folder_fails_the_run_and_keeps_the_results(tmp_path):
     """Autologging would log a warning and end FINISHED with nothing; we end FAILED, exit 1."""
     (tmp_path / "mlruns").mkdir()
     # Room for the record logged first (the script and run_config.json), not for the results.
-    result = run_in_mount_namespace(tmp_path, "mount -t tmpfs -o size=128k tmpfs mlruns", *QUICK)
+    room = SCRIPT.stat().st_size // 1024 + 16
+    result = run_in_mount_namespace(
+        tmp_path, f"mount -t tmpfs -o size={room}k tmpfs mlruns", *QUICK
+    )
     assert result.returncode == 1
     error = one_line_error(result)
     assert "No space left on device" in error and "ended FAILED" in error
