@@ -77,7 +77,6 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import unquote, urlparse
 
-import joblib
 import mlflow
 import mlflow.sklearn
 import mlflow.sklearn.utils
@@ -874,6 +873,7 @@ def search_backend(args):
         yield "local processes"
         return
     try:  # optional: imported only when asked for
+        import joblib
         from distributed import Client as DaskClient
         from distributed import LocalCluster
     except ImportError:
@@ -973,8 +973,9 @@ class FoldCache:
     scores, same model.
 
     It has joblib.Memory's interface, which the pipeline asks for, not its implementation:
-    joblib's hashing and loading run in pure Python, 9 s of a 32-s search of 80 candidates;
-    the C pickle's take a millisecond. A write that fails (a full disk) only costs the reuse.
+    joblib hashes and loads in pure Python, 9 s of a 32-s search of 80 candidates, where C's
+    pickle takes milliseconds. A write that fails (a full disk, a Dask worker on a machine
+    without the folder) only loses the reuse.
     """
 
     def __init__(self, location):

@@ -123,8 +123,9 @@ search = GridSearchCV(estimator, grid, cv=c["cv"], n_jobs=c["n_jobs"]).fit(X_tra
     # The script's own search, less the tracking: its pipeline and fold cache, their code taken
     # from the script itself (run as __main__, as the script's are, so pickled by value).
     "bare": """
-import ast, contextlib, tempfile
-import joblib, skrub
+import ast, contextlib, hashlib, os, pickle, tempfile
+from pathlib import Path
+import skrub
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 PIPELINE = {"TablePipeline", "FoldCache", "fold_cache", "CachedTransform", "transformed",
