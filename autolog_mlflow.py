@@ -266,10 +266,10 @@ def check_target(y, name):
                        "needs two or more of each; drop those rows or merge the classes")  # fmt: skip
 
 
-def build_search(args, fold_cache=None):
+def build_search(args, folds=None):
     """The grid search over the pipeline: the table to numbers (skrub), then ESTIMATOR."""
     return GridSearchCV(
-        table_pipeline(args.seed, fold_cache), args.param_grid, scoring=SCORING, cv=args.cv,
+        table_pipeline(args.seed, folds), args.param_grid, scoring=SCORING, cv=args.cv,
         n_jobs=args.n_jobs,
     )  # fmt: skip
 
@@ -1029,11 +1029,11 @@ def transformed(step, X, params):
     return step.transform(X, **params)
 
 
-def table_pipeline(seed, fold_cache=None):
+def table_pipeline(seed, folds=None):
     """skrub's pipeline for ESTIMATOR (numbers as they are, text encoded, dates split into
     numbers), with every random_state in it set to the seed; its preprocessing fitted once per
-    CV fold with a `fold_cache`."""
-    pipeline = TablePipeline(skrub.tabular_pipeline(clone(ESTIMATOR)).steps, memory=fold_cache)
+    CV fold with a FoldCache as `folds`."""
+    pipeline = TablePipeline(skrub.tabular_pipeline(clone(ESTIMATOR)).steps, memory=folds)
     seeded = [key for key in pipeline.get_params() if key.split("__")[-1] == "random_state"]
     return pipeline.set_params(**dict.fromkeys(seeded, seed))
 

@@ -1,7 +1,7 @@
 """What does the script cost? autolog_mlflow.py against the plain search a user would write
 instead, and against the same pipeline without MLflow.
 
-    python benchmarks/overhead.py                 # the full benchmark (about 30 minutes)
+    python benchmarks/overhead.py                 # the full benchmark (about 40 minutes)
     python benchmarks/overhead.py --rounds 2 --skip-scaling   # a quick look
     python benchmarks/overhead.py --data-sizes none --skip-variants   # only the scaling
     python benchmarks/overhead.py --data-sizes none --skip-variants --scaling-sizes 9,80  # faster
@@ -21,11 +21,11 @@ alike, and compared by their medians:
   warm    autolog_mlflow.py on a store that already exists
 for the default grid at --n-jobs 1 and -1 and 80 candidates at -1 (time / plain is what a user
 sees; bare / plain is the pipeline's own cost, warm / bare tracking's), and for tables of 20,000
-and 200,000 rows, numeric and with text (plain, bare, warm). Then scaling: grids of 9, 80 and 320 candidates with every candidate
-logged as a child run, on SQLite and on a real `mlflow server` on 127.0.0.1, backed by SQLite
-and by PostgreSQL (tools/postgres.py; Debian's, as tests/setup.sh installs it); the cost per child
-run is the slope of the logging overhead (script minus bare) between the smallest and the
-largest grid. And the search's live progress (autolog_mlflow.SearchProgress, a scikit-learn
+and 200,000 rows, numeric and with text (plain, bare, warm). Then scaling: grids of 9, 80 and
+320 candidates with every candidate logged as a child run, on SQLite and on a real `mlflow
+server` on 127.0.0.1, backed by SQLite and by PostgreSQL (tools/postgres.py; Debian's, as
+tests/setup.sh installs it); the cost per child run is the slope of the logging overhead (script
+minus bare: the child runs are tracking's cost) between the smallest and the largest grid. And the search's live progress (autolog_mlflow.SearchProgress, a scikit-learn
 callback): the default search fitted with and without it, interleaved in one process, with
 stderr on a pseudo-terminal (the bar) and on a pipe (plain lines). And a team server's login
 (--only-login): the same one-candidate run by a team member through three team servers on

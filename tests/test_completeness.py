@@ -2,7 +2,7 @@
 of the script that each leave one thing unlogged fail in one line naming what is missing."""
 
 import pytest
-from conftest import QUICK, ROOT, parent_runs, run_script
+from conftest import ROOT, TINY, parent_runs, run_script
 
 # A line of the script, and what the run misses without it.
 UNLOGGED = {
@@ -18,7 +18,7 @@ def test_a_run_missing_what_it_should_hold_ends_failed_naming_it(tmp_path, line)
     script = (ROOT / "autolog_mlflow.py").read_text()
     assert script.count(line) == 1, "the script changed: update UNLOGGED"
     (tmp_path / "autolog_mlflow.py").write_text(script.replace(line, ""))
-    result = run_script(tmp_path, *QUICK, script=tmp_path / "autolog_mlflow.py")
+    result = run_script(tmp_path, *TINY, script=tmp_path / "autolog_mlflow.py")
     assert result.returncode == 1
     (error,) = result.stderr.strip().splitlines()[-1:]
     assert error.startswith("autolog_mlflow.py: error: the run is incomplete: missing ")

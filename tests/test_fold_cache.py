@@ -41,8 +41,8 @@ class CountedStep(TransformerMixin, BaseEstimator):
             file.write(line + "\n")
 
 
-def counted_search(log, fold_cache, n_jobs):
-    pipeline = autolog_mlflow.table_pipeline(0, fold_cache)
+def counted_search(log, folds, n_jobs):
+    pipeline = autolog_mlflow.table_pipeline(0, folds)
     pipeline.steps.insert(0, ("counted", CountedStep(str(log))))
     return GridSearchCV(pipeline, GRID, cv=FOLDS, n_jobs=n_jobs)
 
