@@ -93,7 +93,9 @@ from mlflow import MlflowClient
 from mlflow.data import digest_utils
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.types import DataType
+from mlflow.types.schema import AnyType, ColSpec, Schema
 from mlflow.utils.credentials import get_default_host_creds, read_mlflow_creds
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlflow.utils.rest_utils import http_request, verify_rest_response
@@ -101,7 +103,7 @@ from sklearn import (
     ensemble,  # the estimator's module: see ESTIMATOR
     metrics,  # look functions up at call time: see score_on_test_split()
 )
-from sklearn.base import clone, is_classifier
+from sklearn.base import BaseEstimator, TransformerMixin, clone, is_classifier
 from sklearn.datasets import load_breast_cancer
 from sklearn.metrics import ConfusionMatrixDisplay
 from sklearn.model_selection import GridSearchCV, ParameterGrid, train_test_split
@@ -1038,6 +1040,62 @@ def table_pipeline(seed, folds=None):
     return pipeline.set_params(**dict.fromkeys(seeded, seed))
 
 
+def model_of(search):
+    """The model to log: the search's best pipeline, behind a first step that refuses values
+    its columns cannot read (ReadableValues)."""
+    pipeline = search.best_estimator_
+    vectorizer = pipeline.steps[0][1]
+    if not isinstance(vectorizer, skrub.TableVectorizer):  # your own preprocessing: as it is
+        return pipeline
+    kinds = vectorizer.kind_to_columns_
+    dates = {
+        column: step.format_
+        for column in kinds["datetime"]
+        for step in vectorizer.all_processing_steps_[column]
+        if isinstance(step, skrub.ToDatetime)
+    }
+    guard = ReadableValues(numbers=list(kinds["numeric"]), dates=dates)
+    return TablePipeline([("readable_values", guard), *pipeline.steps])
+
+
+class ReadableValues(TransformerMixin, BaseEstimator):
+    """Refuses a value its column cannot read: text in a column of numbers, a date in another
+    format than the column's, with an error naming the column and the value (skrub's
+    TableVectorizer would read either as a gap, without a word). Passes the rows on as they
+    came: whole numbers, decimals, nullable integers, text and gaps (empty text too)."""
+
+    def __init__(self, numbers=(), dates=None):
+        self.numbers, self.dates = numbers, dates
+
+    def fit(self, X, y=None):
+        return self
+
+    def __sklearn_is_fitted__(self):  # nothing to learn: its columns come from the vectorizer
+        return True
+
+    def transform(self, X):
+        to_read = [(column, "a number", lambda text: pd.to_numeric(text, errors="coerce"))
+                   for column in self.numbers]  # fmt: skip
+        to_read += [
+            (column, f"a date like {pd.Timestamp('2026-01-31').strftime(date_format)}",
+             lambda text, f=date_format: pd.to_datetime(text, format=f, errors="coerce"))
+            for column, date_format in (self.dates or {}).items() if date_format
+        ]  # fmt: skip
+        for column, what, read in to_read:
+            if column not in X or X[column].dtype.kind in "biufmM":  # typed: nothing to read
+                continue
+            text = X[column].astype("string").str.strip()
+            unreadable = text[text.fillna("").ne("") & read(text).isna()]
+            if len(unreadable):
+                more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+                # An MlflowException: `mlflow models serve` answers 400 with this message.
+                raise MlflowException.invalid_parameter_value(
+                    f"column {column!r}: cannot read {unreadable.iloc[0]!r}{more} as {what}; "
+                    f"send {what}, or leave it empty for a missing value"
+                )
+        return X
+
+
 def describe_data(data, pipeline, args):
     """What the search learned from: rows, columns, target, gaps, each column's treatment."""
     X = pd.concat([data.X_train, data.X_test])
@@ -1317,14 +1375,22 @@ def distribution_of(module):
     return packages_distributions()[top][0]
 
 
-def model_options(X_train):
-    """How the best model is saved: cloudpickle, an input example, the installed versions."""
-    # The signature is inferred from the example. Integer columns are declared as doubles, as
-    # MLflow advises: a `long` column refuses a missing value at predict and serve time.
-    integers = X_train.select_dtypes("integer").columns
+def model_options(model, X_train):
+    """How the best model is saved: cloudpickle, an input example, a signature that takes what
+    users send, the installed versions."""
+    # Every column declared Any: MLflow 3.17.2 refuses int64 (what pd.read_csv gives whole
+    # numbers) in a `double` column and a gap in a `long` one, and a text column of a small
+    # batch may come as numbers or as all gaps. The signature still names the columns and
+    # refuses a batch without one; the model's ReadableValues step checks their values.
+    example = X_train.head(5)
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(AnyType(), str(column)) for column in X_train.columns]),
+        outputs=infer_signature(example, model.predict(example)).outputs,
+    )
     return {
         "serialization_format": "cloudpickle",
-        "input_example": X_train.head(5).astype(dict.fromkeys(integers, "float64")),
+        "input_example": example,
+        "signature": signature,
         "pip_requirements": [f"{name}=={pinned}" for name, pinned in installed_versions().items()],
     }
 
@@ -1341,9 +1407,8 @@ def log_data_description(described, profile_html, covers):
 
 def log_best_model(search, X_train):
     """Log the refitted best estimator once, as a LoggedModel of the run."""
-    mlflow.sklearn.log_model(
-        search.best_estimator_, name="best_estimator", **model_options(X_train)
-    )
+    model = model_of(search)
+    mlflow.sklearn.log_model(model, name="best_estimator", **model_options(model, X_train))
 
 
 def logged_models_of(client, run):
@@ -1402,9 +1467,8 @@ def rescued_on_failure(search, X_train, run_id):
         folder = Path(RESCUE_DIR, run_id).absolute()
         folder.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(search.cv_results_).to_csv(folder / "cv_results.csv", index=False)
-        mlflow.sklearn.save_model(
-            search.best_estimator_, folder / "best_model", **model_options(X_train)
-        )
+        model = model_of(search)
+        mlflow.sklearn.save_model(model, folder / "best_model", **model_options(model, X_train))
         e.add_note(f"the best model and cv_results are saved in {folder}")
         raise
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pandas as pd
 import pytest
 from conftest import SMALL_SEARCH, penguins, raw_rows, run_script, script_env
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow_ui import free_port
 from test_registry import wait_until_serving
 
@@ -89,15 +91,15 @@ def test_best_params_child_runs_and_cv_results_use_the_estimators_own_names(tabl
     assert not [name for name in names if name.startswith("randomforestclassifier__")]
 
 
-def test_logged_model_signature_lists_the_raw_columns(table_run):
+def test_logged_model_signature_names_the_raw_columns_and_takes_any_values(table_run):
     (model,) = table_run.logged_models()
     mlflow.set_tracking_uri(table_run.tracking_uri)
     inputs = mlflow.models.get_model_info(model.model_uri).signature.inputs.to_dict()
     assert [(column["name"], column["type"]) for column in inputs] == [
-        ("island", "string"), ("name", "string"), ("bill_length_mm", "double"),
-        ("flipper_length_mm", "double"),  # an integer column, declared double: gaps allowed
-        ("sex", "string"), ("observed", "string"),
-    ]  # fmt: skip
+        (name, "any") for name in penguins().columns.drop("species")
+    ]
+    with pytest.raises(MlflowException, match="missing inputs.*observed"):
+        mlflow.pyfunc.load_model(model.model_uri).predict(raw_rows().drop(columns="observed"))
 
 
 def test_reloaded_model_predicts_raw_rows_with_an_unseen_category_and_gaps(table_run):
@@ -109,8 +111,60 @@ def test_reloaded_model_predicts_raw_rows_with_an_unseen_category_and_gaps(table
     assert list(by_pyfunc) == list(by_sklearn)
 
 
+def test_reloaded_model_takes_a_csv_batch_as_pandas_reads_it(table_run, tmp_path):
+    # Whole numbers without a gap are int64 to pd.read_csv, with one float64; nullable Int64
+    # is what pandas' own readers give with dtype_backend="numpy_nullable"; a batch's text
+    # column may be all gaps (float64) or all digits (int64).
+    (model,) = table_run.logged_models()
+    mlflow.set_tracking_uri(table_run.tracking_uri)
+    pyfunc = mlflow.pyfunc.load_model(model.model_uri)
+    table = penguins().drop(columns="species").head(20)
+    table.to_csv(tmp_path / "batch.csv", index=False)
+    whole = pd.read_csv(tmp_path / "batch.csv")
+    assert whole["flipper_length_mm"].dtype == "int64"
+    batches = {
+        "whole numbers": whole,
+        "a gap in an integer column": whole.assign(
+            flipper_length_mm=whole["flipper_length_mm"].where(whole.index != 3)
+        ),
+        "nullable Int64": whole.astype({"flipper_length_mm": "Int64"}).assign(
+            flipper_length_mm=lambda t: t["flipper_length_mm"].where(t.index != 3, pd.NA)
+        ),
+        "a text column all gaps": whole.assign(sex=np.nan),
+        "a text column all digits": whole.assign(island=7),
+    }
+    expected = mlflow.sklearn.load_model(model.model_uri).predict(table)
+    for what, batch in batches.items():
+        predicted = pyfunc.predict(batch)
+        assert len(predicted) == 20 and set(predicted) <= set(expected), what
+    assert list(pyfunc.predict(whole)) == list(expected)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "says"),
+    [
+        ("observed", "not a date", "column 'observed': cannot read 'not a date' as a date like 2026-01-31"),
+        ("observed", "06/01/2009", "column 'observed': cannot read '06/01/2009' as a date like 2026-01-31"),
+        ("flipper_length_mm", "tall", "column 'flipper_length_mm': cannot read 'tall' as a number"),
+    ],
+)  # fmt: skip
+def test_reloaded_model_refuses_a_value_its_column_cannot_read_naming_both(
+    table_run, column, value, says
+):
+    (model,) = table_run.logged_models()
+    mlflow.set_tracking_uri(table_run.tracking_uri)
+    rows = raw_rows().astype({column: object})
+    rows.loc[1, column] = value
+    for loaded in mlflow.sklearn.load_model, mlflow.pyfunc.load_model:
+        with pytest.raises(MlflowException, match=f"{says}; send .*, or leave it empty") as raised:
+            loaded(model.model_uri).predict(rows)
+        assert "(and" not in str(raised.value)
+    rows.loc[2, column] = ""  # empty text is a gap, as in a CSV
+    assert len(mlflow.sklearn.load_model(model.model_uri).predict(rows.drop(index=1))) == 2
+
+
 @pytest.mark.slow
-def test_served_model_answers_raw_json_records_with_text_fields(table_run):
+def test_served_model_answers_raw_json_records_and_refuses_a_bad_date_by_name(table_run):
     (model,) = table_run.logged_models()
     port = free_port()
     server = subprocess.Popen(
@@ -119,21 +173,37 @@ def test_served_model_answers_raw_json_records_with_text_fields(table_run):
         cwd=table_run.workdir, env=script_env() | {"MLFLOW_TRACKING_URI": table_run.tracking_uri},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    records = json.loads(raw_rows().to_json(orient="records"))  # NaN and None become null
-    try:
-        wait_until_serving(f"http://127.0.0.1:{port}", server)
+    # NaN and None become null; whole numbers stay whole, as a client writes them
+    records = json.loads(raw_rows().to_json(orient="records"))
+    records[0]["flipper_length_mm"] = 190
+    bad = [records[1] | {"observed": "not a date"}]
+
+    def post(rows):
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
-            json.dumps({"dataframe_records": records}).encode(),
+            json.dumps({"dataframe_records": rows}).encode(),
             {"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            served = json.load(response)["predictions"]
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as e:
+            return e.code, json.load(e)
+
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}", server)
+        (status, answer), (bad_status, refusal) = post(records), post(bad)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
     mlflow.set_tracking_uri(table_run.tracking_uri)
-    assert served == list(mlflow.sklearn.load_model(model.model_uri).predict(raw_rows()))
+    assert status == 200
+    expected = raw_rows().assign(flipper_length_mm=[190, np.nan, 220.0])
+    assert answer["predictions"] == list(
+        mlflow.sklearn.load_model(model.model_uri).predict(expected)
+    )
+    assert bad_status == 400
+    assert "column 'observed': cannot read 'not a date' as a date" in refusal["message"]
 
 
 @pytest.mark.slow
