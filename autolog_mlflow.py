@@ -123,7 +123,7 @@ SCORING = None  # what the search maximises and runs are ranked by: None for the
 
 # %% Configuration: the defaults of the command line, then the machinery's settings.
 EXPERIMENT_NAME = "autolog_mlflow"
-RUN_NAME = "grid-search"
+RUN_NAME = None  # the parent run's name; None: after its data and target, `penguins.csv -> species`
 CV_FOLDS = 5
 TEST_SIZE = 0.25  # held-out share (stratified for a classifier); the search never sees it
 SEED = 42  # the split, and every random_state in the pipeline
@@ -186,6 +186,11 @@ def load_data(args):
     labelled = frame[args.target].notna()
     frame = frame[labelled].reset_index(drop=True)
     return frame.drop(columns=[args.target]), frame[args.target], int((~labelled).sum())
+
+
+def data_name(args):
+    """What the run and its datasets are named after: the CSV's file name, or the bundled set's."""
+    return Path(args.data).name if args.data else "breast-cancer"
 
 
 def read_csv_of_any_locale(path):
@@ -387,7 +392,7 @@ def run_experiment(experiment, client, mlflow_warnings, where):
     args, data = experiment.args, experiment.data
     enable_autologging(args)
     with (
-        tracked_run(args.run_name) as run,
+        tracked_run(args.run_name or f"{data_name(args)} -> {args.target or 'target'}") as run,
         heartbeat(run.info.run_id),
         live_child_runs(run, args) as live,
         datasets_built_once() as dataset_of,
@@ -400,7 +405,7 @@ def run_experiment(experiment, client, mlflow_warnings, where):
         progress(f"run {run.info.run_id}: searching {candidates} candidate"
                  f"{'s' * (candidates > 1)} with {args.cv}-fold CV on {where} ...")  # fmt: skip
         log_record(experiment.record)
-        register_datasets(dataset_of, data.X_train, data.X_test)
+        register_datasets(dataset_of, data.X_train, data.X_test, data_name(args))
         search = build_search(args, folds).set_callbacks(SearchProgress(live))  # stderr, the UI
         search.fit(data.X_train, data.y_train)
         search.best_estimator_.memory = None  # the model to log keeps no cache of the search
@@ -508,7 +513,8 @@ def parse_args(argv=None):
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else %(default)s)",
     )
     parser.add_argument("--experiment-name", default=EXPERIMENT_NAME, help="MLflow experiment")
-    parser.add_argument("--run-name", default=RUN_NAME, help="name of the parent run")
+    parser.add_argument("--run-name", default=RUN_NAME,
+                        help="name of the parent run (default: DATA -> TARGET)")  # fmt: skip
     parser.add_argument(
         "--data",
         help="CSV file (separated by commas, semicolons, tabs or pipes) to use instead of "
@@ -1183,7 +1189,8 @@ class SearchProgress:
     def setup(self, estimator, context):  # in this process, as the search's fit begins
         self.total, self.done, self.tenths_shown = context.max_subtasks, 0, 0
         self.folds, self.folds_done = None, collections.Counter()
-        self.start, self.lock = time.monotonic(), threading.Lock()
+        self.spans = {}  # candidate -> (when its first fold began, its last ended), in ms
+        self.start, self.lock, self.began = time.monotonic(), threading.Lock(), {}
         console = rich.console.Console(stderr=True)
         self.bar = live_bar(console) if console.is_interactive else None
         self.authkey = os.urandom(32)
@@ -1192,9 +1199,11 @@ class SearchProgress:
         threading.Thread(target=self.count_reported_fits, daemon=True).start()
 
     def __getstate__(self):  # what a worker's copy gets: where to report, not the display
-        return {"in_worker": True, "address": self.address, "authkey": self.authkey}
+        return {"in_worker": True, "address": self.address, "authkey": self.authkey, "began": {}}
 
     def on_fit_task_begin(self, estimator, context):
+        if context.task_name == "candidate-split-evaluation":  # a CV fit begins
+            self.began[context.task_id] = round(time.time() * 1000)
         if context.max_subtasks and context.parent is not None:  # the search: its fits take
             self.total += context.max_subtasks - 1  # the place of one task in the total
             self.folds = estimator.n_splits_
@@ -1207,10 +1216,12 @@ class SearchProgress:
         cv_fit = context.task_id if context.task_name == "candidate-split-evaluation" else None
         if context.parent is None:  # the whole fit succeeded: every fit is done
             self.fit_done(all_of_them=True)
-            if self.live_child_runs:  # for autologging to fill in (ChildRunsQueued)
+            # For autologging's child runs (ChildRunsQueued): their times, those made already.
+            estimator.candidate_spans_ = dict(self.spans)
+            if self.live_child_runs:
                 estimator.child_runs_made_ = self.live_child_runs.made()
         elif context.max_subtasks == 0 and not self.in_worker:
-            self.fit_done(cv_fit)
+            self.fit_done(cv_fit, self.began.pop(cv_fit, None))
         elif context.max_subtasks == 0:  # a copy in a worker: tell this process
             # Progress must never fail a fit: a worker that cannot reach this process (a Dask
             # worker on another machine) stays silent, and the count jumps at the end.
@@ -1218,7 +1229,7 @@ class SearchProgress:
                 contextlib.suppress(Exception),
                 connection.Client(self.address, authkey=self.authkey) as c,
             ):
-                c.send(cv_fit)
+                c.send((cv_fit, self.began.pop(cv_fit, None)))
                 c.recv()
 
     def teardown(self, estimator, context):
@@ -1235,16 +1246,16 @@ class SearchProgress:
             except Exception:  # a connection that did not authenticate
                 continue
             with connection, contextlib.suppress(Exception):  # one that did not report a fit
-                cv_fit = connection.recv()
-                self.fit_done(cv_fit if isinstance(cv_fit, int) else None)
+                cv_fit, began = connection.recv()
+                self.fit_done(cv_fit if isinstance(cv_fit, int) else None, began)
                 # The worker waits for this, so every fit is counted before the search ends.
                 connection.send("counted")
 
-    def fit_done(self, cv_fit=None, all_of_them=False):
+    def fit_done(self, cv_fit=None, began=None, all_of_them=False):
         with self.lock:
             self.done = self.total if all_of_them else min(self.done + 1, self.total)
-            if cv_fit is not None and self.folds and self.live_child_runs:
-                self.fold_done(cv_fit)
+            if cv_fit is not None and self.folds:
+                self.fold_done(cv_fit, began)
             if self.bar:  # redrawn at once, and every second for the clock
                 self.bar.update(self.bar.task_ids[0], completed=self.done, total=self.total)
                 self.bar.refresh()
@@ -1252,12 +1263,15 @@ class SearchProgress:
                 self.tenths_shown = self.done * 10 // self.total
                 progress(progress_line(self.done, self.total, time.monotonic() - self.start))
 
-    def fold_done(self, cv_fit):
-        """Count a CV fit for its candidate; one whose folds are all fitted gets its child run."""
-        candidate = cv_fit // self.folds
+    def fold_done(self, cv_fit, began):
+        """Count a CV fit for its candidate, and the time its fits span; one whose folds are all
+        fitted gets its child run."""
+        candidate, ended = cv_fit // self.folds, round(time.time() * 1000)
+        first, _ = self.spans.get(candidate, (began or ended, None))
+        self.spans[candidate] = min(first, began or ended), ended
         self.folds_done[candidate] += 1
-        if self.folds_done[candidate] == self.folds:
-            self.live_child_runs.candidate_done(candidate)
+        if self.folds_done[candidate] == self.folds and self.live_child_runs:
+            self.live_child_runs.candidate_done(candidate, self.spans[candidate][0])
 
 
 def live_bar(console):
@@ -1337,15 +1351,16 @@ def enable_autologging(args):
     warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
 
 
-def register_datasets(dataset_of, X_train, X_test):
+def register_datasets(dataset_of, X_train, X_test, name):
     """Record the training and test data sets (with digests) before autologging does.
 
     Autologging records them after the search, but MLflow first checks whether a data set is
     known, then inserts it: concurrent runs on the same data collide, and autologging drops
     the loser's logging with a warning. Recorded here first, with a retry, the rows exist.
+    Named after the data and the split (autologging's name would be `dataset`).
     """
-    for context, X in [("train", X_train), ("eval", X_test)]:
-        dataset = dataset_of(X)  # the very dataset autologging will log: same name and digest
+    for context, X, split in [("train", X_train, "train"), ("eval", X_test, "test")]:
+        dataset = dataset_of(X, name=f"{name} {split}")  # the very one autologging will log
         for attempt in range(3):
             try:
                 mlflow.log_input(dataset, context=context)
@@ -1644,10 +1659,10 @@ def datasets_built_once():
     infer_required, infer_pandas_column, from_pandas = originals
     built = {}  # digest -> dataset: the store keeps one record per name and digest anyway
 
-    def dataset_of(df, source=None):  # as autologging calls it: a frame and a code source
+    def dataset_of(df, source=None, name=None):  # as autologging calls it: a frame, a source
         digest = pandas_digest(df)  # by content: autologging digests its copy of X_train
         if digest not in built:
-            built[digest] = from_pandas(df, source=source, digest=digest)
+            built[digest] = from_pandas(df, source=source, digest=digest, name=name)
         return built[digest]
 
     types._infer_required = lambda column: required(column, infer_required)
@@ -1750,9 +1765,12 @@ def child_runs_named_at_creation():
     def child_runs_named(autologging_client, cv_estimator, **rest):  # as autologging calls it
         # The child runs made during the search (see "Child runs as candidates finish") are
         # filled in, if every candidate gets one: autologging then goes in cv_results_' order.
-        every_candidate = rest["max_tuning_runs"] is None
-        made = getattr(cv_estimator, "child_runs_made_", {}) if every_candidate else {}
-        queued = ChildRunsQueued(autologging_client, made)
+        top = rest["max_tuning_runs"]
+        made = getattr(cv_estimator, "child_runs_made_", {}) if top is None else {}
+        ranks = pd.Series(cv_estimator.cv_results_["rank_test_score"])
+        order = list(ranks.index if top is None else ranks.nsmallest(top).index)  # as autologging
+        spans = getattr(cv_estimator, "candidate_spans_", {})
+        queued = ChildRunsQueued(autologging_client, made, order, spans)
         create_child_runs(autologging_client=queued, cv_estimator=cv_estimator, **rest)
         varied = sorted(set().union(*cv_estimator.cv_results_["params"]))
         for run_id, params in queued.params.items():
@@ -1768,27 +1786,37 @@ def child_runs_named_at_creation():
 
 class ChildRunsQueued:
     """Autologging's queueing client, noting the params and metrics queued for each child run,
-    writing each distinct param value once, and filling in the child runs `made` already."""
+    writing each distinct param value once, filling in the child runs `made` already, and
+    giving each child the times its candidate's fits spanned (autologging gives them all the
+    parent's start and its own end: the UI's Duration would not be the candidate's)."""
 
-    def __init__(self, client, made):
+    def __init__(self, client, made, order, spans):
         self.client, self.params, self.metrics, self.texts = client, {}, {}, {}
-        self.made, self.created, self.sent = made, 0, {}
+        self.made, self.order, self.spans, self.created, self.sent = made, order, spans, 0, {}
+        self.candidate_of = {}
 
-    def __getattr__(self, name):  # log_inputs, set_terminated: as they are
+    def __getattr__(self, name):  # log_inputs: as it is
         return getattr(self.client, name)
 
     def create_run(self, experiment_id, start_time, tags):
-        """The next candidate's child run (autologging asks in cv_results_' order): the one made
-        during the search, or a new one."""
-        candidate, self.created = self.created, self.created + 1
-        if candidate not in self.made:
-            return self.client.create_run(
-                experiment_id=experiment_id, start_time=start_time, tags=tags
+        """The next candidate's child run (autologging asks in `order`): the one made during
+        the search, or a new one."""
+        candidate, self.created = self.order[self.created], self.created + 1
+        if candidate in self.made:
+            run_id, sent = self.made[candidate]
+            self.sent[run_id] = sent
+            self.set_tags(run_id, tags)
+        else:
+            began = self.spans.get(candidate, (start_time,))[0]
+            run_id = self.client.create_run(
+                experiment_id=experiment_id, start_time=began, tags=tags
             )
-        run_id, sent = self.made[candidate]
-        self.sent[run_id] = sent
-        self.set_tags(run_id, tags)
+        self.candidate_of[run_id] = candidate
         return run_id
+
+    def set_terminated(self, run_id, end_time):
+        ended = self.spans.get(self.candidate_of[run_id], (None, end_time))[1]
+        self.client.set_terminated(run_id=run_id, end_time=ended)
 
     def set_tags(self, run_id, tags):
         """Queued (sent in one batch with the params and metrics), less those the run has."""
@@ -1860,22 +1888,22 @@ class LiveChildRuns:
         self.writer = threading.Thread(target=self.write, name="child runs", daemon=True)
         self.writer.start()
 
-    def candidate_done(self, candidate):
+    def candidate_done(self, candidate, began):
         # Where the fits run in this very thread (--n-jobs 1), a thread beside them fights them
         # for the interpreter: 80 child runs made by one slowed the search by 6 s; made here,
         # each costs what it costs (~7 ms on SQLite). Reported by workers: the writer makes it.
         if self.stopped.is_set():
             return
         if threading.current_thread() is threading.main_thread():
-            self.make(candidate)
+            self.make(candidate, began)
         else:
-            self.queue.put(candidate)
+            self.queue.put((candidate, began))
 
     def write(self):
-        while (candidate := self.queue.get()) is not None and not self.stopped.is_set():
-            self.make(candidate)
+        while (done := self.queue.get()) is not None and not self.stopped.is_set():
+            self.make(*done)
 
-    def make(self, candidate):
+    def make(self, candidate, began):
         tags = self.common | {
             MLFLOW_RUN_NAME: child_run_name(self.varied, self.candidates[candidate]),
             "mlflow.note.content": "Its folds are fitted; its scores come when the search ends.",
@@ -1883,7 +1911,7 @@ class LiveChildRuns:
         # Never fails the search: a child not made here, autologging makes at the end. After a
         # failure, none is tried again (a lost server would cost each candidate MLflow's retries).
         try:
-            run = self.client.create_run(self.parent.info.experiment_id, tags=tags)
+            run = self.client.create_run(self.parent.info.experiment_id, began, tags)
         except Exception:  # noqa: BLE001 -- whatever it is, the search goes on
             self.stopped.set()
             return

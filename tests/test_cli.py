@@ -25,7 +25,7 @@ def test_help_documents_every_option_and_its_default(script_main):
     help_text = " ".join(result.stdout.split())
     for option in OPTIONS:
         assert option in help_text
-    for default in ["sqlite:///mlflow.db", "autolog_mlflow", "grid-search", "(default: 5)",
+    for default in ["sqlite:///mlflow.db", "autolog_mlflow", "DATA -> TARGET", "(default: 5)",
                     "(default: 0.25)", "(default: 42)", "(default: -1)", "(default: all)"]:  # fmt: skip
         assert default in help_text, default
 

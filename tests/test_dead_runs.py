@@ -105,7 +105,7 @@ def test_run_killed_mid_search_is_ended_failed_by_the_next_run_with_the_evidence
     assert dead.data.tags[CRASHED] == evidence
     assert dead.data.tags["mlflow.note.content"] == f"**Died**: {evidence}."  # atop its UI page
     assert dead.info.start_time <= dead.info.end_time  # its last heartbeat, or its start
-    assert f"Closed 1 run that had died (now FAILED):\n  {dead_id} (grid-search): {evidence}" in (
+    assert f"Closed 1 run that had died (now FAILED):\n  {dead_id} ({dead.info.run_name}): {evidence}" in (
         result.stdout
     )
     new_id = result.stdout.split("Run ID: ")[1].split()[0]
@@ -152,7 +152,7 @@ def test_run_of_another_machine_is_closed_once_its_heartbeat_is_stale_not_while_
     evidence = (f"no heartbeat from process {pid} on host another-machine since "
                 f"{dead.data.tags[HEARTBEAT]}, over 4 periods of {FAST_BEAT} s")  # fmt: skip
     assert json.loads(out)["closed_dead_runs"] == [
-        {"run_id": dead_id, "run_name": "grid-search", "evidence": evidence}
+        {"run_id": dead_id, "run_name": dead.info.run_name, "evidence": evidence}
     ]
     assert dead.info.status == "FAILED" and dead.data.tags[CRASHED] == evidence
     live_run = client.get_run(live_id)
@@ -192,7 +192,7 @@ def test_close_dead_runs_only_sweeps_and_says_what_it_closed(tmp_path):
     dead = client.get_run(dead_id)
     assert result.stdout.splitlines() == [
         "Closed 1 run that had died (now FAILED):",
-        f"  {dead_id} (grid-search): {same_host_evidence(dead)}",
+        f"  {dead_id} ({dead.info.run_name}): {same_host_evidence(dead)}",
     ]
     assert dead.info.status == "FAILED"
     assert client.get_run(notebook).info.status == "RUNNING"
@@ -238,7 +238,7 @@ def test_run_killed_mid_search_is_closed_through_a_tracking_server(tmp_path, ser
     dead = client.get_run(dead_id)
     evidence = same_host_evidence(dead)
     assert report["closed_dead_runs"] == [
-        {"run_id": dead_id, "run_name": "grid-search", "evidence": evidence}
+        {"run_id": dead_id, "run_name": dead.info.run_name, "evidence": evidence}
     ]
     assert dead.info.status == "FAILED" and dead.data.tags[CRASHED] == evidence
     assert client.get_run(report["run_id"]).info.status == "FINISHED"

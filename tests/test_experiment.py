@@ -1,5 +1,6 @@
 """What one run of the script leaves in the tracking store, checked with MLflow's own client."""
 
+import itertools
 import json
 from importlib.metadata import packages_distributions
 from pathlib import Path
@@ -57,7 +58,7 @@ def test_default_grid_has_at_least_nine_candidates_over_two_hyperparameters():
 def test_parent_run_is_finished_under_the_default_experiment(quick_run):
     run = quick_run.run
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == autolog_mlflow.RUN_NAME
+    assert run.info.run_name == "breast-cancer -> target"  # its data and target
     experiment = quick_run.client.get_experiment(run.info.experiment_id)
     assert experiment.name == autolog_mlflow.EXPERIMENT_NAME
     assert (quick_run.workdir / "mlflow.db").is_file()
@@ -122,6 +123,28 @@ def test_each_child_run_is_made_during_the_search_and_filled_in_after_it(request
     for child in made.child_runs():
         assert parent.start_time < child.info.start_time < searched
         assert child.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("run", ["quick_run", "second_quick_run"])  # fits here; in workers
+def test_child_runs_span_their_own_fits_not_the_whole_search(request, run):
+    """The UI's Duration of a child run is its candidate's: from its first fold's start to its
+    last fold's end, at least its longest fold, never the whole search."""
+    made = request.getfixturevalue(run)
+    searched = made.client.get_metric_history(made.run.info.run_id, "training_score")[0].timestamp
+    children = sorted(made.child_runs(), key=lambda child: child.info.start_time)
+    for child in children:
+        seconds = (child.info.end_time - child.info.start_time) / 1000
+        fold = child.data.metrics["mean_fit_time"] + child.data.metrics["mean_score_time"]
+        assert fold <= seconds + 0.002, child.info.run_name  # timestamps in ms
+        assert made.run.info.start_time < child.info.start_time
+        assert child.info.end_time < searched
+    if run == "quick_run":  # --n-jobs 1: one candidate after the other
+        for before, after in itertools.pairwise(children):
+            assert before.info.end_time <= after.info.start_time
+            folds = int(made.run.data.params["cv"])
+            fits = folds * (before.data.metrics["mean_fit_time"]
+                            + before.data.metrics["mean_score_time"])  # fmt: skip
+            assert fits <= (before.info.end_time - before.info.start_time) / 1000 + 0.005
 
 
 @pytest.mark.slow

@@ -32,6 +32,15 @@ def test_a_table_with_text_gaps_and_dates_is_searched_and_scored_on_held_out_row
     assert "f1_score_X_test" in run.data.metrics  # three classes: macro F1, no ROC AUC
 
 
+def test_the_run_and_its_datasets_are_named_after_the_file_target_and_split(table_run):
+    assert table_run.run.info.run_name == "penguins.csv -> species"
+    names = {(tag.value, item.dataset.name) for item in table_run.run.inputs.dataset_inputs
+             for tag in item.tags if tag.key == "mlflow.data.context"}  # fmt: skip
+    assert names == {("train", "penguins.csv train"), ("eval", "penguins.csv test")}
+    for child in table_run.child_runs():
+        assert [item.dataset.name for item in child.inputs.dataset_inputs] == ["penguins.csv train"]
+
+
 def test_rows_without_a_target_are_left_out_and_counted(table_run):
     data = table_run.report["data"]
     assert data["rows_without_target"] == 3
