@@ -84,6 +84,7 @@ import mlflow.types.utils
 import numpy as np
 import pandas as pd
 import rich.console
+import scipy.stats
 import rich.progress
 import skrub
 from filelock import FileLock
@@ -427,6 +428,9 @@ def log_what_the_search_found(experiment, search, profile, client, mlflow_warnin
     # outermost frame that passes them on: here, X_test (accuracy_score_X_test).
     X_test, y_test = data.X_test, data.y_test
     held_out_metrics, y_pred = score_on_test_split(search, X_test, y_test)
+    runner_up = best_vs_runner_up(search)
+    if runner_up:
+        mlflow.log_metric(RUNNER_UP_P_VALUE, runner_up["p_value"])
     mlflow_warnings.raise_if_any()
     mlflow.sklearn.autolog(disable=True)  # its work is done; what follows is ours
     progress("logging the best model, explaining the run, checking what the store holds ...")
@@ -436,13 +440,16 @@ def log_what_the_search_found(experiment, search, profile, client, mlflow_warnin
     importance, importance_rows = explain_run(search, data, y_pred, args.seed)
     reproduction = original and log_reproduction(client, original, run_id, record, X_test)
     report = read_run_back(client, run_id)
-    require_complete(report, args, search, held_out_metrics)
+    require_complete(
+        report, args, search, [*held_out_metrics, *[RUNNER_UP_P_VALUE] * bool(runner_up)]
+    )
     report |= {
         "data": described,
         "compared_with_earlier_runs": compare_with_earlier_runs(client, run_id),
         "importance": {"held_out_rows": importance_rows,
                        "columns": importance.to_dict(orient="records")},
         "reproduction": reproduction,
+        "best_vs_runner_up": runner_up,
     }  # fmt: skip
     report["summary"] = summary_of(report, importance)
     mlflow.set_tag("mlflow.note.content", report["summary"])
@@ -2057,6 +2064,48 @@ def explain_run(search, data, y_pred, seed):
 
 
 EXPLANATION = ["grid_scores.png", "feature_importance.csv", "feature_importance.png"]
+RUNNER_UP_P_VALUE = "best_vs_runner_up_p_value"  # the metric of best_vs_runner_up()
+DISTINGUISHABLE = 0.05  # a p-value below: the best is better than the runner-up
+
+
+def best_vs_runner_up(search):
+    """Is the best candidate better than the runner-up, or within the noise of the CV folds?
+
+    The corrected repeated k-fold t-test of Nadeau and Bengio (2003), as in scikit-learn's
+    example "Statistical comparison of models using grid search": the folds' training sets
+    overlap, so the variance of the score differences is inflated by n_test / n_train. One-sided:
+    the best was chosen for scoring higher. None with a single candidate.
+    """
+    results = pd.DataFrame(search.cv_results_)
+    if len(results) < 2:
+        return None
+    ranked = results.sort_values("rank_test_score", kind="stable").index  # ties: grid order
+    runner_up = next(candidate for candidate in ranked if candidate != search.best_index_)
+    folds = [f"split{k}_test_score" for k in range(search.n_splits_)]
+    differences = (results.loc[search.best_index_, folds] - results.loc[runner_up, folds]).to_numpy(
+        float
+    )
+    mean, variance, k = differences.mean(), differences.var(ddof=1), len(differences)
+    corrected = (1 / k + 1 / (k - 1)) * variance  # n_test / n_train of k equal folds: 1 / (k - 1)
+    if corrected > 0:
+        p_value = float(scipy.stats.t.sf(mean / np.sqrt(corrected), df=k - 1))
+    else:  # the same difference on every fold: none at all, or one the folds agree on
+        p_value = 1.0 if mean <= 0 else 0.0
+    varied = sorted(set().union(*search.cv_results_["params"]))
+    return {
+        "runner_up": child_run_name(varied, search.cv_results_["params"][runner_up]),
+        "mean_difference": float(mean),
+        "p_value": p_value,
+        "verdict": "better" if p_value < DISTINGUISHABLE else "not distinguishable",
+    }
+
+
+def runner_up_line(comparison, folds):
+    """E.g. `best vs runner-up max_depth=5 n_estimators=50: better (mean CV difference +0.021
+    over 5 folds; corrected t-test, p = 0.012)`."""
+    return (f"best vs runner-up {comparison['runner_up']}: {comparison['verdict']} (mean CV "
+            f"difference {comparison['mean_difference']:+.3f} over {folds} folds; corrected "
+            f"t-test, p = {comparison['p_value']:.3f})")  # fmt: skip
 
 
 def figure_and_axes(width, height):
@@ -2206,11 +2255,17 @@ def importance_figure(importance, rows):
     return figure
 
 
+def best_name(params):
+    """The child-run name of the search's best candidate (among tied ranks, the one it
+    refitted), from the run's `best_*` params."""
+    return " ".join(f"{key.removeprefix('best_')}={value}"
+                    for key, value in sorted(params.items()) if key.startswith("best_"))  # fmt: skip
+
+
 def best_child(report):
-    """The child run of the search's best candidate (among tied ranks, the one it refitted)."""
-    best = " ".join(f"{key.removeprefix('best_')}={value}"
-                    for key, value in sorted(report["params"].items()) if key.startswith("best_"))  # fmt: skip
-    return next(child for child in report["child_runs"] if child["name"] == best)
+    return next(
+        child for child in report["child_runs"] if child["name"] == best_name(report["params"])
+    )
 
 
 def summary_of(report, importance):
@@ -2235,9 +2290,11 @@ def summary_of(report, importance):
                 f"training rows, {data['feature_columns']} columns)")  # fmt: skip
     headline = (f"**Best: `{best['name']}`**, mean CV {score_name()} "
                 f"{best['mean_test_score']:.3f} (+/- {2 * best['std_test_score']:.3f}, 2 std)")  # fmt: skip
+    runner_up = report["best_vs_runner_up"]
     return "\n".join([
         headline,
         "",
+        *[f"- The {runner_up_line(runner_up, report['params']['cv'])}"] * bool(runner_up),
         f"- Searched: {searched}",
         f"- Held out ({data['test_rows']} rows): {held_out}",
         f"- Compared on {comparison['score']}: {compared}",
@@ -2281,8 +2338,12 @@ def read_run_back(client, run_id):
                 }
                 for child in find_child_runs(client, run)
             ),
-            key=lambda child: (child["rank"], child["name"]),
-        ),
+            key=lambda child: (
+                child["name"] != best_name(run.data.params),
+                child["rank"],
+                child["name"],
+            ),
+        ),  # the chosen best first: on tied ranks, the one the search refitted
         "test_metrics": {
             key: value for key, value in run.data.metrics.items() if key.endswith("_X_test")
         },
@@ -2616,7 +2677,7 @@ def browse_hints(tracking_uri, report):
 
 
 def print_report(report):
-    print(f"\nRun ID: {report['run_id']}")
+    print(f"Run ID: {report['run_id']}")
     print(f"Run name: {report['run_name']}")
     print(f"Status: {report['status']} in {report['duration_seconds']:.1f} s")
     if report["closed_dead_runs"]:
@@ -2639,6 +2700,10 @@ def print_report(report):
     for child in report["child_runs"]:
         score = f"{child['mean_test_score']:.3f} (+/- {2 * child['std_test_score']:.3f})"
         print(f"  {child['rank']:>4}  {score:<26} {child['name']}")
+    if report["best_vs_runner_up"]:
+        print(
+            f"  the best (first) is {runner_up_line(report['best_vs_runner_up'], report['params']['cv'])}"
+        )
     print("\nHeld-out test metrics (the search never saw these rows):")
     for key, value in report["test_metrics"].items():
         print(f"  {key}: {value:.3f}")
