@@ -177,6 +177,8 @@ def load_data(args):
         return X, y, 0
     try:
         frame = read_csv_of_any_locale(args.data)
+    except pd.errors.EmptyDataError:
+        raise BadInput(f"--data {args.data} is empty: give a CSV with a header line and rows")
     except (OSError, ValueError, csv.Error) as e:
         raise BadInput(f"cannot read --data {args.data}: {e}")
     if args.target not in frame.columns:
@@ -184,7 +186,12 @@ def load_data(args):
             f"--target {args.target!r} is not a column of {args.data}; "
             f"columns: {', '.join(map(str, frame.columns))}"
         )
+    if frame.empty:
+        raise BadInput(f"--data {args.data} has a header but no rows: nothing to learn from")
     labelled = frame[args.target].notna()
+    if not labelled.any():
+        raise BadInput(f"--target {args.target} is empty in all {len(frame)} rows of {args.data}: "
+                       "choose the column that holds what to predict")  # fmt: skip
     frame = frame[labelled].reset_index(drop=True)
     return frame.drop(columns=[args.target]), frame[args.target], int((~labelled).sum())
 
@@ -354,10 +361,12 @@ def main(argv=None):
         client = prepare_tracking(args)
         with search_backend(args) as where:
             report = run_experiment(experiment, client, mlflow_warnings, where)
-        report["registration"] = (
-            None if args.register_model is None
-            else register_best_model(client, args.register_model, report)
-        )  # fmt: skip
+        report["registration"], unregistered = None, None
+        if args.register_model is not None:
+            try:
+                report["registration"] = register_best_model(client, args.register_model, report)
+            except RegistrationFailed as e:  # the run FINISHED: its report still comes
+                unregistered = e
     except BadInput as e:
         return fail(str(e), 2)
     except Terminated as e:
@@ -371,6 +380,8 @@ def main(argv=None):
         print(json.dumps(report, indent=2))
     else:
         print_report(report)
+    if unregistered:
+        return fail(str(unregistered), 1)
     reproduction = report["reproduction"]
     return EXIT_DIFFERENT if reproduction and reproduction["verdict"] != "identical" else 0
 
@@ -563,7 +574,7 @@ def parse_args(argv=None):
         "--register-model",
         metavar="NAME",
         help="register the best model as a new version of NAME in the model registry; it "
-        "becomes NAME@champion if it beats the champion's held-out accuracy",
+        f"becomes NAME@champion if it beats the champion's held-out {HELD_OUT_SCORE}",
     )
     parser.add_argument(
         "--reproduce",
@@ -701,8 +712,12 @@ def check_server_answers(uri):
     health = f"{parsed.scheme}://{parsed.hostname}{port}{parsed.path.rstrip('/')}/health"
     try:
         urllib.request.urlopen(health, timeout=SERVER_CHECK_TIMEOUT).close()
-    except urllib.error.HTTPError:
-        return  # it answers; authentication and the rest are MLflow's to report
+    except urllib.error.HTTPError as e:
+        if e.code < 500:
+            return  # it answers; authentication and the rest are MLflow's to report
+        # A proxy or gateway answers for it: 502 Bad Gateway, 503 with the server down.
+        raise Unreachable(f"the tracking server {redact(uri, uri)} does not work: {health} "
+                          f"answers {e.code} {e.reason}")  # fmt: skip
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         if isinstance(reason, TimeoutError):
@@ -2294,7 +2309,7 @@ def summary_of(report, importance):
     return "\n".join([
         headline,
         "",
-        *[f"- The {runner_up_line(runner_up, report['params']['cv'])}"] * bool(runner_up),
+        *([f"- The {runner_up_line(runner_up, report['params']['cv'])}"] if runner_up else []),
         f"- Searched: {searched}",
         f"- Held out ({data['test_rows']} rows): {held_out}",
         f"- Compared on {comparison['score']}: {compared}",
@@ -2641,11 +2656,16 @@ def decide_champion(client, name, tags):
         return True, "no champion yet: this version is the champion"
     champion = client.get_model_version(name, champion_version)
     score, theirs = float(tags[HELD_OUT_SCORE]), champion.tags.get(HELD_OUT_SCORE)
-    if champion.tags.get("eval_data_digest") != tags["eval_data_digest"] or theirs is None:
+    if champion.tags.get("eval_data_digest") != tags["eval_data_digest"]:
         return False, (
             f"stays challenger: champion version {champion.version} was scored on other test "
             f"data (digest {champion.tags.get('eval_data_digest')}, this run "
             f"{tags['eval_data_digest']})"
+        )
+    if theirs is None:  # a champion of another SCORING, or of the estimator's other score
+        return False, (
+            f"stays challenger: champion version {champion.version} has no {HELD_OUT_SCORE} to "
+            "compare with (it was scored by another SCORING or estimator)"
         )
     if score > float(theirs):
         return True, (

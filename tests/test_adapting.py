@@ -5,7 +5,7 @@ import json
 
 import mlflow
 import pytest
-from conftest import ROOT, penguins, raw_rows, run_script
+from conftest import ROOT, SMALL_TABLE, penguins, raw_rows, run_script
 from mlflow import MlflowClient
 
 ESTIMATOR_LINE = "ESTIMATOR = ensemble.RandomForestClassifier()"
@@ -13,9 +13,14 @@ ESTIMATOR_LINE = "ESTIMATOR = ensemble.RandomForestClassifier()"
 
 def script_with_estimator(folder, estimator):
     """A copy of the script in `folder` with only the ESTIMATOR line changed."""
+    return script_with(folder, ESTIMATOR_LINE, f"ESTIMATOR = {estimator}")
+
+
+def script_with(folder, start, replacement):
+    """A copy of the script in `folder` with `start`, at the start of one line, replaced."""
     lines = (ROOT / "autolog_mlflow.py").read_text().splitlines(keepends=True)
-    (number,) = [i for i, line in enumerate(lines) if line.startswith(ESTIMATOR_LINE)]
-    lines[number] = lines[number].replace(ESTIMATOR_LINE, f"ESTIMATOR = {estimator}")
+    (number,) = [i for i, line in enumerate(lines) if line.startswith(start)]
+    lines[number] = lines[number].replace(start, replacement)
     (folder / "autolog_mlflow.py").write_text("".join(lines))
     return folder / "autolog_mlflow.py"
 
@@ -79,6 +84,27 @@ def test_a_regressor_is_one_line_scored_and_ranked_by_held_out_r2(tmp_path):
 
     again = run_copy(script, "--reproduce", strong["run_id"])
     assert again["reproduction"]["verdict"] == "identical"
+
+
+@pytest.mark.slow
+def test_a_scoring_of_its_own_is_logged_and_never_compared_with_another_scorings_champion(
+    tmp_path,
+):
+    options = [*SMALL_TABLE, "--cv", "2", "--param-grid", '{"n_estimators": [5]}',
+               "--register-model", "tumours"]  # fmt: skip
+    script = script_with(tmp_path, "SCORING = None", "SCORING = None")  # the script as it is
+    by_accuracy = run_copy(script, *options)
+    script = script_with(tmp_path, "SCORING = None", 'SCORING = "balanced_accuracy"')
+    balanced = run_copy(script, *options)
+
+    assert by_accuracy["registration"]["aliases"] == ["champion"]
+    assert "balanced_accuracy_X_test" in balanced["test_metrics"]
+    assert balanced["compared_with_earlier_runs"]["score"] == "balanced_accuracy_X_test"
+    assert balanced["registration"]["aliases"] == ["challenger"]
+    assert balanced["registration"]["decision"] == (
+        "stays challenger: champion version 1 has no balanced_accuracy_X_test to compare with "
+        "(it was scored by another SCORING or estimator)"
+    )
 
 
 @pytest.mark.slow

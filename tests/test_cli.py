@@ -88,6 +88,9 @@ BAD_INPUTS = {
 BAD_CSVS = {
     "target not a column": ("a,b\n1,0\n2,1\n", "y", "'y' is not a column"),
     "one class": ("a,y\n1,0\n2,0\n3,0\n", "y", "single class"),
+    "empty file": ("", "y", "--data data.csv is empty: give a CSV with a header line and rows"),
+    "only a header": ("a,y\n", "y", "--data data.csv has a header but no rows"),
+    "target all blank": ("a,y\n1,\n2,\n", "y", "--target y is empty in all 2 rows of data.csv"),
     "semicolons, target not a column": (
         "a;b;y\n1,5;2;0\n2,5;3;1\n",
         "x",

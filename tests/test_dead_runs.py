@@ -105,8 +105,9 @@ def test_run_killed_mid_search_is_ended_failed_by_the_next_run_with_the_evidence
     assert dead.data.tags[CRASHED] == evidence
     assert dead.data.tags["mlflow.note.content"] == f"**Died**: {evidence}."  # atop its UI page
     assert dead.info.start_time <= dead.info.end_time  # its last heartbeat, or its start
-    assert f"Closed 1 run that had died (now FAILED):\n  {dead_id} ({dead.info.run_name}): {evidence}" in (
-        result.stdout
+    assert (
+        f"Closed 1 run that had died (now FAILED):\n  {dead_id} ({dead.info.run_name}): {evidence}"
+        in (result.stdout)
     )
     new_id = result.stdout.split("Run ID: ")[1].split()[0]
     assert client.get_run(new_id).info.status == "FINISHED"

@@ -1,11 +1,13 @@
 """Fail fast, fail clearly, lose nothing: every fault here is provoked for real."""
 
+import http.server
 import json
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import weakref
 
@@ -92,6 +94,29 @@ def test_server_that_never_answers_fails_within_its_timeout(tmp_path):
     assert result.returncode == 1
     assert "no answer within" in one_line_error(result)
     assert seconds < autolog_mlflow.SERVER_CHECK_TIMEOUT + MARGIN
+
+
+def test_a_proxy_answering_for_a_server_that_is_down_fails_before_any_run(tmp_path):
+    """A gateway answers 502 for a tracking server that is down: it is no server that answers."""
+
+    class BadGateway(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 -- http.server's name
+            self.send_error(502, "Bad Gateway")
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), BadGateway) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        uri = f"http://127.0.0.1:{proxy.server_address[1]}"
+        result = run_script(tmp_path, "--tracking-uri", uri)
+        proxy.shutdown()
+    assert result.returncode == 1
+    assert one_line_error(result) == (
+        f"autolog_mlflow.py: error: the tracking server {uri} does not work: {uri}/health "
+        "answers 502 Bad Gateway"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_password_in_tracking_uri_is_never_printed(tmp_path):

@@ -183,3 +183,6 @@ def test_registry_failure_after_the_run_keeps_it_finished_and_says_how_to_retry(
     (run,) = parent_runs(f"sqlite:///{store}")
     assert run.info.status == "FINISHED"
     assert run.info.run_id in line
+    # The run's report, as without --register-model, before the error.
+    assert result.stdout.startswith(f"Run ID: {run.info.run_id}\nRun name: small_table.csv -> ")
+    assert "\nStatus: FINISHED in " in result.stdout and "\nLoad the model:\n" in result.stdout
