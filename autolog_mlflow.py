@@ -327,6 +327,17 @@ def score_on_test_split(search, X_test, y_test):
     return ([*logged, HELD_OUT_SCORE] if HELD_OUT_SCORE not in logged else logged), y_pred
 
 
+def f1_of(search):
+    """What the held-out F1 (and ROC AUC) measure: of two classes, the second in sorted order
+    (classes_[1]); of more, all of them alike (macro average). None for a regressor."""
+    if not is_classifier(search):
+        return None
+    classes = search.classes_
+    if len(classes) == 2:
+        return f"F1 and ROC AUC take {classes[1]} as the positive class, of {classes[0]} and {classes[1]}"
+    return f"F1 is macro-averaged over the {len(classes)} classes"
+
+
 # %% Main flow: check the input and the store before any run exists, run the experiment in one
 # tracked run, verify what the store holds, then register, compare and report.
 class BadInput(Exception):
@@ -461,6 +472,7 @@ def log_what_the_search_found(experiment, search, profile, client, mlflow_warnin
                        "columns": importance.to_dict(orient="records")},
         "reproduction": reproduction,
         "best_vs_runner_up": runner_up,
+        "f1": f1_of(search),
     }  # fmt: skip
     report["summary"] = summary_of(report, importance)
     mlflow.set_tag("mlflow.note.content", report["summary"])
@@ -1518,7 +1530,8 @@ def rescued_on_failure(search, X_train, run_id):
 HOST, MACHINE, PID = "autolog_mlflow.host", "autolog_mlflow.machine", "autolog_mlflow.pid"
 PROCESS_START, CRASHED = "autolog_mlflow.process_start", "autolog_mlflow.crashed"
 HEARTBEAT, PERIOD = "autolog_mlflow.heartbeat", "autolog_mlflow.heartbeat_seconds"
-BEAT_FORMAT = "%Y-%m-%d %H:%M:%S UTC"  # readable in the UI's tags, and parsed back
+BEAT_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
+CANDIDATE = "autolog_mlflow.candidate"  # a child run's index in cv_results_  # readable in the UI's tags, and parsed back
 UNKNOWN = "unknown"  # where /proc is missing (macOS, Windows): the heartbeat alone decides
 
 
@@ -1797,6 +1810,7 @@ def child_runs_named_at_creation():
         varied = sorted(set().union(*cv_estimator.cv_results_["params"]))
         for run_id, params in queued.params.items():
             tags = child_run_tags(varied, params, queued.metrics[run_id], len(queued.params))
+            tags[CANDIDATE] = str(queued.candidate_of[run_id])  # the leaderboard's order on ties
             queued.set_tags(run_id, tags)  # sent with the create call, or in the batch
 
     utils._create_child_runs_for_parameter_search = child_runs_named
@@ -2311,7 +2325,8 @@ def summary_of(report, importance):
         "",
         *([f"- The {runner_up_line(runner_up, report['params']['cv'])}"] if runner_up else []),
         f"- Searched: {searched}",
-        f"- Held out ({data['test_rows']} rows): {held_out}",
+        f"- Held out ({data['test_rows']} rows): {held_out}"
+        + (f"; {report['f1']}" if report["f1"] else ""),
         f"- Compared on {comparison['score']}: {compared}",
         f"- Columns that matter most (permutation importance): {top}",
         f"- Load the model: `{report['load_model']}`",
@@ -2350,15 +2365,18 @@ def read_run_back(client, run_id):
                     "rank": int(child.data.metrics["rank_test_score"]),
                     "mean_test_score": child.data.metrics["mean_test_score"],
                     "std_test_score": child.data.metrics["std_test_score"],
+                    "candidate": int(child.data.tags.get(CANDIDATE, -1)),
                 }
                 for child in find_child_runs(client, run)
             ),
+            # The chosen best first (on tied ranks the search keeps the first candidate), then as
+            # best_vs_runner_up() ranks them: by rank, ties in the grid's order.
             key=lambda child: (
                 child["name"] != best_name(run.data.params),
                 child["rank"],
-                child["name"],
+                child["candidate"],
             ),
-        ),  # the chosen best first: on tied ranks, the one the search refitted
+        ),
         "test_metrics": {
             key: value for key, value in run.data.metrics.items() if key.endswith("_X_test")
         },
@@ -2721,12 +2739,12 @@ def print_report(report):
         score = f"{child['mean_test_score']:.3f} (+/- {2 * child['std_test_score']:.3f})"
         print(f"  {child['rank']:>4}  {score:<26} {child['name']}")
     if report["best_vs_runner_up"]:
-        print(
-            f"  the best (first) is {runner_up_line(report['best_vs_runner_up'], report['params']['cv'])}"
-        )
+        print(f"  {runner_up_line(report['best_vs_runner_up'], report['params']['cv'])}")
     print("\nHeld-out test metrics (the search never saw these rows):")
     for key, value in report["test_metrics"].items():
         print(f"  {key}: {value:.3f}")
+    if report["f1"]:
+        print(f"  ({report['f1']})")
     print_importance(report["importance"])
     print_comparison(report["compared_with_earlier_runs"])
     print('\nBrowse in the MLflow UI ("Model training" view):')
@@ -2764,7 +2782,8 @@ def print_data(data):
     print(f"  missing values: {gaps or 'none'}")
     numeric = data["numeric_columns"]
     shown = ", ".join(numeric[:5]) + (f" and {len(numeric) - 5} more" if len(numeric) > 5 else "")
-    print(f"  {len(numeric)} numeric columns, as they are: {shown or 'none'}")
+    print(f"  {len(numeric)} numeric column{'s' * (len(numeric) != 1)}, as they are: "
+          f"{shown or 'none'}")  # fmt: skip
     for column, treatment in data["treatment"].items():
         print(f"  {column}: {treatment}")
     print(f"  profile: {data['profile']['artifact']} ({data['profile']['covers']})")

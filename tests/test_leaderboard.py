@@ -37,6 +37,8 @@ def test_on_tied_ranks_the_first_row_is_the_candidate_the_search_kept(tied):
     children = tied.report["child_runs"]
     assert {child["rank"] for child in children} == {1}
     assert children[0]["name"] == "max_depth=2 n_estimators=20"  # the grid's first
+    assert [child["candidate"] for child in children] == [0, 1, 2, 3]  # then the grid's order
+    assert children[1]["name"] == tied.report["best_vs_runner_up"]["runner_up"]
     assert tied.report["params"]["best_max_depth"] == "2"
     assert tied.report["params"]["best_n_estimators"] == "20"
     assert tied.report["summary"].startswith("**Best: `max_depth=2 n_estimators=20`**")

@@ -153,7 +153,7 @@ def test_autologging_builds_one_dataset_per_frame_with_mlflows_digest_and_schema
     profile = cProfile.Profile()
     try:
         with mlflow.start_run() as run, autolog_mlflow.datasets_built_once() as dataset_of:
-            autolog_mlflow.register_datasets(dataset_of, X_train, X_test)
+            autolog_mlflow.register_datasets(dataset_of, X_train, X_test, "numbers")
             search = GridSearchCV(RandomForestClassifier(n_estimators=5, random_state=0),
                                   {"max_depth": [2, 3]}, cv=2)  # fmt: skip
             profile.enable()
@@ -171,7 +171,11 @@ def test_autologging_builds_one_dataset_per_frame_with_mlflows_digest_and_schema
         for tag in item.tags
         if tag.key == "mlflow.data.context"
     }
-    for context, frame in [("train", X_train), ("eval", X_test)]:
+    for context, frame, name in [
+        ("train", X_train, "numbers train"),
+        ("eval", X_test, "numbers test"),
+    ]:
+        assert recorded[context].name == name  # not autologging's `dataset`
         assert recorded[context].digest == compute_pandas_digest(frame)
         expected_schema = {"mlflow_colspec": _infer_schema(frame).to_dict()}
         assert json.loads(recorded[context].schema) == expected_schema
@@ -263,9 +267,9 @@ def child_runs_made_by(create_child_runs, search, parent, max_tuning_runs, datas
 
 
 def recorded(child, parent):
-    """What a child run holds, less its name, description and end time (when it was made)."""
+    """What a child run holds, less its name, description, candidate index and end time."""
     tags = {key: value for key, value in child.data.tags.items()
-            if key not in ("mlflow.runName", "mlflow.note.content")}  # fmt: skip
+            if key not in ("mlflow.runName", "mlflow.note.content", autolog_mlflow.CANDIDATE)}  # fmt: skip
     inputs = [(item.dataset.name, item.dataset.digest, [(t.key, t.value) for t in item.tags])
               for item in child.inputs.dataset_inputs]  # fmt: skip
     tags["mlflow.parentRunId"] = child.data.tags["mlflow.parentRunId"] == parent.info.run_id

@@ -78,3 +78,19 @@ def test_quoted_progress_line_is_the_one_the_script_prints():
     done, total, minutes, seconds = map(int, re.match(
         r"search: (\d+)/(\d+) fits .*?0:(\d\d):(\d\d) elapsed", quoted).groups())  # fmt: skip
     assert autolog_mlflow.progress_line(done, total, 60 * minutes + seconds) == quoted
+
+
+def test_the_own_data_example_is_what_the_script_prints_for_the_real_table(tmp_path):
+    """The README's "Your own data" block, on the Palmer penguins table it names, is what the
+    script printed on stdout (the section does not depend on the grid: a small one here)."""
+    (block,) = re.findall(r"```text\n(Data: penguins.csv.*?)```", README.read_text(), re.DOTALL)
+    (tmp_path / "penguins.csv").write_bytes((ROOT / "tests" / "penguins.csv").read_bytes())
+    result = run_script(tmp_path, "--data", "penguins.csv", "--target", "species", "--cv", "3",
+                        "--param-grid", '{"n_estimators": [10, 20]}', "--n-jobs", "1")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("Run ID: ")  # no blank line before the report
+    assert "\nRun name: penguins.csv -> species\n" in out
+    assert f"\n{block}" in out
+    assert "  (F1 is macro-averaged over the 3 classes)\n" in out
+    assert "\n  best vs runner-up n_estimators=" in out

@@ -41,6 +41,19 @@ def test_the_run_and_its_datasets_are_named_after_the_file_target_and_split(tabl
         assert [item.dataset.name for item in child.inputs.dataset_inputs] == ["penguins.csv train"]
 
 
+def test_the_printed_report_names_a_single_numeric_column_and_the_positive_class(tmp_path):
+    rng = np.random.default_rng(0)
+    size = rng.random(200)
+    table = pd.DataFrame({"size": size, "colour": rng.choice(["red", "blue"], 200),
+                          "big": np.where(size > 0.5, "yes", "no")})  # fmt: skip
+    table.to_csv(tmp_path / "sizes.csv", index=False)
+    result = run_script(tmp_path, "--data", "sizes.csv", "--target", "big", "--cv", "2",
+                        "--param-grid", '{"n_estimators": [5]}', "--n-jobs", "1")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "\n  1 numeric column, as they are: size\n" in result.stdout
+    assert "\n  (F1 and ROC AUC take yes as the positive class, of no and yes)\n" in result.stdout
+
+
 def test_rows_without_a_target_are_left_out_and_counted(table_run):
     data = table_run.report["data"]
     assert data["rows_without_target"] == 3
