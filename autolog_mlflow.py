@@ -2323,7 +2323,7 @@ def summary_of(report, importance):
     return "\n".join([
         headline,
         "",
-        *([f"- The {runner_up_line(runner_up, report['params']['cv'])}"] if runner_up else []),
+        *([f"- B{runner_up_line(runner_up, report['params']['cv'])[1:]}"] if runner_up else []),
         f"- Searched: {searched}",
         f"- Held out ({data['test_rows']} rows): {held_out}"
         + (f"; {report['f1']}" if report["f1"] else ""),

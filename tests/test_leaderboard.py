@@ -53,7 +53,7 @@ def test_a_tie_is_said_not_distinguishable_in_the_report_description_and_metrics
     }
     line = ("best vs runner-up max_depth=2 n_estimators=10: not distinguishable (mean CV "
             "difference +0.000 over 3 folds; corrected t-test, p = 1.000)")  # fmt: skip
-    assert f"\n- The {line}\n" in tied.run.data.tags["mlflow.note.content"]
+    assert f"\n- B{line[1:]}\n" in tied.run.data.tags["mlflow.note.content"]
     assert tied.run.data.metrics["best_vs_runner_up_p_value"] == 1.0
 
 

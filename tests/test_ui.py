@@ -1,6 +1,7 @@
 """The MLflow UI really shows our run: a real `mlflow ui` server and a real headless browser."""
 
 import pytest
+from conftest import ROOT, SMALL_TABLE, finished_run
 from mlflow_ui import (
     CONTENT_TIMEOUT,
     browser_page,
@@ -90,3 +91,20 @@ def test_compare_page_plots_child_runs_against_the_cv_score(quick_run, page_on_u
     plot = page.locator(".js-plotly-plot").first.inner_text()
     assert "mean_test_score" in plot and "max_depth" in plot and "n_estimators" in plot
     assert all(child["name"] in text for child in report["child_runs"])
+
+
+def test_runs_on_two_tables_are_told_apart_in_the_run_list_by_name_and_dataset(tmp_path):
+    """The experiment's run list, as a browser shows it: each run named after its data and
+    target, each with its training set named after its file."""
+    (tmp_path / "penguins.csv").write_bytes((ROOT / "tests" / "penguins.csv").read_bytes())
+    tiny = ["--param-grid", '{"n_estimators": [5]}', "--cv", "2", "--n-jobs", "1"]
+    first = finished_run(tmp_path, *SMALL_TABLE, *tiny)
+    finished_run(tmp_path, "--data", "penguins.csv", "--target", "species", *tiny)
+    runs = first.report["browse"]["experiment_url"]
+    with mlflow_server(first.tracking_uri, tmp_path) as server, browser_page() as page:
+        page.goto(runs.replace(autolog_mlflow.UI_URL, server.url))
+        for shown in ["small_table.csv -> target", "penguins.csv -> species"]:
+            page.get_by_text(shown, exact=True).first.wait_for(timeout=CONTENT_TIMEOUT)
+        text = page.inner_text("body")
+    assert "small_table.csv train" in text and "penguins.csv train" in text
+    assert "dataset (" not in text  # autologging's name for every data set
