@@ -4,6 +4,8 @@ lead somewhere, the progress line it quotes is the script's own, and it stays sh
 import json
 import re
 
+import mlflow
+import pandas as pd
 import pytest
 from conftest import ROOT, run_script
 
@@ -94,3 +96,11 @@ def test_the_own_data_example_is_what_the_script_prints_for_the_real_table(tmp_p
     assert f"\n{block}" in out
     assert "  (F1 is macro-averaged over the 3 classes)\n" in out
     assert "\n  best vs runner-up n_estimators=" in out
+    # Its model takes the table's own rows as pandas reads them: whole numbers (`year`, int64),
+    # gaps, text.
+    (model_uri,) = re.findall(r'mlflow.sklearn.load_model\("(models:/m-\w+)"\)', out)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    rows = pd.read_csv(tmp_path / "penguins.csv").drop(columns="species")
+    assert rows["year"].dtype == "int64" and rows.isna().any().any()
+    predicted = mlflow.pyfunc.load_model(model_uri).predict(rows)
+    assert set(predicted) == {"Adelie", "Gentoo", "Chinstrap"} and len(predicted) == 344
