@@ -84,8 +84,8 @@ import mlflow.types.utils
 import numpy as np
 import pandas as pd
 import rich.console
-import scipy.stats
 import rich.progress
+import scipy.stats
 import skrub
 from filelock import FileLock
 from matplotlib.figure import Figure  # imported by skrub and autologging anyway

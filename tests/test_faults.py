@@ -100,7 +100,7 @@ def test_a_proxy_answering_for_a_server_that_is_down_fails_before_any_run(tmp_pa
     """A gateway answers 502 for a tracking server that is down: it is no server that answers."""
 
     class BadGateway(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 -- http.server's name
+        def do_GET(self):
             self.send_error(502, "Bad Gateway")
 
         def log_message(self, *args):

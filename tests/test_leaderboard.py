@@ -59,7 +59,7 @@ def test_a_tie_is_said_not_distinguishable_in_the_report_description_and_metrics
 
 def test_a_clear_winner_is_said_better_with_the_corrected_t_tests_p_value(tmp_path):
     # XOR: trees of depth 1 cannot learn it (about half right); deeper ones can.
-    xor = lambda frame: np.where((frame["a"] > 0.5) ^ (frame["b"] > 0.5), 1, 0)  # noqa: E731
+    xor = lambda frame: np.where((frame["a"] > 0.5) ^ (frame["b"] > 0.5), 1, 0)
     data = table(tmp_path, NUMBERS, xor)
     grid = '{"max_depth": [1, null], "n_estimators": [10]}'
     made = finished_run(tmp_path, *data, "--param-grid", grid, "--cv", "5")
