@@ -93,7 +93,9 @@ def test_compare_page_plots_child_runs_against_the_cv_score(quick_run, page_on_u
     assert all(child["name"] in text for child in report["child_runs"])
 
 
-def test_runs_on_two_tables_are_told_apart_in_the_run_list_by_name_and_dataset(tmp_path):
+def test_runs_on_two_tables_are_told_apart_in_the_run_list_by_name_and_dataset(
+    tmp_path, page_on_ui
+):
     """The experiment's run list, as a browser shows it: each run named after its data and
     target, each with its training set named after its file."""
     (tmp_path / "penguins.csv").write_bytes((ROOT / "tests" / "penguins.csv").read_bytes())
@@ -101,7 +103,8 @@ def test_runs_on_two_tables_are_told_apart_in_the_run_list_by_name_and_dataset(t
     first = finished_run(tmp_path, *SMALL_TABLE, *tiny)
     finished_run(tmp_path, "--data", "penguins.csv", "--target", "species", *tiny)
     runs = first.report["browse"]["experiment_url"]
-    with mlflow_server(first.tracking_uri, tmp_path) as server, browser_page() as page:
+    page, _ = page_on_ui  # one browser a process: Playwright's sync API runs an event loop
+    with mlflow_server(first.tracking_uri, tmp_path) as server:
         page.goto(runs.replace(autolog_mlflow.UI_URL, server.url))
         for shown in ["small_table.csv -> target", "penguins.csv -> species"]:
             page.get_by_text(shown, exact=True).first.wait_for(timeout=CONTENT_TIMEOUT)
