@@ -77,6 +77,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import unquote, urlparse
 
+import cloudpickle
 import mlflow
 import mlflow.sklearn
 import mlflow.sklearn.utils
@@ -1405,23 +1406,23 @@ def register_datasets(dataset_of, X_train, X_test, name):
                 time.sleep(0.5)
 
 
-def installed_versions():
-    """MODEL_PACKAGES and the distribution that provides ESTIMATOR, at their installed versions."""
-    estimator_package = distribution_of(type(ESTIMATOR).__module__)
-    return {
-        package: version(package) for package in dict.fromkeys([*MODEL_PACKAGES, estimator_package])
-    }
+def installed_versions(estimator_package):
+    """MODEL_PACKAGES and the distribution that provides ESTIMATOR (if any), at their installed
+    versions."""
+    packages = [*MODEL_PACKAGES, *([estimator_package] if estimator_package else [])]
+    return {package: version(package) for package in dict.fromkeys(packages)}
 
 
 def distribution_of(module):
-    """The installed distribution that provides a module (scikit-learn for sklearn.ensemble):
-    looked up in MODEL_PACKAGES' file lists first (20 ms), in all distributions' only if none
-    has it (packages_distributions(): 0.3-0.4 s)."""
+    """The installed distribution that provides a module (scikit-learn for sklearn.ensemble),
+    or None (the script itself, a module of your own beside it): looked up in MODEL_PACKAGES'
+    file lists first (20 ms), in all distributions' only if none has it
+    (packages_distributions(): 0.3-0.4 s)."""
     top = module.split(".")[0]
     for package in MODEL_PACKAGES:
         if any(path.parts[0] in (top, f"{top}.py") for path in distribution(package).files or []):
             return package
-    return packages_distributions()[top][0]
+    return packages_distributions().get(top, [None])[0]
 
 
 def model_options(model, X_train):
@@ -1431,6 +1432,12 @@ def model_options(model, X_train):
     # numbers) in a `double` column and a gap in a `long` one, and a text column of a small
     # batch may come as numbers or as all gaps. The signature still names the columns and
     # refuses a batch without one; the model's ReadableValues step checks their values.
+    module = type(ESTIMATOR).__module__
+    estimator_package = distribution_of(module)
+    if estimator_package is None and module != "__main__":
+        # An estimator class of your own in a module beside the script: its code goes into the
+        # model's pickle, as the script's own classes do, so the model loads without the module.
+        cloudpickle.register_pickle_by_value(sys.modules[module.split(".")[0]])
     example = X_train.head(5)
     signature = ModelSignature(
         inputs=Schema([ColSpec(AnyType(), str(column)) for column in X_train.columns]),
@@ -1440,7 +1447,9 @@ def model_options(model, X_train):
         "serialization_format": "cloudpickle",
         "input_example": example,
         "signature": signature,
-        "pip_requirements": [f"{name}=={pinned}" for name, pinned in installed_versions().items()],
+        "pip_requirements": [
+            f"{name}=={pinned}" for name, pinned in installed_versions(estimator_package).items()
+        ],
     }
 
 

@@ -2,10 +2,13 @@
 runs end to end, registry and --reproduce included, for another classifier and a regressor."""
 
 import json
+import subprocess
+import sys
 
 import mlflow
+import pandas as pd
 import pytest
-from conftest import ROOT, SMALL_TABLE, penguins, raw_rows, run_script
+from conftest import ROOT, SMALL_TABLE, penguins, raw_rows, run_script, script_env
 from mlflow import MlflowClient
 
 ESTIMATOR_LINE = "ESTIMATOR = ensemble.RandomForestClassifier()"
@@ -105,6 +108,55 @@ def test_a_scoring_of_its_own_is_logged_and_never_compared_with_another_scorings
         "stays challenger: champion version 1 has no balanced_accuracy_X_test to compare with "
         "(it was scored by another SCORING or estimator)"
     )
+
+
+def predicted_in_a_fresh_python(folder, model_uri, rows_csv):
+    """The model's predictions on a CSV's rows, in a new Python started in an empty `folder`:
+    no module of the script's folder to import there."""
+    folder.mkdir()
+    code = ("import json, sys, mlflow, pandas; mlflow.set_tracking_uri(sys.argv[1]); "
+            "model = mlflow.pyfunc.load_model(sys.argv[2]); "
+            "print(json.dumps(model.predict(pandas.read_csv(sys.argv[3])).tolist()))")  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code, f"sqlite:///{folder.parent / 'mlflow.db'}", model_uri,
+         str(rows_csv)],
+        cwd=folder, env=script_env(), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+OWN_CLASS = {
+    "in the script": (
+        "class ShallowForest(ensemble.RandomForestClassifier):\n"
+        '    """A forest of your own, defined in the script."""\n\n\n'
+        "ESTIMATOR = ShallowForest()"
+    ),
+    "in a module beside it": "import my_forests  # noqa: E402\nESTIMATOR = my_forests.ShallowForest()",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", OWN_CLASS)
+def test_an_estimator_class_of_your_own_is_logged_reloaded_elsewhere_and_reproduced(
+    tmp_path, where
+):
+    (tmp_path / "my_forests.py").write_text(
+        "from sklearn import ensemble\n\n\nclass ShallowForest(ensemble.RandomForestClassifier):\n"
+        '    """A forest of your own, in a module beside the script."""\n'
+    )
+    script = script_with(tmp_path, ESTIMATOR_LINE, OWN_CLASS[where])
+    report = run_copy(script, *SMALL_TABLE, "--cv", "2", "--param-grid", '{"max_depth": [2, 4]}')
+
+    assert "ShallowForest" in report["params"]["estimator"]
+    (model,) = report["logged_models"]
+    rows = tmp_path / "rows.csv"
+    pd.read_csv(SMALL_TABLE[1]).drop(columns="target").head(30).to_csv(rows, index=False)
+    predicted = predicted_in_a_fresh_python(tmp_path / "elsewhere", model["uri"], rows)
+    assert len(predicted) == 30 and set(predicted) <= {0, 1}
+
+    again = run_copy(script, "--reproduce", report["run_id"])
+    assert again["reproduction"]["verdict"] == "identical"
 
 
 @pytest.mark.slow
