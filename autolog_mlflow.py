@@ -109,7 +109,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, clone, is_classifier
 from sklearn.datasets import load_breast_cancer
 from sklearn.metrics import ConfusionMatrixDisplay
 from sklearn.model_selection import GridSearchCV, ParameterGrid, train_test_split
-from sklearn.pipeline import Pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.utils.multiclass import type_of_target
 
 # %% The experiment: yours to edit. The estimator, its grid and the score are the experiment;
@@ -122,6 +122,8 @@ PARAM_GRID = {"n_estimators": [50, 100, 200], "max_depth": [None, 5, 10]}  # EST
 SCORING = None  # what the search maximises and runs are ranked by: None for the estimator's own
 # score (accuracy for a classifier, R2 for a regressor), or a scikit-learn scorer name such as
 # "balanced_accuracy" or "neg_mean_absolute_error" (higher is better, as in scikit-learn)
+PREPROCESSING = None  # the steps before ESTIMATOR: None for skrub's tabular pipeline (text, dates
+# and gaps to numbers), or a list of your own, e.g. [compose.make_column_transformer(...)]
 
 # %% Configuration: the defaults of the command line, then the machinery's settings.
 EXPERIMENT_NAME = "autolog_mlflow"
@@ -1074,9 +1076,11 @@ def transformed(step, X, params):
 
 def table_pipeline(seed, folds=None):
     """skrub's pipeline for ESTIMATOR (numbers as they are, text encoded, dates split into
-    numbers), with every random_state in it set to the seed; its preprocessing fitted once per
+    numbers), or PREPROCESSING then ESTIMATOR, with every random_state in it set to the seed; its preprocessing fitted once per
     CV fold with a FoldCache as `folds`."""
-    pipeline = TablePipeline(skrub.tabular_pipeline(clone(ESTIMATOR)).steps, memory=folds)
+    steps = make_pipeline(*clone(PREPROCESSING), clone(ESTIMATOR)).steps if PREPROCESSING else (
+        skrub.tabular_pipeline(clone(ESTIMATOR)).steps)  # fmt: skip
+    pipeline = TablePipeline(steps, memory=folds)
     seeded = [key for key in pipeline.get_params() if key.split("__")[-1] == "random_state"]
     return pipeline.set_params(**dict.fromkeys(seeded, seed))
 
@@ -1143,6 +1147,7 @@ def describe_data(data, pipeline, args):
     y = pd.concat([data.y_train, data.y_test])
     vectorizer = pipeline.steps[0][1]
     numeric = [str(column) for column in X.columns if str(column) not in text_columns(X)]
+    described = isinstance(vectorizer, skrub.TableVectorizer)  # column by column: said here
     return {
         "source": args.data or "scikit-learn's breast-cancer data set",
         "rows": len(X),
@@ -1157,7 +1162,11 @@ def describe_data(data, pipeline, args):
         ),
         "missing_values": {str(c): int(n) for c, n in X.isna().sum().items() if n},
         "numeric_columns": numeric,
-        "treatment": {column: treatment(X[column], vectorizer) for column in text_columns(X)},
+        "treatment": {column: treatment(X[column], vectorizer)
+                      for column in text_columns(X) if described},
+        "treatment_not_described": None if described else (
+            f"your own preprocessing ({' -> '.join(name for name, _ in pipeline.steps[:-1])}) "
+            "turned the columns into numbers: not described column by column"),
     }  # fmt: skip
 
 
@@ -2216,8 +2225,8 @@ def raw_column_importance(search, X, y, seed):
     IMPORTANCE_REPEATS shuffles), on a seeded sample of IMPORTANCE_ROWS rows above that.
 
     TableVectorizer encodes each column on its own, so shuffling a raw column shuffles the
-    columns it became, in the same order: the table is encoded once, and only the estimator
-    predicts again for each shuffle (as for encoded features, but grouped by raw column), in
+    columns it became, in the same order: the table is encoded once, and only the steps after it
+    predict again for each shuffle (as for encoded features, but grouped by raw column), in
     one call for all of them (AnswersInOneCall).
     """
     if len(X) > IMPORTANCE_ROWS:
@@ -2225,14 +2234,22 @@ def raw_column_importance(search, X, y, seed):
             X.sample(IMPORTANCE_ROWS, random_state=seed),
             y.sample(IMPORTANCE_ROWS, random_state=seed),
         )
-    vectorizer, estimator = search.best_estimator_.steps[0][1], search.best_estimator_.steps[-1][1]
-    encoded, rng = vectorizer.transform(X), np.random.default_rng(seed)
+    pipeline, rng = search.best_estimator_, np.random.default_rng(seed)
+    vectorizer = pipeline.steps[0][1]
+    if isinstance(vectorizer, skrub.TableVectorizer):  # raw column -> the columns it became
+        encoded, outputs_of, rest = (
+            vectorizer.transform(X),
+            vectorizer.input_to_outputs_,
+            pipeline[1:],
+        )
+    else:  # your own preprocessing: the raw columns shuffled, the whole pipeline predicts
+        encoded, outputs_of, rest = X, {column: [column] for column in X.columns}, pipeline
     shuffles = {
         column: [shuffled(encoded, outputs, rng) for _ in range(IMPORTANCE_REPEATS)]
         for column in X.columns
-        if (outputs := vectorizer.input_to_outputs_.get(column))  # none: dropped, no information
+        if (outputs := outputs_of.get(column))  # none: dropped, no information
     }  # fmt: skip
-    answers = AnswersInOneCall(estimator, [encoded, *itertools.chain(*shuffles.values())])
+    answers = AnswersInOneCall(rest, [encoded, *itertools.chain(*shuffles.values())])
     # The scorer by name, as estimator.score (SCORING None) would not go through `answers`.
     scorer = metrics.get_scorer(score_name().lower())  # accuracy, r2 or SCORING
     baseline = scorer(answers, encoded, y)
@@ -2795,6 +2812,8 @@ def print_data(data):
           f"{shown or 'none'}")  # fmt: skip
     for column, treatment in data["treatment"].items():
         print(f"  {column}: {treatment}")
+    if data["treatment_not_described"]:
+        print(f"  {data['treatment_not_described']}")
     print(f"  profile: {data['profile']['artifact']} ({data['profile']['covers']})")
 
 

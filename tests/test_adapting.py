@@ -160,6 +160,41 @@ def test_an_estimator_class_of_your_own_is_logged_reloaded_elsewhere_and_reprodu
 
 
 @pytest.mark.slow
+def test_preprocessing_of_your_own_is_searched_logged_reloaded_and_reproduced(tmp_path):
+    own = (
+        "from sklearn import compose, preprocessing  # noqa: E402\n"
+        "PREPROCESSING = [compose.make_column_transformer(\n"
+        '    (preprocessing.OneHotEncoder(handle_unknown="ignore"), ["island", "sex"]),\n'
+        '    ("passthrough", ["bill_length_mm", "flipper_length_mm"]))]'
+    )
+    script = script_with(tmp_path, "PREPROCESSING = None", own)
+    penguins().to_csv(tmp_path / "penguins.csv", index=False)
+    report = run_copy(script, "--data", "penguins.csv", "--target", "species", "--cv", "3",
+                      "--param-grid", '{"n_estimators": [10, 20]}')  # fmt: skip
+
+    assert "ColumnTransformer" in report["params"]["estimator"]
+    data = report["data"]
+    assert data["treatment"] == {}
+    assert data["treatment_not_described"] == (
+        "your own preprocessing (columntransformer) turned the columns into numbers: not "
+        "described column by column"
+    )
+    # Each raw column's importance, measured through the whole pipeline: the unused ones none.
+    importance = {row["column"]: row["importance"] for row in report["importance"]["columns"]}
+    assert set(importance) == set(penguins().columns.drop("species"))
+    assert importance["name"] == importance["observed"] == 0.0
+    assert max(importance.values()) > 0
+    rows = tmp_path / "rows.csv"
+    raw_rows().to_csv(rows, index=False)
+    (model,) = report["logged_models"]
+    predicted = predicted_in_a_fresh_python(tmp_path / "elsewhere", model["uri"], rows)
+    assert set(predicted) <= {"Adelie", "Gentoo", "Chinstrap"} and len(predicted) == 3
+
+    again = run_copy(script, "--reproduce", report["run_id"])
+    assert again["reproduction"]["verdict"] == "identical"
+
+
+@pytest.mark.slow
 def test_a_regressor_refuses_a_text_target(tmp_path):
     script = script_with_estimator(tmp_path, "ensemble.RandomForestRegressor()")
     penguins().dropna().to_csv(tmp_path / "penguins.csv", index=False)
