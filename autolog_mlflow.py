@@ -53,6 +53,7 @@ import contextlib
 import csv
 import gc
 import hashlib
+import inspect
 import itertools
 import json
 import logging
@@ -108,7 +109,13 @@ from sklearn import (
 from sklearn.base import BaseEstimator, TransformerMixin, clone, is_classifier
 from sklearn.datasets import load_breast_cancer
 from sklearn.metrics import ConfusionMatrixDisplay
-from sklearn.model_selection import GridSearchCV, ParameterGrid, train_test_split
+from sklearn.model_selection import (
+    GridSearchCV,
+    ParameterGrid,
+    ParameterSampler,
+    RandomizedSearchCV,
+    train_test_split,
+)
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.utils.multiclass import type_of_target
 
@@ -122,6 +129,8 @@ PARAM_GRID = {"n_estimators": [50, 100, 200], "max_depth": [None, 5, 10]}  # EST
 SCORING = None  # what the search maximises and runs are ranked by: None for the estimator's own
 # score (accuracy for a classifier, R2 for a regressor), or a scikit-learn scorer name such as
 # "balanced_accuracy" or "neg_mean_absolute_error" (higher is better, as in scikit-learn)
+SEARCH, SEARCH_OPTIONS = GridSearchCV, {}  # or RandomizedSearchCV, {"n_iter": 20} (PARAM_GRID's
+# values may then be scipy.stats distributions); its random_state is --seed
 PREPROCESSING = None  # the steps before ESTIMATOR: None for skrub's tabular pipeline (text, dates
 # and gaps to numbers), or a list of your own, e.g. [compose.make_column_transformer(...)]
 
@@ -285,11 +294,25 @@ def check_target(y, name):
 
 
 def build_search(args, folds=None):
-    """The grid search over the pipeline: the table to numbers (skrub), then ESTIMATOR."""
-    return GridSearchCV(
-        table_pipeline(args.seed, folds), args.param_grid, scoring=SCORING, cv=args.cv,
-        n_jobs=args.n_jobs,
+    """SEARCH over the pipeline (the table to numbers, then ESTIMATOR), seeded if it samples."""
+    accepts = inspect.signature(SEARCH).parameters
+    space = "param_grid" if "param_grid" in accepts else "param_distributions"
+    seeded = {"random_state": args.seed} if "random_state" in accepts else {}
+    return SEARCH(
+        table_pipeline(args.seed, folds), **{space: args.param_grid}, scoring=SCORING, cv=args.cv,
+        n_jobs=args.n_jobs, **seeded, **SEARCH_OPTIONS,
     )  # fmt: skip
+
+
+def candidate_params(search):
+    """The candidates a search will fit, in its order, before it fits them; None where it
+    chooses them as it goes (successive halving)."""
+    if isinstance(search, GridSearchCV):
+        return list(ParameterGrid(search.param_grid))
+    if isinstance(search, RandomizedSearchCV):  # the same samples: same distributions and seed
+        return list(ParameterSampler(search.param_distributions, search.n_iter,
+                                     random_state=search.random_state))  # fmt: skip
+    return None
 
 
 # The held-out score that ranks runs on the same data and decides, with --register-model, which
@@ -416,20 +439,21 @@ def experiment_of(args):
 def run_experiment(experiment, client, mlflow_warnings, where):
     """The search and everything logged about it, in one run; returns the report."""
     args, data = experiment.args, experiment.data
+    candidates = candidate_params(build_search(args))
     enable_autologging(args)
     with (
         tracked_run(args.run_name or f"{data_name(args)} -> {args.target or 'target'}") as run,
         heartbeat(run.info.run_id),
-        live_child_runs(run, args) as live,
+        live_child_runs(run, args, candidates) as live,
         datasets_built_once() as dataset_of,
         training_table_shared(),
         data_profile(data.X_train, data.y_train, args.seed) as profile,
         fold_cache() as folds,
     ):
         closed_dead_runs = close_dead_runs(client, run.info.experiment_id)
-        candidates = len(ParameterGrid(args.param_grid))
-        progress(f"run {run.info.run_id}: searching {candidates} candidate"
-                 f"{'s' * (candidates > 1)} with {args.cv}-fold CV on {where} ...")  # fmt: skip
+        count = f"{len(candidates)} candidate{'s' * (len(candidates) > 1)}" if candidates else (
+            "candidates")  # fmt: skip
+        progress(f"run {run.info.run_id}: searching {count} with {args.cv}-fold CV on {where} ...")
         log_record(experiment.record)
         register_datasets(dataset_of, data.X_train, data.X_test, data_name(args))
         search = build_search(args, folds).set_callbacks(SearchProgress(live))  # stderr, the UI
@@ -530,7 +554,7 @@ class DefaultsAsTyped(argparse.HelpFormatter):
             return action.help
         if "%(default)" in action.help:  # the help says it in its own words
             return action.help
-        shown = json.dumps(default) if isinstance(default, dict) else str(default)
+        shown = json.dumps(space_as_json(default)) if isinstance(default, dict) else str(default)
         return f"{action.help} (default: {shown.replace('%', '%%')})"
 
 
@@ -1912,13 +1936,13 @@ def child_run_name(varied, params):
 # --max-tuning-runs N, the top N are known only at the end: they are made then, as before. A
 # run that fails ends its children as itself; one that dies, the sweep ends them with it.
 @contextlib.contextmanager
-def live_child_runs(run, args):
-    """LiveChildRuns for the search's candidates (None with --max-tuning-runs N), stopped when
-    the block ends."""
-    if args.max_tuning_runs != "all":
+def live_child_runs(run, args, candidates):
+    """LiveChildRuns for the search's candidates (None with --max-tuning-runs N, or candidates
+    not known ahead), stopped when the block ends."""
+    if args.max_tuning_runs != "all" or candidates is None:
         yield None
         return
-    live = LiveChildRuns(run, args.param_grid)
+    live = LiveChildRuns(run, candidates)
     try:
         yield live
     finally:
@@ -1928,8 +1952,8 @@ def live_child_runs(run, args):
 class LiveChildRuns:
     """The child runs made while the search runs: {candidate index: (run ID, its tags)}."""
 
-    def __init__(self, parent, param_grid):
-        self.parent, self.candidates = parent, ParameterGrid(param_grid)
+    def __init__(self, parent, candidates):
+        self.parent, self.candidates = parent, candidates
         self.varied = sorted(set().union(*self.candidates))
         # Of the tags autologging gives a child run, those known now: its source (the parent's).
         # Sent when the run is made, they need not be sent again in its final batch, where a tag
@@ -2000,7 +2024,8 @@ def record_of(args):
     uri = args.tracking_uri
     script = Path(__file__).resolve()
     return {
-        "configuration": vars(args) | {"tracking_uri": redact(uri, uri)},
+        "configuration": vars(args)
+        | {"tracking_uri": redact(uri, uri), "param_grid": space_as_json(args.param_grid)},
         "command_line": [redact(word, uri) for word in sys.argv],
         "script": {"file": script.name, "sha256": sha256_of(script)},
         "git": git_state(script),
@@ -2011,6 +2036,19 @@ def record_of(args):
             "packages": installed_distributions(),
         },
     }
+
+
+def space_as_json(space):
+    """The search space as JSON: lists as they are, a scipy.stats distribution as its call,
+    e.g. `scipy.stats.randint(5, 30)`."""
+
+    def as_json(values):
+        if isinstance(values, list):
+            return values
+        arguments = [*map(repr, values.args), *(f"{k}={v!r}" for k, v in values.kwds.items())]
+        return f"scipy.stats.{values.dist.name}({', '.join(arguments)})"
+
+    return {key: as_json(values) for key, values in space.items()}
 
 
 def sha256_of(path):
@@ -2165,10 +2203,25 @@ def score_name():
     return SCORING or ("accuracy" if is_classifier(ESTIMATOR) else "R2")
 
 
+def values_searched(search):
+    """{hyperparameter: the values its candidates took}: in the grid's order for a grid, sorted
+    for a search that samples them."""
+    grid = {}
+    for params in search.cv_results_["params"]:
+        for key, value in params.items():
+            if value not in grid.setdefault(key, []):
+                grid[key].append(value)
+    if not isinstance(search, GridSearchCV):
+        for key, values in grid.items():
+            with contextlib.suppress(TypeError):  # values of mixed kinds: as they came
+                grid[key] = sorted(values, key=lambda value: (value is not None, value))
+    return grid
+
+
 def grid_scores_figure(search):
     """Mean CV score over the grid's two most varied hyperparameters (the others at their best
     values) as a heatmap, best cell framed; one varied hyperparameter: a line with error bars."""
-    grid, best = search.param_grid, search.best_params_
+    grid, best = values_searched(search), search.best_params_
     varied = sorted((key for key in grid if len(grid[key]) > 1), key=lambda k: -len(grid[k]))
     axes_keys, fixed = varied[:2] or list(grid)[:1], [key for key in grid if key not in varied[:2]]
     rows = [i for i, params in enumerate(search.cv_results_["params"])
@@ -2422,7 +2475,8 @@ def require_complete(report, args, search, held_out_metrics):
     """Never trust autologging blindly: it drops what it fails to log with only a warning."""
     candidates = len(search.cv_results_["params"])
     expected = {
-        "params": [f"best_{name}" for name in args.param_grid] + ["cv", "param_grid"],
+        "params": [f"best_{name}" for name in args.param_grid]
+        + ["cv", "param_grid" if hasattr(search, "param_grid") else "param_distributions"],
         "metrics": ["best_cv_score", "training_score", *held_out_metrics],
         "artifacts": [
             "cv_results.csv",
@@ -2510,6 +2564,11 @@ def experiment_to_reproduce(args):
         original["record"].get("data"),
     )
     recorded = {name: configuration[name] for name in RECORDED}
+    if not all(isinstance(values, list) for values in recorded["param_grid"].values()):
+        if recorded["param_grid"] != space_as_json(PARAM_GRID):  # distributions are not in JSON
+            raise BadInput(f"run {args.reproduce} sampled {json.dumps(recorded['param_grid'])}; "
+                           "put those distributions back in PARAM_GRID to reproduce it")  # fmt: skip
+        recorded["param_grid"] = PARAM_GRID
     data = args.data or (recorded_data or {}).get("path") or configuration["data"]
     if data and not args.data and not Path(data).is_file():
         raise BadInput(f"the data of run {args.reproduce}, {data}, is gone; if it has moved, "

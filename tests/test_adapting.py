@@ -4,6 +4,7 @@ runs end to end, registry and --reproduce included, for another classifier and a
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -154,6 +155,42 @@ def test_an_estimator_class_of_your_own_is_logged_reloaded_elsewhere_and_reprodu
     pd.read_csv(SMALL_TABLE[1]).drop(columns="target").head(30).to_csv(rows, index=False)
     predicted = predicted_in_a_fresh_python(tmp_path / "elsewhere", model["uri"], rows)
     assert len(predicted) == 30 and set(predicted) <= {0, 1}
+
+    again = run_copy(script, "--reproduce", report["run_id"])
+    assert again["reproduction"]["verdict"] == "identical"
+
+
+@pytest.mark.slow
+def test_a_randomized_search_over_distributions_is_logged_reloaded_and_reproduced(tmp_path):
+    script = script_with(tmp_path, "SEARCH, SEARCH_OPTIONS = GridSearchCV, {}",
+                         'SEARCH, SEARCH_OPTIONS = RandomizedSearchCV, {"n_iter": 6}')  # fmt: skip
+    text = script.read_text().replace(
+        "PARAM_GRID = {",
+        "from scipy import stats  # noqa: E402\n"
+        'PARAM_GRID = {"n_estimators": stats.randint(5, 30), "max_depth": [None, 2, 4]}\n_ = {',
+        1,
+    )
+    script.write_text(text)
+    report = run_copy(script, *SMALL_TABLE, "--cv", "3")
+
+    assert report["params"]["n_iter"] == "6"
+    record = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").download_artifacts(
+        report["run_id"], "run_config.json", str(tmp_path)
+    )
+    assert json.loads(Path(record).read_text())["configuration"]["param_grid"] == {
+        "n_estimators": "scipy.stats.randint(5, 30)",
+        "max_depth": [None, 2, 4],
+    }
+    children = report["child_runs"]
+    assert len(children) == 6 == len({child["name"] for child in children})
+    for child in children:
+        n_estimators = int(child["name"].split("n_estimators=")[1])
+        assert 5 <= n_estimators < 30
+    assert "grid_scores.png" in report["artifacts"]
+    rows = tmp_path / "rows.csv"
+    pd.read_csv(SMALL_TABLE[1]).drop(columns="target").head(30).to_csv(rows, index=False)
+    (model,) = report["logged_models"]
+    assert len(predicted_in_a_fresh_python(tmp_path / "elsewhere", model["uri"], rows)) == 30
 
     again = run_copy(script, "--reproduce", report["run_id"])
     assert again["reproduction"]["verdict"] == "identical"
