@@ -177,29 +177,40 @@ def mlproject():
     return yaml.safe_load((ROOT / "MLproject").read_text())
 
 
-def test_mlproject_uses_conda_yml_and_the_scripts_own_defaults():
+def test_mlproject_uses_conda_yml_and_repeats_none_of_the_scripts_defaults():
     project = mlproject()
     assert project["conda_env"] == "conda.yml"
-    main = project["entry_points"]["main"]["parameters"]
-    defaults = autolog_mlflow.parse_args([])
-    assert json.loads(main["grid"]["default"]) == defaults.param_grid
-    assert int(main["cv"]["default"]) == defaults.cv
-    assert float(main["test_size"]["default"]) == defaults.test_size
-    assert int(main["seed"]["default"]) == defaults.seed
-    assert int(main["n_jobs"]["default"]) == defaults.n_jobs
-    assert main["max_tuning_runs"]["default"] == defaults.max_tuning_runs
+    entry_points = project["entry_points"]
+    assert entry_points["main"] == {"command": "python autolog_mlflow.py"}
+    assert set(entry_points["own_data"]["parameters"]) == {"data", "target"}
+    assert not [p for p in entry_points["own_data"]["parameters"].values() if "default" in p]
 
 
 @pytest.mark.slow
-def test_mlflow_run_logs_everything_into_the_run_it_created(tmp_path):
+def test_mlflow_run_runs_the_edited_experiment_and_logs_into_the_run_it_created(tmp_path):
+    """`mlflow run` on a copy of the project whose experiment block has another estimator and
+    its grid: the project passes the script's own defaults, so it runs the edit."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ["MLproject", "conda.yml"]:
+        (project / name).write_text((ROOT / name).read_text())
+    script = (ROOT / "autolog_mlflow.py").read_text()
+    for line, edited in [
+        ("ESTIMATOR = ensemble.RandomForestClassifier()", "ESTIMATOR = ensemble.ExtraTreesClassifier()"),
+        ('PARAM_GRID = {"n_estimators": [50, 100, 200], "max_depth": [None, 5, 10]}',
+         'PARAM_GRID = {"n_estimators": [10, 20], "max_depth": [None, 3]}'),
+    ]:  # fmt: skip
+        assert script.count(line) == 1, line
+        script = script.replace(line, edited)
+    (project / "autolog_mlflow.py").write_text(script)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = script_env() | {
         "MLFLOW_TRACKING_URI": tracking_uri,
         "PATH": f"{Path(sys.executable).parent}:{script_env()['PATH']}",  # `python` = this one
     }
     result = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local",
-         "--experiment-name", "project", "-P", "cv=3", "-P", f"grid={SMALL_GRID}"],
+        [sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local",
+         "--experiment-name", "project", "-P", "cv=3", "-P", "n-jobs=1"],
         cwd=tmp_path, env=env, capture_output=True, check=False, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -210,7 +221,8 @@ def test_mlflow_run_logs_everything_into_the_run_it_created(tmp_path):
     )
     assert run.info.status == "FINISHED"
     assert run.data.params["cv"] == "3"  # the project's parameter and autologging's agree
-    assert {"grid", "best_n_estimators", "best_max_depth"} <= set(run.data.params)
+    assert "ExtraTreesClassifier" in run.data.params["estimator"]
+    assert {"best_n_estimators", "best_max_depth"} <= set(run.data.params)
     assert "accuracy_score_X_test" in run.data.metrics
     children = client.search_runs(
         [experiment.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'"
