@@ -116,6 +116,7 @@ from sklearn.model_selection import (
     RandomizedSearchCV,
     train_test_split,
 )
+from sklearn.model_selection._search import BaseSearchCV  # every search's base: see below
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.utils.multiclass import type_of_target
 
@@ -1408,7 +1409,7 @@ def watch_mlflow_logging():
 def enable_autologging(args):
     # Log the best model ourselves (log_best_model): autologging would log two models and
     # infer each one's requirements in a subprocess.
-    with child_runs_named_at_creation():
+    with child_runs_named_at_creation(), every_search_logged_as_one():
         mlflow.sklearn.autolog(
             log_models=False,
             max_tuning_runs=None if args.max_tuning_runs == "all" else args.max_tuning_runs,
@@ -1573,7 +1574,8 @@ HOST, MACHINE, PID = "autolog_mlflow.host", "autolog_mlflow.machine", "autolog_m
 PROCESS_START, CRASHED = "autolog_mlflow.process_start", "autolog_mlflow.crashed"
 HEARTBEAT, PERIOD = "autolog_mlflow.heartbeat", "autolog_mlflow.heartbeat_seconds"
 BEAT_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
-CANDIDATE = "autolog_mlflow.candidate"  # a child run's index in cv_results_  # readable in the UI's tags, and parsed back
+CANDIDATE = "autolog_mlflow.candidate"  # a child run's index in cv_results_
+CHOSEN = "autolog_mlflow.best"  # the child run of the candidate the search chose  # readable in the UI's tags, and parsed back
 UNKNOWN = "unknown"  # where /proc is missing (macOS, Windows): the heartbeat alone decides
 
 
@@ -1820,6 +1822,26 @@ def training_table_shared():
         utils.deepcopy = deepcopy
 
 
+# %% Every scikit-learn search logged as one (works around MLflow 3.17.2 internals)
+# Autologging logs a search's best params and score, cv_results.csv and a child run per
+# candidate only for GridSearchCV and RandomizedSearchCV
+# (mlflow.sklearn.utils._is_parameter_search_estimator): successive halving (HalvingGridSearchCV,
+# HalvingRandomSearchCV), which scikit-learn recommends for expensive grids, would get none of
+# them. Autologging binds the function when mlflow.sklearn.autolog() is called: it is replaced
+# around that call by one that takes every search built on scikit-learn's BaseSearchCV.
+# tests/test_mlflow_internals.py fails if an upgrade moves what is replaced here.
+@contextlib.contextmanager
+def every_search_logged_as_one():
+    """Around mlflow.sklearn.autolog(): any BaseSearchCV is a parameter search to autologging."""
+    utils = mlflow.sklearn.utils
+    is_search = utils._is_parameter_search_estimator
+    utils._is_parameter_search_estimator = lambda estimator: isinstance(estimator, BaseSearchCV)
+    try:
+        yield
+    finally:
+        utils._is_parameter_search_estimator = is_search
+
+
 # %% Child runs named as they are made (works around MLflow 3.17.2 internals)
 # After the search's fit, autologging rebuilds a child run per candidate from cv_results_
 # (mlflow.sklearn.utils._create_child_runs_for_parameter_search) and queues it on its client:
@@ -1846,13 +1868,18 @@ def child_runs_named_at_creation():
         made = getattr(cv_estimator, "child_runs_made_", {}) if top is None else {}
         ranks = pd.Series(cv_estimator.cv_results_["rank_test_score"])
         order = list(ranks.index if top is None else ranks.nsmallest(top).index)  # as autologging
-        spans = getattr(cv_estimator, "candidate_spans_", {})
+        # The callback's candidates are cv_results_' rows where the search fits each once.
+        spans = (
+            getattr(cv_estimator, "candidate_spans_", {}) if candidate_params(cv_estimator) else {}
+        )
         queued = ChildRunsQueued(autologging_client, made, order, spans)
         create_child_runs(autologging_client=queued, cv_estimator=cv_estimator, **rest)
         varied = sorted(set().union(*cv_estimator.cv_results_["params"]))
         for run_id, params in queued.params.items():
             tags = child_run_tags(varied, params, queued.metrics[run_id], len(queued.params))
             tags[CANDIDATE] = str(queued.candidate_of[run_id])  # the leaderboard's order on ties
+            if queued.candidate_of[run_id] == cv_estimator.best_index_:
+                tags[CHOSEN] = "true"  # successive halving's is not always of rank 1
             queued.set_tags(run_id, tags)  # sent with the create call, or in the batch
 
     utils._create_child_runs_for_parameter_search = child_runs_named
@@ -1920,12 +1947,15 @@ def child_run_tags(varied, params, metrics, children):
     """A child run's name and its description."""
     line = (f"rank {int(metrics['rank_test_score'])} of {children}: mean CV {score_name()} "
             f"{metrics['mean_test_score']:.3f} (+/- {2 * metrics['std_test_score']:.3f})")  # fmt: skip
-    return {MLFLOW_RUN_NAME: child_run_name(varied, params), "mlflow.note.content": line}
+    name = child_run_name(varied, params, metrics.get("iter"))
+    return {MLFLOW_RUN_NAME: name, "mlflow.note.content": line}
 
 
-def child_run_name(varied, params):
-    """After the hyperparameters the search varied: `max_depth=5 n_estimators=100`."""
-    return " ".join(f"{key}={params[key]}" for key in varied)
+def child_run_name(varied, params, iteration=None):
+    """After the hyperparameters the search varied: `max_depth=5 n_estimators=100`; with
+    successive halving, its round too: `max_depth=5 n_estimators=100, round 2`."""
+    name = " ".join(f"{key}={params[key]}" for key in varied)
+    return name if iteration is None else f"{name}, round {int(iteration) + 1}"
 
 
 # %% Child runs as candidates finish, so that the MLflow UI lists a long search's candidates
@@ -2159,13 +2189,16 @@ def best_vs_runner_up(search):
     The corrected repeated k-fold t-test of Nadeau and Bengio (2003), as in scikit-learn's
     example "Statistical comparison of models using grid search": the folds' training sets
     overlap, so the variance of the score differences is inflated by n_test / n_train. One-sided:
-    the best was chosen for scoring higher. None with a single candidate.
+    the best was chosen for scoring higher. None with a single candidate (in successive
+    halving, of its round).
     """
     results = pd.DataFrame(search.cv_results_)
-    if len(results) < 2:
-        return None
+    if "iter" in results:  # successive halving: against its last round's others, if any
+        results = results[results["iter"] == results.loc[search.best_index_, "iter"]]
     ranked = results.sort_values("rank_test_score", kind="stable").index  # ties: grid order
-    runner_up = next(candidate for candidate in ranked if candidate != search.best_index_)
+    runner_up = next((candidate for candidate in ranked if candidate != search.best_index_), None)
+    if runner_up is None:
+        return None
     folds = [f"split{k}_test_score" for k in range(search.n_splits_)]
     differences = (results.loc[search.best_index_, folds] - results.loc[runner_up, folds]).to_numpy(
         float
@@ -2177,8 +2210,9 @@ def best_vs_runner_up(search):
     else:  # the same difference on every fold: none at all, or one the folds agree on
         p_value = 1.0 if mean <= 0 else 0.0
     varied = sorted(set().union(*search.cv_results_["params"]))
+    iteration = search.cv_results_["iter"][runner_up] if "iter" in search.cv_results_ else None
     return {
-        "runner_up": child_run_name(varied, search.cv_results_["params"][runner_up]),
+        "runner_up": child_run_name(varied, search.cv_results_["params"][runner_up], iteration),
         "mean_difference": float(mean),
         "p_value": p_value,
         "verdict": "better" if p_value < DISTINGUISHABLE else "not distinguishable",
@@ -2363,17 +2397,9 @@ def importance_figure(importance, rows):
     return figure
 
 
-def best_name(params):
-    """The child-run name of the search's best candidate (among tied ranks, the one it
-    refitted), from the run's `best_*` params."""
-    return " ".join(f"{key.removeprefix('best_')}={value}"
-                    for key, value in sorted(params.items()) if key.startswith("best_"))  # fmt: skip
-
-
 def best_child(report):
-    return next(
-        child for child in report["child_runs"] if child["name"] == best_name(report["params"])
-    )
+    """The child run of the candidate the search chose: the first of the leaderboard."""
+    return report["child_runs"][0]
 
 
 def summary_of(report, importance):
@@ -2445,16 +2471,13 @@ def read_run_back(client, run_id):
                     "mean_test_score": child.data.metrics["mean_test_score"],
                     "std_test_score": child.data.metrics["std_test_score"],
                     "candidate": int(child.data.tags.get(CANDIDATE, -1)),
+                    "chosen": child.data.tags.get(CHOSEN) == "true",
                 }
                 for child in find_child_runs(client, run)
             ),
-            # The chosen best first (on tied ranks the search keeps the first candidate), then as
-            # best_vs_runner_up() ranks them: by rank, ties in the grid's order.
-            key=lambda child: (
-                child["name"] != best_name(run.data.params),
-                child["rank"],
-                child["candidate"],
-            ),
+            # The one the search chose first, then by rank, ties in the search's order (as
+            # best_vs_runner_up() ranks them).
+            key=lambda child: (not child["chosen"], child["rank"], child["candidate"]),
         ),
         "test_metrics": {
             key: value for key, value in run.data.metrics.items() if key.endswith("_X_test")

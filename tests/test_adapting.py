@@ -197,6 +197,33 @@ def test_a_randomized_search_over_distributions_is_logged_reloaded_and_reproduce
 
 
 @pytest.mark.slow
+def test_successive_halving_logs_a_child_run_per_candidate_and_round_and_is_reproduced(tmp_path):
+    halving = ("from sklearn.experimental import enable_halving_search_cv  # noqa: E402, F401\n"
+               "from sklearn.model_selection import HalvingGridSearchCV  # noqa: E402\n"
+               "SEARCH, SEARCH_OPTIONS = HalvingGridSearchCV, {}")  # fmt: skip
+    script = script_with(tmp_path, "SEARCH, SEARCH_OPTIONS = GridSearchCV, {}", halving)
+    grid = '{"max_depth": [2, 4, null], "n_estimators": [5, 10]}'
+    report = run_copy(script, *SMALL_TABLE, "--cv", "3", "--param-grid", grid)
+
+    children = report["child_runs"]
+    rounds = [int(child["name"].rsplit("round ", 1)[1]) for child in children]
+    assert len(children) > 6 and set(rounds) == set(range(1, max(rounds) + 1))
+    assert len({child["name"] for child in children}) == len(children)
+    best = report["params"]
+    assert children[0]["name"].startswith(
+        f"max_depth={best['best_max_depth']} n_estimators={best['best_n_estimators']}, round "
+    )
+    assert children[0]["name"].endswith(f"round {max(rounds)}")  # the last round decides
+    rows = tmp_path / "rows.csv"
+    pd.read_csv(SMALL_TABLE[1]).drop(columns="target").head(30).to_csv(rows, index=False)
+    (model,) = report["logged_models"]
+    assert len(predicted_in_a_fresh_python(tmp_path / "elsewhere", model["uri"], rows)) == 30
+
+    again = run_copy(script, "--reproduce", report["run_id"])
+    assert again["reproduction"]["verdict"] == "identical"
+
+
+@pytest.mark.slow
 def test_preprocessing_of_your_own_is_searched_logged_reloaded_and_reproduced(tmp_path):
     own = (
         "from sklearn import compose, preprocessing  # noqa: E402\n"

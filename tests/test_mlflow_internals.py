@@ -28,7 +28,8 @@ from mlflow.types.utils import _infer_pandas_column, _infer_required, _infer_sch
 from mlflow.utils.autologging_utils.client import MlflowAutologgingQueueingClient
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.experimental import enable_halving_search_cv  # noqa: F401 -- HalvingGridSearchCV
+from sklearn.model_selection import GridSearchCV, HalvingGridSearchCV, train_test_split
 
 import autolog_mlflow
 
@@ -269,12 +270,51 @@ def child_runs_made_by(create_child_runs, search, parent, max_tuning_runs, datas
 def recorded(child, parent):
     """What a child run holds, less its name, description, candidate index and end time."""
     tags = {key: value for key, value in child.data.tags.items()
-            if key not in ("mlflow.runName", "mlflow.note.content", autolog_mlflow.CANDIDATE)}  # fmt: skip
+            if key not in ("mlflow.runName", "mlflow.note.content", autolog_mlflow.CANDIDATE,
+                           autolog_mlflow.CHOSEN)}  # fmt: skip
     inputs = [(item.dataset.name, item.dataset.digest, [(t.key, t.value) for t in item.tags])
               for item in child.inputs.dataset_inputs]  # fmt: skip
     tags["mlflow.parentRunId"] = child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     started = child.info.start_time - parent.info.start_time  # autologging's: the parent's
     return child.info.status, started, child.data.params, child.data.metrics, tags, inputs
+
+
+# Every scikit-learn search logged as one: every_search_logged_as_one().
+
+
+def test_successive_halving_gets_a_searchs_records_only_with_every_search_logged_as_one(store):
+    """MLflow 3.17.2 alone logs none of a HalvingGridSearchCV's search records; within the
+    block, autologging gives it what it gives GridSearchCV: best params and score, cv_results.csv
+    and a child run per candidate and round. Fails if an upgrade moves what is replaced (or
+    makes it unneeded)."""
+    X, y = make_classification(n_samples=300, n_features=4, random_state=0)
+    X = pd.DataFrame(X, columns=list("abcd"))
+
+    def searched():
+        search = HalvingGridSearchCV(RandomForestClassifier(n_estimators=5, random_state=0),
+                                     {"max_depth": [2, 3, 4, None]}, cv=2, random_state=0)  # fmt: skip
+        with mlflow.start_run() as run, autolog_mlflow.datasets_built_once() as dataset_of:
+            # The data set exists before the child runs, as in the script (see above).
+            autolog_mlflow.register_datasets(dataset_of, X, X.head(10), "numbers")
+            search.fit(X, y)
+        return mlflow.get_run(run.info.run_id), search
+
+    mlflow.sklearn.autolog(log_models=False, max_tuning_runs=None)
+    alone, _ = searched()
+    with autolog_mlflow.every_search_logged_as_one():
+        mlflow.sklearn.autolog(log_models=False, max_tuning_runs=None)
+    logged, search = searched()
+
+    assert "best_max_depth" not in alone.data.params and children_of(alone) == []
+    assert "best_cv_score" not in alone.data.metrics
+    assert logged.data.params["best_max_depth"] == str(search.best_params_["max_depth"])
+    assert logged.data.metrics["best_cv_score"] == search.best_score_
+    artifacts = [item.path for item in mlflow.MlflowClient().list_artifacts(logged.info.run_id)]
+    assert "cv_results.csv" in artifacts
+    children = children_of(logged)
+    assert len(children) == len(search.cv_results_["params"]) > 4  # candidates x rounds
+    assert {"iter", "n_resources"} <= set(children[0].data.metrics)
+    assert autolog_mlflow.mlflow.sklearn.utils._is_parameter_search_estimator(search) is False
 
 
 @pytest.mark.parametrize("max_tuning_runs", [None, 2])
