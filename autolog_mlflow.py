@@ -181,6 +181,213 @@ RECORDED = ["experiment_name", "target", "test_size", "param_grid", "cv", "seed"
 EXIT_DIFFERENT = 3  # --reproduce: the results differ from the original run's
 
 
+# %% Main flow: check the input and the store before any run exists, run the experiment in one
+# tracked run, verify what the store holds, then register, compare and report.
+class BadInput(Exception):
+    """A problem with the user's input, found before any run exists: exit 2."""
+
+
+class Unreachable(Exception):
+    """A tracking server or Dask scheduler that does not answer: exit 1, before any run."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stop like Ctrl-C, so the run ends KILLED instead of staying RUNNING."""
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for name, value in MLFLOW_SETTINGS.items():
+        os.environ.setdefault(name, value)
+    mlflow_warnings = watch_mlflow_logging()
+    # Known, harmless noise: scikit-learn 1.9 deprecates an argument name that autologging's
+    # log_loss call uses; MLflow hints that integer predictions cannot hold missing values.
+    warnings.filterwarnings("ignore", message=".*`y_pred` was renamed", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+    signal.signal(signal.SIGTERM, raise_terminated)
+    sys.unraisablehook = raise_dropped_stop_again
+
+    def fail(message, code):
+        print(f"autolog_mlflow.py: error: {redact(message, args.tracking_uri)}", file=sys.stderr)
+        return code
+
+    try:
+        if args.close_dead_runs:  # the sweep alone: no data, no run
+            return sweep_only(args)
+        experiment = experiment_of(args)
+        args = experiment.args  # with --reproduce, the original run's options
+        client = prepare_tracking(args)
+        with search_backend(args) as where:
+            report = run_experiment(experiment, client, mlflow_warnings, where)
+        report["registration"], unregistered = None, None
+        if args.register_model is not None:
+            try:
+                report["registration"] = register_best_model(client, args.register_model, report)
+            except RegistrationFailed as e:  # the run FINISHED: its report still comes
+                unregistered = e
+    except BadInput as e:
+        return fail(str(e), 2)
+    except Terminated as e:
+        return fail(with_notes("stopped by SIGTERM", e), 143)
+    except KeyboardInterrupt as e:
+        return fail(with_notes("interrupted", e), 130)
+    except Exception as e:
+        return fail(with_notes(first_line(e), e), 1)
+
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    if unregistered:
+        return fail(str(unregistered), 1)
+    reproduction = report["reproduction"]
+    return EXIT_DIFFERENT if reproduction and reproduction["verdict"] != "identical" else 0
+
+
+class Data(NamedTuple):
+    X_train: pd.DataFrame
+    X_test: pd.DataFrame
+    y_train: pd.Series
+    y_test: pd.Series
+    rows_without_target: int  # left out of both splits
+
+
+class Experiment(NamedTuple):
+    args: argparse.Namespace  # the options
+    data: Data  # the split
+    record: dict  # what it takes to run it again
+    original: dict | None  # with --reproduce: the run it reproduces, and its record
+
+
+def experiment_of(args):
+    """The experiment to run: the options given, or with --reproduce a past run's record."""
+    args, original = experiment_to_reproduce(args) if args.reproduce else (args, None)
+    return Experiment(args, split_data(*load_data(args), args), record_of(args), original)
+
+
+def run_experiment(experiment, client, mlflow_warnings, where):
+    """The seed's shape: autologging on, one run, the search fitted in it, the held-out score,
+    then the run read back from the store and checked. Returns the report."""
+    args, data = experiment.args, experiment.data
+    # Autologging records the search; the best model is logged once, by log_best_model (with
+    # log_models, two models, each one's requirements inferred in a subprocess).
+    with child_runs_named_at_creation(), every_search_logged_as_one():  # see their sections
+        mlflow.sklearn.autolog(
+            log_models=False,
+            max_tuning_runs=None if args.max_tuning_runs == "all" else args.max_tuning_runs,
+        )
+    candidates = candidate_params(build_search(args))  # None: chosen as it goes (halving)
+    with (
+        # Who runs it (see "Runs that died") in the write that creates it: never a run without.
+        run_ending_right(
+            mlflow.start_run(run_name=args.run_name or default_run_name(args), tags=who_runs_it())
+        ) as run,
+        heartbeat(run.info.run_id),
+        live_child_runs(run, args, candidates) as live,
+        datasets_built_once() as dataset_of,
+        training_table_shared(),
+        data_profile(data.X_train, data.y_train, args.seed) as profile,
+        fold_cache() as folds,
+    ):
+        closed_dead_runs = close_dead_runs(client, run.info.experiment_id)
+        count = f"{len(candidates)} candidate{'s' * (len(candidates) > 1)}" if candidates else (
+            "candidates")  # fmt: skip
+        progress(f"run {run.info.run_id}: searching {count} with {args.cv}-fold CV on {where} ...")
+        log_record(experiment.record)
+        register_datasets(dataset_of, data.X_train, data.X_test, data_name(args))
+        search = build_search(args, folds).set_callbacks(SearchProgress(live))  # stderr, the UI
+        search.fit(data.X_train, data.y_train)
+        search.best_estimator_.memory = None  # the model to log keeps no cache of the search
+        with rescued_on_failure(search, data.X_train, run.info.run_id):
+            # Autologging names a held-out metric after the variable that holds the rows, in
+            # the outermost frame that passes them on: here, X_test (accuracy_score_X_test).
+            X_test = data.X_test
+            held_out_metrics, y_pred = score_on_test_split(search, X_test, data.y_test)
+            mlflow_warnings.raise_if_any()
+            mlflow.sklearn.autolog(disable=True)  # its work is done; what follows is ours
+            logged = log_what_autologging_cannot(experiment, search, y_pred, profile, client)
+            report = read_run_back(client, run.info.run_id)
+            require_complete(report, args, search, [*held_out_metrics, *logged["metrics"]])
+            report |= logged["report"] | {
+                "compared_with_earlier_runs": compare_with_earlier_runs(client, run.info.run_id)
+            }
+            report["summary"] = summary_of(report, logged["importance"])
+            mlflow.set_tag("mlflow.note.content", report["summary"])
+            mlflow_warnings.raise_if_any()
+    finished = client.get_run(run.info.run_id)
+    report["status"] = finished.info.status
+    report["duration_seconds"] = (finished.info.end_time - finished.info.start_time) / 1000
+    report["browse"] = browse_hints(args.tracking_uri, report)
+    report["closed_dead_runs"] = closed_dead_runs
+    return report
+
+
+def default_run_name(args):
+    return f"{data_name(args)} -> {args.target or 'target'}"  # e.g. penguins.csv -> species
+
+
+def log_what_autologging_cannot(experiment, search, y_pred, profile, client):
+    """The best model, the comparison with the runner-up, what was done to the data, the
+    explanation, the reproduction's verdict: what the script logs beside autologging. Returns
+    the metrics it logged, what goes in the report, and the columns' importance."""
+    (args, data, record, original), run_id = experiment, mlflow.active_run().info.run_id
+    progress("logging the best model, explaining the run, checking what the store holds ...")
+    runner_up = best_vs_runner_up(search)
+    if runner_up:
+        mlflow.log_metric(RUNNER_UP_P_VALUE, runner_up["p_value"])
+    log_best_model(search, data.X_train)
+    described = describe_data(data, search.best_estimator_, args)
+    log_data_description(described, *profile())
+    importance, importance_rows = explain_run(search, data, y_pred, args.seed)
+    reproduction = original and log_reproduction(client, original, run_id, record, data.X_test)
+    return {
+        "metrics": [RUNNER_UP_P_VALUE] if runner_up else [],
+        "report": {
+            "data": described,
+            "importance": {
+                "held_out_rows": importance_rows,
+                "columns": importance.to_dict(orient="records"),
+            },
+            "reproduction": reproduction,
+            "best_vs_runner_up": runner_up,
+            "f1": f1_of(search),
+        },
+        "importance": importance,
+    }
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def raise_dropped_stop_again(unraisable):
+    """Ctrl-C or SIGTERM landing in a callback of the garbage collector (SQLAlchemy has some) is
+    dropped by Python ("Exception ignored in ...") and the run would go on: raise it again."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        stopped_by = (
+            signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+        )
+        # The signal again, a moment later: its handler then runs in the main thread once this
+        # hook has returned (raised in the hook, it would be dropped too).
+        threading.Timer(0.1, _thread.interrupt_main, [stopped_by]).start()
+    else:
+        sys.__unraisablehook__(unraisable)
+
+
+def with_notes(message, error):
+    return "; ".join([message, *getattr(error, "__notes__", [])])
+
+
+def first_line(error):
+    """The gist of an error, on one line."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else type(error).__name__
+    if "Max retries exceeded" in text:  # requests' long story of a server that is gone
+        cause = re.search(r"\[Errno \d+\] [^\"')]+", text)
+        text = f"lost the tracking server ({cause.group(0) if cause else 'no answer'})"
+    return text
+
+
 # %% The experiment's data, search and held-out score: the functions behind the choices above.
 def load_data(args):
     """The features, the target, and how many rows had no target (left out): the user's CSV
@@ -234,14 +441,6 @@ def read_csv_of_any_locale(path):
 def text_columns(frame):
     return [str(column) for column in frame.columns
             if not pd.api.types.is_numeric_dtype(frame[column])]  # fmt: skip
-
-
-class Data(NamedTuple):
-    X_train: pd.DataFrame
-    X_test: pd.DataFrame
-    y_train: pd.Series
-    y_test: pd.Series
-    rows_without_target: int  # left out of both splits
 
 
 def split_data(X, y, rows_without_target, args):
@@ -363,181 +562,6 @@ def f1_of(search):
     if len(classes) == 2:
         return f"F1 and ROC AUC take {classes[1]} as the positive class, of {classes[0]} and {classes[1]}"
     return f"F1 is macro-averaged over the {len(classes)} classes"
-
-
-# %% Main flow: check the input and the store before any run exists, run the experiment in one
-# tracked run, verify what the store holds, then register, compare and report.
-class BadInput(Exception):
-    """A problem with the user's input, found before any run exists: exit 2."""
-
-
-class Unreachable(Exception):
-    """A tracking server or Dask scheduler that does not answer: exit 1, before any run."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM: stop like Ctrl-C, so the run ends KILLED instead of staying RUNNING."""
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    for name, value in MLFLOW_SETTINGS.items():
-        os.environ.setdefault(name, value)
-    mlflow_warnings = watch_mlflow_logging()
-    signal.signal(signal.SIGTERM, raise_terminated)
-    sys.unraisablehook = raise_dropped_stop_again
-
-    def fail(message, code):
-        print(f"autolog_mlflow.py: error: {redact(message, args.tracking_uri)}", file=sys.stderr)
-        return code
-
-    try:
-        if args.close_dead_runs:  # the sweep alone: no data, no run
-            return sweep_only(args)
-        experiment = experiment_of(args)
-        args = experiment.args  # with --reproduce, the original run's options
-        client = prepare_tracking(args)
-        with search_backend(args) as where:
-            report = run_experiment(experiment, client, mlflow_warnings, where)
-        report["registration"], unregistered = None, None
-        if args.register_model is not None:
-            try:
-                report["registration"] = register_best_model(client, args.register_model, report)
-            except RegistrationFailed as e:  # the run FINISHED: its report still comes
-                unregistered = e
-    except BadInput as e:
-        return fail(str(e), 2)
-    except Terminated as e:
-        return fail(with_notes("stopped by SIGTERM", e), 143)
-    except KeyboardInterrupt as e:
-        return fail(with_notes("interrupted", e), 130)
-    except Exception as e:
-        return fail(with_notes(first_line(e), e), 1)
-
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_report(report)
-    if unregistered:
-        return fail(str(unregistered), 1)
-    reproduction = report["reproduction"]
-    return EXIT_DIFFERENT if reproduction and reproduction["verdict"] != "identical" else 0
-
-
-class Experiment(NamedTuple):
-    args: argparse.Namespace  # the options
-    data: Data  # the split
-    record: dict  # what it takes to run it again
-    original: dict | None  # with --reproduce: the run it reproduces, and its record
-
-
-def experiment_of(args):
-    """The experiment to run: the options given, or with --reproduce a past run's record."""
-    args, original = experiment_to_reproduce(args) if args.reproduce else (args, None)
-    return Experiment(args, split_data(*load_data(args), args), record_of(args), original)
-
-
-def run_experiment(experiment, client, mlflow_warnings, where):
-    """The search and everything logged about it, in one run; returns the report."""
-    args, data = experiment.args, experiment.data
-    candidates = candidate_params(build_search(args))
-    enable_autologging(args)
-    with (
-        tracked_run(args.run_name or f"{data_name(args)} -> {args.target or 'target'}") as run,
-        heartbeat(run.info.run_id),
-        live_child_runs(run, args, candidates) as live,
-        datasets_built_once() as dataset_of,
-        training_table_shared(),
-        data_profile(data.X_train, data.y_train, args.seed) as profile,
-        fold_cache() as folds,
-    ):
-        closed_dead_runs = close_dead_runs(client, run.info.experiment_id)
-        count = f"{len(candidates)} candidate{'s' * (len(candidates) > 1)}" if candidates else (
-            "candidates")  # fmt: skip
-        progress(f"run {run.info.run_id}: searching {count} with {args.cv}-fold CV on {where} ...")
-        log_record(experiment.record)
-        register_datasets(dataset_of, data.X_train, data.X_test, data_name(args))
-        search = build_search(args, folds).set_callbacks(SearchProgress(live))  # stderr, the UI
-        search.fit(data.X_train, data.y_train)
-        search.best_estimator_.memory = None  # the model to log keeps no cache of the search
-        with rescued_on_failure(search, data.X_train, run.info.run_id):
-            report = log_what_the_search_found(experiment, search, profile, client, mlflow_warnings)
-    finished = client.get_run(run.info.run_id)
-    report["status"] = finished.info.status
-    report["duration_seconds"] = (finished.info.end_time - finished.info.start_time) / 1000
-    report["browse"] = browse_hints(args.tracking_uri, report)
-    report["closed_dead_runs"] = closed_dead_runs
-    return report
-
-
-def log_what_the_search_found(experiment, search, profile, client, mlflow_warnings):
-    """Held-out scores, the model, the data, the explanation; then read the run back, check it
-    is complete and describe it. Returns the report."""
-    (args, data, record, original), run_id = experiment, mlflow.active_run().info.run_id
-    # Autologging names a held-out metric after the variable that holds the rows, in the
-    # outermost frame that passes them on: here, X_test (accuracy_score_X_test).
-    X_test, y_test = data.X_test, data.y_test
-    held_out_metrics, y_pred = score_on_test_split(search, X_test, y_test)
-    runner_up = best_vs_runner_up(search)
-    if runner_up:
-        mlflow.log_metric(RUNNER_UP_P_VALUE, runner_up["p_value"])
-    mlflow_warnings.raise_if_any()
-    mlflow.sklearn.autolog(disable=True)  # its work is done; what follows is ours
-    progress("logging the best model, explaining the run, checking what the store holds ...")
-    log_best_model(search, data.X_train)
-    described = describe_data(data, search.best_estimator_, args)
-    log_data_description(described, *profile())
-    importance, importance_rows = explain_run(search, data, y_pred, args.seed)
-    reproduction = original and log_reproduction(client, original, run_id, record, X_test)
-    report = read_run_back(client, run_id)
-    require_complete(
-        report, args, search, [*held_out_metrics, *[RUNNER_UP_P_VALUE] * bool(runner_up)]
-    )
-    report |= {
-        "data": described,
-        "compared_with_earlier_runs": compare_with_earlier_runs(client, run_id),
-        "importance": {"held_out_rows": importance_rows,
-                       "columns": importance.to_dict(orient="records")},
-        "reproduction": reproduction,
-        "best_vs_runner_up": runner_up,
-        "f1": f1_of(search),
-    }  # fmt: skip
-    report["summary"] = summary_of(report, importance)
-    mlflow.set_tag("mlflow.note.content", report["summary"])
-    mlflow_warnings.raise_if_any()
-    return report
-
-
-def raise_terminated(signum, frame):
-    raise Terminated()
-
-
-def raise_dropped_stop_again(unraisable):
-    """Ctrl-C or SIGTERM landing in a callback of the garbage collector (SQLAlchemy has some) is
-    dropped by Python ("Exception ignored in ...") and the run would go on: raise it again."""
-    if isinstance(unraisable.exc_value, KeyboardInterrupt):
-        stopped_by = (
-            signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
-        )
-        # The signal again, a moment later: its handler then runs in the main thread once this
-        # hook has returned (raised in the hook, it would be dropped too).
-        threading.Timer(0.1, _thread.interrupt_main, [stopped_by]).start()
-    else:
-        sys.__unraisablehook__(unraisable)
-
-
-def with_notes(message, error):
-    return "; ".join([message, *getattr(error, "__notes__", [])])
-
-
-def first_line(error):
-    """The gist of an error, on one line."""
-    lines = str(error).strip().splitlines()
-    text = lines[0] if lines else type(error).__name__
-    if "Max retries exceeded" in text:  # requests' long story of a server that is gone
-        cause = re.search(r"\[Errno \d+\] [^\"')]+", text)
-        text = f"lost the tracking server ({cause.group(0) if cause else 'no answer'})"
-    return text
 
 
 # %% Command line
@@ -1406,20 +1430,6 @@ def watch_mlflow_logging():
     return collector
 
 
-def enable_autologging(args):
-    # Log the best model ourselves (log_best_model): autologging would log two models and
-    # infer each one's requirements in a subprocess.
-    with child_runs_named_at_creation(), every_search_logged_as_one():
-        mlflow.sklearn.autolog(
-            log_models=False,
-            max_tuning_runs=None if args.max_tuning_runs == "all" else args.max_tuning_runs,
-        )
-    # Known, harmless noise: scikit-learn 1.9 deprecates an argument name that autologging's
-    # log_loss call uses; MLflow hints that integer predictions cannot hold missing values.
-    warnings.filterwarnings("ignore", message=".*`y_pred` was renamed", category=FutureWarning)
-    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-
-
 def register_datasets(dataset_of, X_train, X_test, name):
     """Record the training and test data sets (with digests) before autologging does.
 
@@ -1518,13 +1528,11 @@ def find_child_runs(client, run):
 
 
 @contextlib.contextmanager
-def tracked_run(run_name):
-    """A run that always ends: FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM.
+def run_ending_right(run):
+    """The run, started, always ends: FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM.
 
     (`mlflow.start_run` as a context manager would mark an interrupted run FAILED.)
     """
-    # Who runs it (see "Runs that died"), in the write that creates it: never a run without.
-    run = mlflow.start_run(run_name=run_name, tags=who_runs_it())
     try:
         yield run
     except BaseException as e:

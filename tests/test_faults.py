@@ -248,7 +248,7 @@ def test_a_stop_in_the_middle_of_a_store_read_still_ends_the_run_killed(tmp_path
     try:
         with (
             pytest.raises(KeyboardInterrupt) as stopped,
-            autolog_mlflow.tracked_run("stopped") as run,
+            autolog_mlflow.run_ending_right(mlflow.start_run(run_name="stopped")) as run,
         ):
             sqlalchemy.event.listen(sqlalchemy.engine.Engine, "after_cursor_execute",
                                     stop_after_the_first_read)  # fmt: skip
