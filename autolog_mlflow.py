@@ -40,8 +40,8 @@ SHA-256, and every installed package. `--reproduce` reads that record back and e
 verdict.
 
 Exit codes: 0 success (and, with --reproduce, identical results), 2 bad input (nothing
-logged), 3 --reproduce found different results, 1 any other failure, 130 Ctrl-C and 143
-SIGTERM (the run ends KILLED).
+logged), 3 --reproduce found different results, 1 any other failure, 130 Ctrl-C, 143
+SIGTERM and 129 SIGHUP (the run ends KILLED).
 """
 
 import _thread  # interrupt_main: a signal for the main thread, on every platform
@@ -192,7 +192,12 @@ class Unreachable(Exception):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM: stop like Ctrl-C, so the run ends KILLED instead of staying RUNNING."""
+    """SIGTERM, or SIGHUP (the terminal or SSH session closed): stop like Ctrl-C, so the run ends
+    KILLED instead of staying RUNNING."""
+
+    def __init__(self, signum=signal.SIGTERM):
+        super().__init__(signum)
+        self.signum = signal.Signals(signum)
 
 
 def main(argv=None):
@@ -204,7 +209,11 @@ def main(argv=None):
     # log_loss call uses; MLflow hints that integer predictions cannot hold missing values.
     warnings.filterwarnings("ignore", message=".*`y_pred` was renamed", category=FutureWarning)
     warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-    signal.signal(signal.SIGTERM, raise_terminated)
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, raise_terminated)
+    # Ctrl-C stops the run even where the script was started with SIGINT ignored (some job
+    # runners, a shell's background jobs), which Python would otherwise leave ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.unraisablehook = raise_dropped_stop_again
 
     def fail(message, code):
@@ -227,8 +236,8 @@ def main(argv=None):
                 unregistered = e
     except BadInput as e:
         return fail(str(e), 2)
-    except Terminated as e:
-        return fail(with_notes("stopped by SIGTERM", e), 143)
+    except Terminated as e:  # exit 143 for SIGTERM, 129 for SIGHUP, as a shell says them
+        return fail(with_notes(f"stopped by {e.signum.name}", e), 128 + e.signum)
     except KeyboardInterrupt as e:
         return fail(with_notes("interrupted", e), 130)
     except Exception as e:
@@ -357,16 +366,14 @@ def log_what_autologging_cannot(experiment, search, y_pred, profile, client):
 
 
 def raise_terminated(signum, frame):
-    raise Terminated()
+    raise Terminated(signum)
 
 
 def raise_dropped_stop_again(unraisable):
     """Ctrl-C or SIGTERM landing in a callback of the garbage collector (SQLAlchemy has some) is
     dropped by Python ("Exception ignored in ...") and the run would go on: raise it again."""
     if isinstance(unraisable.exc_value, KeyboardInterrupt):
-        stopped_by = (
-            signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
-        )
+        stopped_by = getattr(unraisable.exc_value, "signum", signal.SIGINT)
         # The signal again, a moment later: its handler then runs in the main thread once this
         # hook has returned (raised in the hook, it would be dropped too).
         threading.Timer(0.1, _thread.interrupt_main, [stopped_by]).start()
@@ -1326,8 +1333,11 @@ class SearchProgress:
                 c.recv()
 
     def teardown(self, estimator, context):
-        self.listener.close()
-        if self.bar:
+        # After a setup cut short (Ctrl-C, an error), what it made: scikit-learn runs the
+        # teardown in a `finally`, and an error here would take the place of the setup's.
+        if getattr(self, "listener", None):
+            self.listener.close()
+        if getattr(self, "bar", None):
             self.bar.stop()
 
     def count_reported_fits(self):
@@ -1537,14 +1547,22 @@ def run_ending_right(run):
         yield run
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
-        # A Ctrl-C in the middle of a SQLite read leaves the read's cursor open (SQLAlchemy 2.1
-        # closes it on errors, not on KeyboardInterrupt), held by the traceback's frames or a
-        # reference cycle, and the read lock with it: ending the run would wait 20 s and fail.
-        traceback.clear_frames(e.__traceback__)
-        gc.collect()
-        with contextlib.suppress(Exception):  # the run's own end matters more
-            end_running_children(MlflowClient(), run, status)
-        e.add_note(end_run(run.info.run_id, status))
+        # A second stop during this cleanup cuts the cleanup short, never the run's end.
+        with contextlib.suppress(KeyboardInterrupt):
+            # A Ctrl-C in the middle of a SQLite read leaves the read's cursor open (SQLAlchemy
+            # 2.1 closes it on errors, not on KeyboardInterrupt), held by the traceback's frames
+            # or a reference cycle, and the read lock with it: ending the run would wait 20 s.
+            traceback.clear_frames(e.__traceback__)
+            gc.collect()
+            with contextlib.suppress(Exception):  # the run's own end matters more
+                end_running_children(MlflowClient(), run, status)
+        for attempt in range(3):  # a stop during the end itself: the end again
+            try:
+                e.add_note(end_run(run.info.run_id, status))
+                break
+            except KeyboardInterrupt:
+                if attempt == 2:
+                    raise
         raise
     mlflow.end_run("FINISHED")
 

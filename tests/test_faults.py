@@ -196,8 +196,9 @@ def test_read_only_artifact_folder_is_rejected_before_any_run(tmp_path):
 
 @pytest.mark.parametrize(
     "sig, exit_code, message",
-    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "stopped by SIGTERM")],
-)
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "stopped by SIGTERM"),
+     (signal.SIGHUP, 129, "stopped by SIGHUP")],  # SIGHUP: the terminal or SSH session closed
+)  # fmt: skip
 @pytest.mark.slow
 def test_signal_mid_search_ends_the_run_killed(tmp_path, sig, exit_code, message):
     process, run_id = start_run(tmp_path)  # the default search takes seconds
@@ -211,6 +212,25 @@ def test_signal_mid_search_ends_the_run_killed(tmp_path, sig, exit_code, message
     assert run_status(tmp_path, run_id) == "KILLED"
     children = autolog_mlflow.find_child_runs(client, client.get_run(run_id))
     assert children and {child.info.status for child in children} == {"KILLED"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_run_started_with_sigint_ignored(tmp_path):
+    """Job runners and a shell's background jobs start processes with SIGINT ignored, which
+    Python leaves so: the script takes Ctrl-C back."""
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT)], cwd=tmp_path, env=script_env(), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509
+    )  # fmt: skip
+    line = process.stderr.readline()
+    assert line.startswith("run "), line + process.stderr.read()
+    run_id = line.split()[1].rstrip(":")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert f"interrupted; run {run_id} ended KILLED" in stderr
+    assert run_status(tmp_path, run_id) == "KILLED"
 
 
 def test_a_stop_dropped_in_a_garbage_collector_callback_is_raised_again(monkeypatch):

@@ -9,6 +9,11 @@ import sys
 
 import pytest
 from conftest import QUICK, SCRIPT, script_env
+from sklearn.datasets import make_classification
+from sklearn.model_selection import GridSearchCV
+from sklearn.tree import DecisionTreeClassifier
+
+import autolog_mlflow
 
 FITS = 4 * 3 + 1  # QUICK: 4 candidates x 3 folds, and the refit of the best
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colours and cursor moves
@@ -65,3 +70,20 @@ def test_elsewhere_a_plain_line_at_each_further_tenth_of_the_fits(request, run):
     assert re.fullmatch(rf"search: {FITS}/{FITS} fits \(100%\), \d+:\d\d:\d\d elapsed", lines[-1])
     assert all(line.endswith(" left") for line in lines[:-1])
     json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("cut_short_by", [OSError("no room for the progress socket"),
+                                          KeyboardInterrupt()])  # fmt: skip
+def test_a_setup_cut_short_is_reported_as_itself_not_as_the_teardowns_error(cut_short_by):
+    """scikit-learn tears the callback down in a `finally`, also after a setup that did not
+    finish (an error, a Ctrl-C): the search then fails with what stopped the setup."""
+
+    class CutShort(autolog_mlflow.SearchProgress):
+        def setup(self, estimator, context):
+            raise cut_short_by
+
+    X, y = make_classification(n_samples=40, random_state=0)
+    search = GridSearchCV(DecisionTreeClassifier(), {"max_depth": [1, 2]}, cv=2)
+    with pytest.raises(type(cut_short_by)) as raised:
+        search.set_callbacks(CutShort()).fit(X, y)
+    assert raised.value is cut_short_by
