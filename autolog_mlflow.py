@@ -1722,7 +1722,32 @@ def close_dead_runs(client, experiment_id):
         client.set_terminated(run.info.run_id, "FAILED", end_time=end_time)
         progress(f"closed run {run.info.run_id}, which had died: {evidence}")
         closed.append({"run_id": run.info.run_id, "run_name": run.info.run_name,
-                       "evidence": evidence})  # fmt: skip
+                       "status": "FAILED", "evidence": evidence})  # fmt: skip
+    return closed + close_orphaned_children(client, experiment_id)
+
+
+def close_orphaned_children(client, experiment_id):
+    """End the child runs left RUNNING under a run of this script that has ended (its process
+    stopped while they were being ended): as their parent ended, KILLED or FAILED, at its end."""
+    closed, parents = [], {}
+    for child in client.search_runs(
+        [experiment_id],
+        f"attributes.status = 'RUNNING' and tags.`{MLFLOW_PARENT_RUN_ID}` IS NOT NULL",
+    ):
+        parent_id = child.data.tags[MLFLOW_PARENT_RUN_ID]
+        if parent_id not in parents:
+            parents[parent_id] = client.get_run(parent_id)
+        parent = parents[parent_id]
+        if parent.info.status == "RUNNING" or PID not in parent.data.tags:  # alive, or not ours
+            continue
+        status = "KILLED" if parent.info.status == "KILLED" else "FAILED"
+        client.set_terminated(child.info.run_id, status, end_time=parent.info.end_time)
+        evidence = (
+            f"a child run left RUNNING under run {parent_id}, which ended {parent.info.status}"
+        )
+        progress(f"closed run {child.info.run_id} ({status}): {evidence}")
+        closed.append({"run_id": child.info.run_id, "run_name": child.info.run_name,
+                       "status": status, "evidence": evidence})  # fmt: skip
     return closed
 
 
@@ -1741,9 +1766,9 @@ def sweep_only(args):
 
 
 def print_closed_runs(closed):
-    print(f"Closed {len(closed)} run{'s' * (len(closed) > 1)} that had died (now FAILED):")
+    print(f"Closed {len(closed)} run{'s' * (len(closed) > 1)} left RUNNING:")
     for run in closed:
-        print(f"  {run['run_id']} ({run['run_name']}): {run['evidence']}")
+        print(f"  {run['run_id']} ({run['run_name']}), now {run['status']}: {run['evidence']}")
 
 
 # %% Dataset logging in proportion to the data (works around MLflow 3.17.2 internals)

@@ -106,7 +106,7 @@ def test_run_killed_mid_search_is_ended_failed_by_the_next_run_with_the_evidence
     assert dead.data.tags["mlflow.note.content"] == f"**Died**: {evidence}."  # atop its UI page
     assert dead.info.start_time <= dead.info.end_time  # its last heartbeat, or its start
     assert (
-        f"Closed 1 run that had died (now FAILED):\n  {dead_id} ({dead.info.run_name}): {evidence}"
+        f"Closed 1 run left RUNNING:\n  {dead_id} ({dead.info.run_name}), now FAILED: {evidence}"
         in (result.stdout)
     )
     new_id = result.stdout.split("Run ID: ")[1].split()[0]
@@ -153,7 +153,12 @@ def test_run_of_another_machine_is_closed_once_its_heartbeat_is_stale_not_while_
     evidence = (f"no heartbeat from process {pid} on host another-machine since "
                 f"{dead.data.tags[HEARTBEAT]}, over 4 periods of {FAST_BEAT} s")  # fmt: skip
     assert json.loads(out)["closed_dead_runs"] == [
-        {"run_id": dead_id, "run_name": dead.info.run_name, "evidence": evidence}
+        {
+            "run_id": dead_id,
+            "run_name": dead.info.run_name,
+            "status": "FAILED",
+            "evidence": evidence,
+        }
     ]
     assert dead.info.status == "FAILED" and dead.data.tags[CRASHED] == evidence
     live_run = client.get_run(live_id)
@@ -192,8 +197,8 @@ def test_close_dead_runs_only_sweeps_and_says_what_it_closed(tmp_path):
     assert result.returncode == 0, result.stderr
     dead = client.get_run(dead_id)
     assert result.stdout.splitlines() == [
-        "Closed 1 run that had died (now FAILED):",
-        f"  {dead_id} ({dead.info.run_name}): {same_host_evidence(dead)}",
+        "Closed 1 run left RUNNING:",
+        f"  {dead_id} ({dead.info.run_name}), now FAILED: {same_host_evidence(dead)}",
     ]
     assert dead.info.status == "FAILED"
     assert client.get_run(notebook).info.status == "RUNNING"
@@ -205,6 +210,33 @@ def test_close_dead_runs_only_sweeps_and_says_what_it_closed(tmp_path):
     assert json_report(run_script(tmp_path, "--close-dead-runs", "--json")) == {
         "closed_dead_runs": []
     }
+
+
+def test_child_runs_left_running_under_an_ended_run_are_closed_as_it_ended(tmp_path):
+    """A run stopped while its children were being ended leaves them RUNNING (the parent KILLED):
+    the next sweep ends them as their parent ended, at its end, and says so. Another tool's
+    children, under a parent that is not this script's, are left alone."""
+    client = sqlite_client(tmp_path)
+    experiment_id = client.create_experiment(autolog_mlflow.EXPERIMENT_NAME)
+    ours = client.create_run(experiment_id, tags={PID: "1", HOST: "gone"}).info.run_id
+    theirs = client.create_run(experiment_id).info.run_id
+    children = {
+        parent: client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+        for parent in (ours, theirs)
+    }
+    for parent in (ours, theirs):
+        client.set_terminated(parent, "KILLED")
+
+    result = run_script(tmp_path, "--close-dead-runs", "--json")
+    assert result.returncode == 0, result.stderr
+    orphan, parent = client.get_run(children[ours]), client.get_run(ours)
+    evidence = f"a child run left RUNNING under run {ours}, which ended KILLED"
+    assert json_report(result)["closed_dead_runs"] == [
+        {"run_id": orphan.info.run_id, "run_name": orphan.info.run_name, "status": "KILLED",
+         "evidence": evidence}
+    ]  # fmt: skip
+    assert orphan.info.status == "KILLED" and orphan.info.end_time == parent.info.end_time
+    assert client.get_run(children[theirs]).info.status == "RUNNING"
 
 
 def test_close_dead_runs_starts_no_run_so_it_refuses_run_options(tmp_path, script_main):
@@ -239,7 +271,12 @@ def test_run_killed_mid_search_is_closed_through_a_tracking_server(tmp_path, ser
     dead = client.get_run(dead_id)
     evidence = same_host_evidence(dead)
     assert report["closed_dead_runs"] == [
-        {"run_id": dead_id, "run_name": dead.info.run_name, "evidence": evidence}
+        {
+            "run_id": dead_id,
+            "run_name": dead.info.run_name,
+            "status": "FAILED",
+            "evidence": evidence,
+        }
     ]
     assert dead.info.status == "FAILED" and dead.data.tags[CRASHED] == evidence
     assert client.get_run(report["run_id"]).info.status == "FINISHED"
