@@ -873,6 +873,26 @@ def store_lock(uri):
         yield
 
 
+@contextlib.contextmanager
+def stops_deferred():
+    """Ctrl-C, SIGTERM and SIGHUP take effect when the block ends, not inside it.
+
+    MLflow creates or migrates a store's tables in dozens of statements, not in one
+    transaction: stopped in between, a SQLite store is broken for good (every later run fails
+    with "table spans already exists"). So the stop waits the second or two it takes.
+    """
+    stops = []
+    previous = {stop: signal.signal(stop, lambda signum, frame: stops.append(signum))
+                for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}  # fmt: skip
+    try:
+        yield
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+    if stops:  # the first one, now
+        raise KeyboardInterrupt() if stops[0] == signal.SIGINT else Terminated(stops[0])
+
+
 def open_experiment(client, name):
     experiment = client.get_experiment_by_name(name) or create_experiment(client, name)
     if experiment.lifecycle_stage == "deleted":
@@ -921,8 +941,8 @@ def prepare_tracking(args):
     if sqlite_path(uri):
         require_writable(sqlite_path(uri).parent, "tracking store")
     mlflow.set_tracking_uri(uri)
-    with store_lock(uri):
-        client = MlflowClient()  # creates the store's tables if they are missing
+    with store_lock(uri), stops_deferred():
+        client = MlflowClient()  # its first call creates or migrates the store's tables
         try:
             experiment = experiment_of_launching_run(client) or open_experiment(
                 client, args.experiment_name

@@ -17,6 +17,7 @@ import sqlalchemy
 from conftest import (
     QUICK,
     SCRIPT,
+    TINY,
     child_runs_once_made,
     parent_runs,
     run_eight_at_once,
@@ -212,6 +213,28 @@ def test_signal_mid_search_ends_the_run_killed(tmp_path, sig, exit_code, message
     assert run_status(tmp_path, run_id) == "KILLED"
     children = autolog_mlflow.find_child_runs(client, client.get_run(run_id))
     assert children and {child.info.status for child in children} == {"KILLED"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seconds", [0.1, 0.25, 0.4, 0.55])  # where MLflow 3.17.2 broke it
+def test_ctrl_c_during_the_first_runs_store_creation_leaves_a_store_that_works(tmp_path, seconds):
+    """MLflow creates a new store's tables in dozens of statements: a Ctrl-C among them broke
+    the store for good ("table secrets already exists", "table _alembic_tmp_runs already
+    exists"...). It now takes effect once they are done: no run, a store that works."""
+    process = start_script(tmp_path, *TINY)
+    store = tmp_path / "mlflow.db"
+    deadline = time.monotonic() + 60
+    while not store.exists() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(seconds)
+    process.send_signal(signal.SIGINT)  # as the tables are being made
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "autolog_mlflow.py: error: interrupted" in stderr
+    again = run_script(tmp_path, *TINY)
+    assert again.returncode == 0, again.stderr
+    statuses = sorted(run.info.status for run in parent_runs(f"sqlite:///{store}"))
+    assert statuses in (["FINISHED"], ["FINISHED", "KILLED"])  # none, or KILLED if it came late
 
 
 @pytest.mark.slow
