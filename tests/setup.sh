@@ -5,6 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+# What tests need of the machine itself, said here rather than deep inside a test.
+command -v git >/dev/null 2>&1 || { echo "tests/setup.sh: the tests need git" >&2; exit 1; }
+if ! unshare --map-root-user true 2>/dev/null; then
+  echo "tests/setup.sh: the fault tests need unprivileged user namespaces (unshare --map-root-user)" >&2
+  exit 1
+fi
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)

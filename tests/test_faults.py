@@ -169,6 +169,7 @@ def run_in_mount_namespace(workdir, shell_setup, *args):
     )  # fmt: skip
 
 
+@pytest.mark.slow  # a time bound: never in the quick tier, where the machine may be loaded
 def test_read_only_working_folder_is_rejected_at_once(tmp_path):
     def in_read_only_folder(workdir, *args):
         setup = "mount --bind . . && mount -o remount,ro,bind . ."
