@@ -1,14 +1,15 @@
 """Track a scikit-learn hyperparameter search with MLflow autologging.
 
-The script enables MLflow's scikit-learn autologging, runs a `GridSearchCV` inside one MLflow
-run and scores the best model on a held-out test split that the search never sees. The search
-tunes a pipeline: skrub's TableVectorizer turns the table into numbers (text categories, dates
-and gaps included), then the estimator named once at the top, a random forest classifier by
-default; as the candidates differ only in the estimator's hyperparameters, the TableVectorizer
-is fitted once per CV fold and reused by all of them. Autologging records the search's
-parameters, CV metrics, artifacts, datasets and one child run per candidate; the script adds
-what autologging cannot do well: descriptive child-run names, the best model logged once with
-its exact pinned environment, the held-out scores, what was done to each column of the data,
+The script enables MLflow's scikit-learn autologging, runs a `GridSearchCV` (or the search named
+at the top) inside one MLflow run and scores the best model on a held-out test split that the
+search never sees. The search tunes a pipeline: skrub's TableVectorizer turns the table into
+numbers (text categories, dates and gaps included), then the estimator named once at the top, a
+random forest classifier by default; as the candidates differ only in the estimator's
+hyperparameters, the TableVectorizer is fitted once per CV fold and reused by all of them.
+Autologging records the search's parameters, CV metrics, artifacts, datasets and one child run
+per candidate; the script adds what autologging cannot do well: descriptive child-run names, the
+best model logged once with its exact pinned environment (taking the rows users send), the
+held-out scores, whether the best beats the runner-up, what was done to each column of the data,
 and a profile of the training table.
 
 While the search fits, its progress shows on stderr: a live bar on a terminal, a line per tenth
@@ -120,10 +121,11 @@ from sklearn.model_selection._search import BaseSearchCV  # every search's base:
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.utils.multiclass import type_of_target
 
-# %% The experiment: yours to edit. The estimator, its grid and the score are the experiment;
-# everything below follows from them (classifier or regressor, the hyperparameters --param-grid
-# accepts, the held-out metrics, the model's requirements). The search tunes skrub's tabular
-# pipeline: your table's text, dates and gaps become numbers inside the logged model.
+# %% The experiment: yours to edit. The estimator, its grid, the score, the search and the
+# preprocessing are the experiment; everything below follows from them (classifier or regressor,
+# the hyperparameters --param-grid accepts, the held-out metrics, the model's requirements). By
+# default the search tunes skrub's tabular pipeline: your table's text, dates and gaps become
+# numbers inside the logged model.
 ESTIMATOR = ensemble.RandomForestClassifier()  # any scikit-learn classifier or regressor, e.g.
 # ensemble.HistGradientBoostingClassifier() or ensemble.RandomForestRegressor(); random_state: --seed
 PARAM_GRID = {"n_estimators": [50, 100, 200], "max_depth": [None, 5, 10]}  # ESTIMATOR's own names
