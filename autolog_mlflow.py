@@ -177,9 +177,17 @@ MLFLOW_SETTINGS = {  # environment variables; the user's own values win
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 STORE_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks"}
-RECORD = "run_config.json"  # the artifact that records what it takes to run the run again
+RECORD_FILE = "run_config.json"  # the artifact that records what it takes to run the run again
 # The options that define an experiment: --reproduce takes them from the record.
-RECORDED = ["experiment_name", "target", "test_size", "param_grid", "cv", "seed", "max_tuning_runs"]
+RECORDED_OPTIONS = [
+    "experiment_name",
+    "target",
+    "test_size",
+    "param_grid",
+    "cv",
+    "seed",
+    "max_tuning_runs",
+]
 EXIT_DIFFERENT = 3  # --reproduce: the results differ from the original run's
 
 
@@ -460,11 +468,11 @@ def split_data(X, y, rows_without_target, args):
     try:
         X_train, X_test, y_train, y_test = train_test_split(
             X, y, test_size=args.test_size, random_state=args.seed,
-            stratify=y if is_classifier(ESTIMATOR) else None,
+            stratify=y if CLASSIFIER else None,
         )  # fmt: skip
     except ValueError as e:
         raise BadInput(f"cannot split the data with --test-size {args.test_size}: {e}")
-    if is_classifier(ESTIMATOR):
+    if CLASSIFIER:
         most, bound = int(y_train.value_counts().min()), "rows of the smallest class"
     else:
         most, bound = len(y_train), "rows"
@@ -476,7 +484,7 @@ def split_data(X, y, rows_without_target, args):
 
 def check_target(y, name):
     """A target the estimator can learn: classes for a classifier, numbers for a regressor."""
-    if not is_classifier(ESTIMATOR):
+    if not CLASSIFIER:
         if not pd.api.types.is_numeric_dtype(y):
             raise BadInput(f"--target {name} is not numeric: {type(ESTIMATOR).__name__} is a "
                            "regressor and needs numbers")  # fmt: skip
@@ -524,12 +532,13 @@ def candidate_params(search):
     return None
 
 
-# The held-out score that ranks runs on the same data and decides, with --register-model, which
-# version is the champion: SCORING, else autologging's metric of the estimator's own score.
-if SCORING:
-    HELD_OUT_SCORE = f"{SCORING}_X_test"
-else:
-    HELD_OUT_SCORE = "accuracy_score_X_test" if is_classifier(ESTIMATOR) else "r2_score_X_test"
+# What follows from ESTIMATOR and SCORING, said once: a classifier or a regressor; the score that
+# ranks the candidates (SCORING, else the estimator's own); its held-out metric, which ranks
+# runs on the same data and decides, with --register-model, which version is the champion
+# (SCORING's, logged by the script, else autologging's of the estimator's own score).
+CLASSIFIER = is_classifier(ESTIMATOR)
+SCORE_NAME = SCORING or ("accuracy" if CLASSIFIER else "R2")
+HELD_OUT_SCORE = f"{SCORING or ('accuracy_score' if CLASSIFIER else 'r2_score')}_X_test"
 
 
 def score_on_test_split(search, X_test, y_test):
@@ -675,8 +684,8 @@ def parse_args(argv=None):
 def check_reproduce_options(parser, argv, run_id):
     """With --reproduce, the options that define the experiment come from the run's record."""
     unset = object()  # what argparse leaves alone in a given namespace: not on the line
-    given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(RECORDED, unset)))
-    fixed = [name for name in RECORDED if getattr(given, name) is not unset]
+    given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(RECORDED_OPTIONS, unset)))
+    fixed = [name for name in RECORDED_OPTIONS if getattr(given, name) is not unset]
     if fixed:
         parser.error(
             f"--{fixed[0].replace('_', '-')} comes from the record of run {run_id}; "
@@ -822,7 +831,7 @@ def check_login(uri):
     return verify_rest_response(response, WHO_AM_I).json()["user"] if response.ok else None
 
 
-def may(uri, user, resource_type, resource_id, permissions):
+def user_may(uri, user, resource_type, resource_id, permissions):
     """Whether `user` holds one of `permissions` on the resource (an admin holds all)."""
     if user["is_admin"]:
         return True
@@ -833,7 +842,7 @@ def may(uri, user, resource_type, resource_id, permissions):
     return verify_rest_response(response, PERMISSION).json()["permission"] in permissions
 
 
-def may_not_write(user, experiment_name, uri):
+def write_refused(user, experiment_name, uri):
     return BadInput(
         f"{user['username']} may not write to experiment {experiment_name} on {redact(uri, uri)}: "
         "ask its owner for EDIT"
@@ -952,9 +961,9 @@ def prepare_tracking(args):
         except MlflowException as e:
             if user is None or e.error_code != "PERMISSION_DENIED":
                 raise
-            raise may_not_write(user, args.experiment_name, uri)
-    if user and not may(uri, user, "experiment", experiment.experiment_id, MAY_WRITE):
-        raise may_not_write(user, experiment.name, uri)
+            raise write_refused(user, args.experiment_name, uri)
+    if user and not user_may(uri, user, "experiment", experiment.experiment_id, MAY_WRITE):
+        raise write_refused(user, experiment.name, uri)
     location = urlparse(experiment.artifact_location)
     if location.scheme in ("", "file"):
         require_writable(location.path, "run artifacts")
@@ -970,7 +979,7 @@ def check_registry(client, name, uri, user):
     only MANAGE remove one (the challenger, when the new version becomes the champion)."""
     try:
         client.get_registered_model(name)
-        allowed = user is None or may(uri, user, "registered_model", name, ["MANAGE"])
+        allowed = user is None or user_may(uri, user, "registered_model", name, ["MANAGE"])
     except MlflowException as e:
         if e.error_code == "INVALID_PARAMETER_VALUE":
             raise BadInput(f"--register-model {name!r}: {first_line(e)}")
@@ -1029,7 +1038,7 @@ def dask_for_the_search_only(client):
     # that changes what is relied on here fails it.
     from joblib._dask import Batch, DaskDistributedBackend
 
-    class InPlace(Batch):
+    class BatchAsAPlainLoop(Batch):
         def __call__(self, tasks=None):  # joblib's Batch sets the Dask backend around them
             return [function(*args, **kwargs) for function, args, kwargs in tasks]
 
@@ -1044,7 +1053,7 @@ def dask_for_the_search_only(client):
 
         async def _to_func_args(self, func):
             _, tasks = await super()._to_func_args(func)
-            return InPlace(tasks), tasks
+            return BatchAsAPlainLoop(tasks), tasks
 
     return SearchOnDask(client=client)
 
@@ -1235,7 +1244,7 @@ def describe_data(data, pipeline, args):
         "feature_columns": X.shape[1],
         "target": {"name": args.target or "target"} | (
             {"classes": {str(label): int(count) for label, count in y.value_counts().items()}}
-            if is_classifier(ESTIMATOR)
+            if CLASSIFIER
             else {"min": float(y.min()), "mean": float(y.mean()), "max": float(y.max())}
         ),
         "missing_values": {str(c): int(n) for c, n in X.isna().sum().items() if n},
@@ -1618,12 +1627,16 @@ def rescued_on_failure(search, X_train, run_id):
 # leave its run RUNNING forever. So each run says which process runs it and refreshes a heartbeat
 # while it lives, and each new run (or --close-dead-runs) ends FAILED the runs of this script in
 # its experiment whose process is gone. Nothing here can close a live run or another tool's run.
-HOST, MACHINE, PID = "autolog_mlflow.host", "autolog_mlflow.machine", "autolog_mlflow.pid"
-PROCESS_START, CRASHED = "autolog_mlflow.process_start", "autolog_mlflow.crashed"
-HEARTBEAT, PERIOD = "autolog_mlflow.heartbeat", "autolog_mlflow.heartbeat_seconds"
-BEAT_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
-CANDIDATE = "autolog_mlflow.candidate"  # a child run's index in cv_results_
-CHOSEN = "autolog_mlflow.best"  # the child run of the candidate the search chose  # readable in the UI's tags, and parsed back
+HOST_TAG, MACHINE_TAG, PID_TAG = (
+    "autolog_mlflow.host",
+    "autolog_mlflow.machine",
+    "autolog_mlflow.pid",
+)
+PROCESS_START_TAG, CRASHED_TAG = "autolog_mlflow.process_start", "autolog_mlflow.crashed"
+HEARTBEAT_TAG, PERIOD_TAG = "autolog_mlflow.heartbeat", "autolog_mlflow.heartbeat_seconds"
+BEAT_FORMAT = "%Y-%m-%d %H:%M:%S UTC"  # readable in the UI's tags, and parsed back
+CANDIDATE_TAG = "autolog_mlflow.candidate"  # a child run's index in cv_results_
+CHOSEN_TAG = "autolog_mlflow.best"  # the child run of the candidate the search chose
 UNKNOWN = "unknown"  # where /proc is missing (macOS, Windows): the heartbeat alone decides
 
 
@@ -1655,18 +1668,18 @@ def beat_now():
 
 def last_beat(tags):
     """The time of the run's last heartbeat, in seconds since the epoch."""
-    return calendar.timegm(time.strptime(tags[HEARTBEAT], BEAT_FORMAT))
+    return calendar.timegm(time.strptime(tags[HEARTBEAT_TAG], BEAT_FORMAT))
 
 
 def who_runs_it():
     """The tags that tie a new run to this process, and its first heartbeat."""
     return {
-        HOST: platform.node(),
-        MACHINE: this_machine() or UNKNOWN,
-        PID: str(os.getpid()),
-        PROCESS_START: process_start(os.getpid()) or UNKNOWN,
-        HEARTBEAT: beat_now(),
-        PERIOD: str(HEARTBEAT_SECONDS),
+        HOST_TAG: platform.node(),
+        MACHINE_TAG: this_machine() or UNKNOWN,
+        PID_TAG: str(os.getpid()),
+        PROCESS_START_TAG: process_start(os.getpid()) or UNKNOWN,
+        HEARTBEAT_TAG: beat_now(),
+        PERIOD_TAG: str(HEARTBEAT_SECONDS),
     }
 
 
@@ -1680,7 +1693,7 @@ def heartbeat(run_id):
     def beat():
         while not stop.wait(HEARTBEAT_SECONDS):
             with contextlib.suppress(Exception):  # a missed beat must never fail the run
-                client.set_tag(run_id, HEARTBEAT, beat_now())
+                client.set_tag(run_id, HEARTBEAT_TAG, beat_now())
 
     threading.Thread(target=beat, name="heartbeat", daemon=True).start()
     try:
@@ -1699,18 +1712,18 @@ def death_evidence(run):
     """
     tags = run.data.tags
     try:
-        pid, period, last = int(tags[PID]), float(tags[PERIOD]), last_beat(tags)
+        pid, period, last = int(tags[PID_TAG]), float(tags[PERIOD_TAG]), last_beat(tags)
     except (KeyError, ValueError):  # tags edited by hand: never close what cannot be judged
         return None
-    where = f"process {pid} on host {tags.get(HOST)}"
+    where = f"process {pid} on host {tags.get(HOST_TAG)}"
     here = this_machine()
-    if here and (tags.get(HOST), tags.get(MACHINE)) == (platform.node(), here):
-        if process_start(pid) == tags.get(PROCESS_START):
+    if here and (tags.get(HOST_TAG), tags.get(MACHINE_TAG)) == (platform.node(), here):
+        if process_start(pid) == tags.get(PROCESS_START_TAG):
             return None
-        return f"{where} is gone; last heartbeat {tags[HEARTBEAT]}"
+        return f"{where} is gone; last heartbeat {tags[HEARTBEAT_TAG]}"
     if time.time() - last <= STALE_HEARTBEATS * period:
         return None
-    return (f"no heartbeat from {where} since {tags[HEARTBEAT]}, over {STALE_HEARTBEATS} "
+    return (f"no heartbeat from {where} since {tags[HEARTBEAT_TAG]}, over {STALE_HEARTBEATS} "
             f"periods of {period:g} s")  # fmt: skip
 
 
@@ -1724,7 +1737,7 @@ def close_dead_runs(client, experiment_id):
     """
     closed = []
     for found in client.search_runs(
-        [experiment_id], f"attributes.status = 'RUNNING' and tags.`{HEARTBEAT}` IS NOT NULL"
+        [experiment_id], f"attributes.status = 'RUNNING' and tags.`{HEARTBEAT_TAG}` IS NOT NULL"
     ):
         if death_evidence(found) is None:
             continue
@@ -1734,7 +1747,7 @@ def close_dead_runs(client, experiment_id):
             continue
         # It ran at least until its last beat (whole seconds: never before its start).
         end_time = max(last_beat(run.data.tags) * 1000, run.info.start_time)
-        tags = [RunTag(CRASHED, evidence)]
+        tags = [RunTag(CRASHED_TAG, evidence)]
         if "mlflow.note.content" not in run.data.tags:  # no summary: it died before that
             # The run's description, atop its page in the UI: why it is FAILED.
             tags.append(RunTag("mlflow.note.content", f"**Died**: {evidence}."))
@@ -1760,7 +1773,7 @@ def close_orphaned_children(client, experiment_id):
         if parent_id not in parents:
             parents[parent_id] = client.get_run(parent_id)
         parent = parents[parent_id]
-        if parent.info.status == "RUNNING" or PID not in parent.data.tags:  # alive, or not ours
+        if parent.info.status == "RUNNING" or PID_TAG not in parent.data.tags:  # alive, or not ours
             continue
         status = "KILLED" if parent.info.status == "KILLED" else "FAILED"
         client.set_terminated(child.info.run_id, status, end_time=parent.info.end_time)
@@ -1817,7 +1830,7 @@ def datasets_built_once():
             built[digest] = from_pandas(df, source=source, digest=digest, name=name)
         return built[digest]
 
-    types._infer_required = lambda column: required(column, infer_required)
+    types._infer_required = lambda column: has_no_gaps(column, infer_required)
     types._infer_pandas_column = lambda column: column_type(column, infer_pandas_column)
     mlflow.sklearn.from_pandas = dataset_of
     try:
@@ -1834,7 +1847,7 @@ def column_type(column, infer_pandas_column):
     return infer_pandas_column(column)
 
 
-def required(column, infer_required):
+def has_no_gaps(column, infer_required):
     """MLflow's answer (no None, NaN, pd.NA or NaT in the column), vectorised where pandas and
     MLflow agree on what is missing: numeric, boolean, datetime and pandas string columns
     (whose only values are str and their missing marker). Object and category columns, which
@@ -1950,9 +1963,11 @@ def child_runs_named_at_creation():
         varied = sorted(set().union(*cv_estimator.cv_results_["params"]))
         for run_id, params in queued.params.items():
             tags = child_run_tags(varied, params, queued.metrics[run_id], len(queued.params))
-            tags[CANDIDATE] = str(queued.candidate_of[run_id])  # the leaderboard's order on ties
+            tags[CANDIDATE_TAG] = str(
+                queued.candidate_of[run_id]
+            )  # the leaderboard's order on ties
             if queued.candidate_of[run_id] == cv_estimator.best_index_:
-                tags[CHOSEN] = "true"  # successive halving's is not always of rank 1
+                tags[CHOSEN_TAG] = "true"  # successive halving's is not always of rank 1
             queued.set_tags(run_id, tags)  # sent with the create call, or in the batch
 
     utils._create_child_runs_for_parameter_search = child_runs_named
@@ -2018,7 +2033,7 @@ class ChildRunsQueued:
 
 def child_run_tags(varied, params, metrics, children):
     """A child run's name and its description."""
-    line = (f"rank {int(metrics['rank_test_score'])} of {children}: mean CV {score_name()} "
+    line = (f"rank {int(metrics['rank_test_score'])} of {children}: mean CV {SCORE_NAME} "
             f"{metrics['mean_test_score']:.3f} (+/- {2 * metrics['std_test_score']:.3f})")  # fmt: skip
     name = child_run_name(varied, params, metrics.get("iter"))
     return {MLFLOW_RUN_NAME: name, "mlflow.note.content": line}
@@ -2222,7 +2237,7 @@ def log_record(record):
     """The record as run_config.json, the script beside it, and the diff of uncommitted edits."""
     git = record["git"]
     mlflow.log_dict(
-        record | {"git": git and {key: git[key] for key in ("commit", "dirty")}}, RECORD
+        record | {"git": git and {key: git[key] for key in ("commit", "dirty")}}, RECORD_FILE
     )
     mlflow.log_artifact(__file__, "code")
     if git and git["dirty"]:
@@ -2306,10 +2321,6 @@ def figure_and_axes(width, height):
     return figure, figure.subplots()
 
 
-def score_name():
-    return SCORING or ("accuracy" if is_classifier(ESTIMATOR) else "R2")
-
-
 def values_searched(search):
     """{hyperparameter: the values its candidates took}: in the grid's order for a grid, sorted
     for a search that samples them."""
@@ -2338,7 +2349,7 @@ def grid_scores_figure(search):
     def position(key, i):
         return grid[key].index(search.cv_results_["params"][i][key])
 
-    title = f"Mean CV {score_name()}, +/- 2 std"
+    title = f"Mean CV {SCORE_NAME}, +/- 2 std"
     if [key for key in fixed if len(grid[key]) > 1]:
         title += "\n" + ", ".join(f"{key}={best[key]}" for key in fixed if len(grid[key]) > 1)
     if len(axes_keys) == 1:
@@ -2350,7 +2361,7 @@ def grid_scores_figure(search):
         axes.plot(best_at, mean[search.best_index_], "r*", markersize=16, label="best")
         axes.set_xticks(range(len(order)), [str(grid[key][position(key, i)]) for i in order])
         axes.set_xlabel(key)
-        axes.set_ylabel(f"mean CV {score_name()}")
+        axes.set_ylabel(f"mean CV {SCORE_NAME}")
         axes.legend()
     else:
         x, y = axes_keys
@@ -2361,7 +2372,7 @@ def grid_scores_figure(search):
                 mean[i], 2 * std[i])  # fmt: skip
         figure, axes = figure_and_axes(1.4 * len(grid[x]) + 3, 0.7 * len(grid[y]) + 2.5)
         image = axes.imshow(cells, cmap="viridis", aspect="auto")
-        figure.colorbar(image, ax=axes, label=f"mean CV {score_name()}")
+        figure.colorbar(image, ax=axes, label=f"mean CV {SCORE_NAME}")
         bright = np.nanmin(cells) + 0.6 * (np.nanmax(cells) - np.nanmin(cells))  # viridis: yellow
         for (row, column), value in np.ndenumerate(cells):
             if not np.isnan(value):
@@ -2411,7 +2422,7 @@ def raw_column_importance(search, X, y, seed):
     }  # fmt: skip
     answers = AnswersInOneCall(rest, [encoded, *itertools.chain(*shuffles.values())])
     # The scorer by name, as estimator.score (SCORING None) would not go through `answers`.
-    scorer = metrics.get_scorer(score_name().lower())  # accuracy, r2 or SCORING
+    scorer = metrics.get_scorer(SCORE_NAME.lower())  # accuracy, r2 or SCORING
     baseline = scorer(answers, encoded, y)
     drops = {column: [baseline - scorer(answers, table, y) for table in tables]
              for column, tables in shuffles.items()}  # fmt: skip
@@ -2465,7 +2476,7 @@ def importance_figure(importance, rows):
     shown = importance.head(20).iloc[::-1]  # the largest on top
     figure, axes = figure_and_axes(7, 0.3 * len(shown) + 1.5)
     axes.barh(shown["column"], shown["importance"], xerr=shown["std"], capsize=3)
-    axes.set_xlabel(f"drop in held-out {score_name()} when the column is shuffled")
+    axes.set_xlabel(f"drop in held-out {SCORE_NAME} when the column is shuffled")
     axes.set_title(f"What drives the model\npermutation importance on {rows} held-out rows")
     return figure
 
@@ -2495,7 +2506,7 @@ def summary_of(report, importance):
     searched = (f"{type(ESTIMATOR).__name__}, {len(report['child_runs'])} candidates x "
                 f"{report['params']['cv']}-fold CV, on {data['source']} ({data['train_rows']} "
                 f"training rows, {data['feature_columns']} columns)")  # fmt: skip
-    headline = (f"**Best: `{best['name']}`**, mean CV {score_name()} "
+    headline = (f"**Best: `{best['name']}`**, mean CV {SCORE_NAME} "
                 f"{best['mean_test_score']:.3f} (+/- {2 * best['std_test_score']:.3f}, 2 std)")  # fmt: skip
     runner_up = report["best_vs_runner_up"]
     return "\n".join([
@@ -2543,8 +2554,8 @@ def read_run_back(client, run_id):
                     "rank": int(child.data.metrics["rank_test_score"]),
                     "mean_test_score": child.data.metrics["mean_test_score"],
                     "std_test_score": child.data.metrics["std_test_score"],
-                    "candidate": int(child.data.tags.get(CANDIDATE, -1)),
-                    "chosen": child.data.tags.get(CHOSEN) == "true",
+                    "candidate": int(child.data.tags.get(CANDIDATE_TAG, -1)),
+                    "chosen": child.data.tags.get(CHOSEN_TAG) == "true",
                 }
                 for child in find_child_runs(client, run)
             ),
@@ -2577,7 +2588,7 @@ def require_complete(report, args, search, held_out_metrics):
         "artifacts": [
             "cv_results.csv",
             "estimator.html",
-            RECORD,
+            RECORD_FILE,
             "data.json",
             DATA_PROFILE,
             *EXPLANATION,
@@ -2659,7 +2670,7 @@ def experiment_to_reproduce(args):
         original["record"]["configuration"],
         original["record"].get("data"),
     )
-    recorded = {name: configuration[name] for name in RECORDED}
+    recorded = {name: configuration[name] for name in RECORDED_OPTIONS}
     if not all(isinstance(values, list) for values in recorded["param_grid"].values()):
         if recorded["param_grid"] != space_as_json(PARAM_GRID):  # distributions are not in JSON
             raise BadInput(f"run {args.reproduce} sampled {json.dumps(recorded['param_grid'])}; "
@@ -2698,11 +2709,13 @@ def read_original(args):
         raise BadInput(f"--reproduce {run_id}: no such run in {redact(uri, uri)}")
     try:
         with tempfile.TemporaryDirectory() as folder:
-            record = json.loads(Path(client.download_artifacts(run_id, RECORD, folder)).read_text())
+            record = json.loads(
+                Path(client.download_artifacts(run_id, RECORD_FILE, folder)).read_text()
+            )
     except (MlflowException, OSError, ValueError):
         record = {}
-    if not set(RECORDED) <= record.get("configuration", {}).keys():
-        raise BadInput(f"run {run_id} was not logged by autolog_mlflow.py: it has no {RECORD}")
+    if not set(RECORDED_OPTIONS) <= record.get("configuration", {}).keys():
+        raise BadInput(f"run {run_id} was not logged by autolog_mlflow.py: it has no {RECORD_FILE}")
     experiment = client.get_experiment(run.info.experiment_id).name
     return {"run": run, "record": record, "experiment": experiment}
 
@@ -2973,7 +2986,7 @@ def print_data(data):
 
 
 def print_importance(importance):
-    print(f"\nWhat drives the model: held-out {score_name()} lost when a column is shuffled "
+    print(f"\nWhat drives the model: held-out {SCORE_NAME} lost when a column is shuffled "
           f"({importance['held_out_rows']} rows; feature_importance.png):")  # fmt: skip
     for row in importance["columns"][:5]:
         print(f"  {row['column']}: {row['importance']:.3f} (+/- {row['std']:.3f})")

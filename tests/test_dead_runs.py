@@ -29,7 +29,7 @@ from mlflow_ui import mlflow_server
 from postgres import postgres_server
 
 import autolog_mlflow
-from autolog_mlflow import CRASHED, HEARTBEAT, HOST, PID
+from autolog_mlflow import CRASHED_TAG, HEARTBEAT_TAG, HOST_TAG, PID_TAG
 
 # Long enough (~20 s of search here) to be still running while another run starts and sweeps.
 SLOW = [*SMALL_TABLE, "--param-grid", '{"n_estimators": [300, 400], "max_depth": [null, 3]}',
@@ -84,7 +84,7 @@ def json_report(result):
 
 def same_host_evidence(run):
     """The evidence of a dead run of this machine, in the script's words."""
-    pid, beat = run.data.tags[PID], run.data.tags[HEARTBEAT]
+    pid, beat = run.data.tags[PID_TAG], run.data.tags[HEARTBEAT_TAG]
     return f"process {pid} on host {platform.node()} is gone; last heartbeat {beat}"
 
 
@@ -100,9 +100,9 @@ def test_run_killed_mid_search_is_ended_failed_by_the_next_run_with_the_evidence
     assert result.returncode == 0, result.stderr
     dead = client.get_run(dead_id)
     assert dead.info.status == "FAILED"
-    assert dead.data.tags[PID] == str(pid)
+    assert dead.data.tags[PID_TAG] == str(pid)
     evidence = same_host_evidence(dead)
-    assert dead.data.tags[CRASHED] == evidence
+    assert dead.data.tags[CRASHED_TAG] == evidence
     assert dead.data.tags["mlflow.note.content"] == f"**Died**: {evidence}."  # atop its UI page
     assert dead.info.start_time <= dead.info.end_time  # its last heartbeat, or its start
     assert (
@@ -111,7 +111,7 @@ def test_run_killed_mid_search_is_ended_failed_by_the_next_run_with_the_evidence
     )
     new_id = result.stdout.split("Run ID: ")[1].split()[0]
     assert client.get_run(new_id).info.status == "FINISHED"
-    assert CRASHED not in client.get_run(new_id).data.tags
+    assert CRASHED_TAG not in client.get_run(new_id).data.tags
     for child in children:  # made during its search: ended with it
         ended = client.get_run(child.info.run_id).info
         assert ended.status == "FAILED" and ended.end_time >= ended.start_time
@@ -129,7 +129,7 @@ def test_live_run_of_another_process_on_this_machine_is_left_running_and_finishe
         "the live run ended before the new run swept: give it a slower grid"
     )
     assert report["closed_dead_runs"] == []
-    assert live_run.info.status == "FINISHED" and CRASHED not in live_run.data.tags
+    assert live_run.info.status == "FINISHED" and CRASHED_TAG not in live_run.data.tags
 
 
 @pytest.mark.slow
@@ -137,21 +137,21 @@ def test_run_of_another_machine_is_closed_once_its_heartbeat_is_stale_not_while_
     script = copy_with_heartbeat(tmp_path, FAST_BEAT)
     client = sqlite_client(tmp_path)
     dead_id, pid = killed_run(tmp_path, script=script)
-    client.set_tag(dead_id, HOST, "another-machine")  # its process: out of this machine's sight
+    client.set_tag(dead_id, HOST_TAG, "another-machine")  # its process: out of this machine's sight
     stale_after = autolog_mlflow.STALE_HEARTBEATS * FAST_BEAT
     time.sleep(max(0, autolog_mlflow.last_beat(client.get_run(dead_id).data.tags) + stale_after
                    + 1 - time.time()))  # fmt: skip
     # A new run closes the stale one; then, as if on another machine, it lives on and beats
     # while a third run sweeps.
     live, live_id = start_run(tmp_path, "--json", *SLOW, script=script)
-    client.set_tag(live_id, HOST, "another-machine")
+    client.set_tag(live_id, HOST_TAG, "another-machine")
     report = json_report(run_script(tmp_path, "--json", *QUICK))
     out, err = live.communicate(timeout=600)
     assert live.returncode == 0, err
 
     dead = client.get_run(dead_id)
     evidence = (f"no heartbeat from process {pid} on host another-machine since "
-                f"{dead.data.tags[HEARTBEAT]}, over 4 periods of {FAST_BEAT} s")  # fmt: skip
+                f"{dead.data.tags[HEARTBEAT_TAG]}, over 4 periods of {FAST_BEAT} s")  # fmt: skip
     assert json.loads(out)["closed_dead_runs"] == [
         {
             "run_id": dead_id,
@@ -160,13 +160,13 @@ def test_run_of_another_machine_is_closed_once_its_heartbeat_is_stale_not_while_
             "evidence": evidence,
         }
     ]
-    assert dead.info.status == "FAILED" and dead.data.tags[CRASHED] == evidence
+    assert dead.info.status == "FAILED" and dead.data.tags[CRASHED_TAG] == evidence
     live_run = client.get_run(live_id)
     assert live_run.info.end_time > client.get_run(report["run_id"]).info.start_time, (
         "the live run ended before the third run swept: give it a slower grid"
     )
     assert report["closed_dead_runs"] == []
-    assert live_run.info.status == "FINISHED" and CRASHED not in live_run.data.tags
+    assert live_run.info.status == "FINISHED" and CRASHED_TAG not in live_run.data.tags
     # It kept beating: its last heartbeat is later than its first, given at its start.
     assert autolog_mlflow.last_beat(live_run.data.tags) > live_run.info.start_time // 1000 + 1
 
@@ -177,13 +177,13 @@ def test_two_new_runs_sweeping_at_once_close_the_dead_run_and_not_each_other(tmp
     reports = run_at_once(tmp_path, 2)
     client = sqlite_client(tmp_path)
     dead = client.get_run(dead_id)
-    assert dead.info.status == "FAILED" and dead.data.tags[CRASHED] == same_host_evidence(dead)
+    assert dead.info.status == "FAILED" and dead.data.tags[CRASHED_TAG] == same_host_evidence(dead)
     # Each closed the dead run or found it closed already; neither closed the other.
     closed = [run["run_id"] for report in reports for run in report["closed_dead_runs"]]
     assert set(closed) == {dead_id}
     for report in reports:
         run = client.get_run(report["run_id"])
-        assert run.info.status == "FINISHED" and CRASHED not in run.data.tags
+        assert run.info.status == "FINISHED" and CRASHED_TAG not in run.data.tags
 
 
 @pytest.mark.slow
@@ -218,7 +218,7 @@ def test_child_runs_left_running_under_an_ended_run_are_closed_as_it_ended(tmp_p
     children, under a parent that is not this script's, are left alone."""
     client = sqlite_client(tmp_path)
     experiment_id = client.create_experiment(autolog_mlflow.EXPERIMENT_NAME)
-    ours = client.create_run(experiment_id, tags={PID: "1", HOST: "gone"}).info.run_id
+    ours = client.create_run(experiment_id, tags={PID_TAG: "1", HOST_TAG: "gone"}).info.run_id
     theirs = client.create_run(experiment_id).info.run_id
     children = {
         parent: client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
@@ -278,7 +278,7 @@ def test_run_killed_mid_search_is_closed_through_a_tracking_server(tmp_path, ser
             "evidence": evidence,
         }
     ]
-    assert dead.info.status == "FAILED" and dead.data.tags[CRASHED] == evidence
+    assert dead.info.status == "FAILED" and dead.data.tags[CRASHED_TAG] == evidence
     assert client.get_run(report["run_id"]).info.status == "FINISHED"
 
 

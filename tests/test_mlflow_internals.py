@@ -70,7 +70,7 @@ COLUMNS = {
 @pytest.mark.parametrize("name", COLUMNS)
 def test_vectorised_missing_value_check_gives_mlflows_answer(name):
     column = COLUMNS[name]
-    assert autolog_mlflow.required(column, _infer_required) == _infer_required(column)
+    assert autolog_mlflow.has_no_gaps(column, _infer_required) == _infer_required(column)
 
 
 def test_the_columns_cover_both_answers():
@@ -270,8 +270,8 @@ def child_runs_made_by(create_child_runs, search, parent, max_tuning_runs, datas
 def recorded(child, parent):
     """What a child run holds, less its name, description, candidate index and end time."""
     tags = {key: value for key, value in child.data.tags.items()
-            if key not in ("mlflow.runName", "mlflow.note.content", autolog_mlflow.CANDIDATE,
-                           autolog_mlflow.CHOSEN)}  # fmt: skip
+            if key not in ("mlflow.runName", "mlflow.note.content", autolog_mlflow.CANDIDATE_TAG,
+                           autolog_mlflow.CHOSEN_TAG)}  # fmt: skip
     inputs = [(item.dataset.name, item.dataset.digest, [(t.key, t.value) for t in item.tags])
               for item in child.inputs.dataset_inputs]  # fmt: skip
     tags["mlflow.parentRunId"] = child.data.tags["mlflow.parentRunId"] == parent.info.run_id
