@@ -1810,9 +1810,8 @@ def print_closed_runs(closed):
 # On a 200,000-row table, MLflow's dataset logging took longer than the search itself.
 # Autologging builds a dataset for the same frame up to three times (before the fit, after it,
 # and at every predict call on the test split); each build visits every value in Python: to
-# infer the schema (mlflow.types.utils._infer_required, 12 million calls on 20 numeric columns;
-# _infer_pandas_column, 16 s for four text columns) and to find the string columns for the
-# digest (compute_pandas_digest). Within the run, each frame's dataset is built once, and the
+# infer the schema (mlflow.types.utils._infer_required, _infer_pandas_column) and to find the
+# string columns for the digest (compute_pandas_digest); benchmarks/README.md has the figures. Within the run, each frame's dataset is built once, and the
 # visits are vectorised for the columns where that cannot change the answer. Nothing recorded
 # changes: tests/test_mlflow_internals.py compares the results with MLflow's own and fails if
 # an upgrade moves what is replaced here.
@@ -1931,13 +1930,13 @@ def every_search_logged_as_one():
 # %% Child runs named as they are made (works around MLflow 3.17.2 internals)
 # After the search's fit, autologging rebuilds a child run per candidate from cv_results_
 # (mlflow.sklearn.utils._create_child_runs_for_parameter_search) and queues it on its client:
-# a create call with the child's tags, a batch of params and metrics, its dataset, its end. On
-# 80 candidates, queueing took 11 ms a child (scikit-learn's repr of the pipeline's steps, a
-# param of every child, made twice per child), and naming the children afterwards 12 ms a child
-# (a second write each). Here each distinct param value becomes text once, and each child's
-# name (`max_depth=5 n_estimators=100`) and description (`rank 1 of 9: mean CV accuracy 0.960
-# (+/- 0.041)`) are queued as tags, which MLflow's client sends in the create call: 52 -> 31 ms
-# a child on SQLite (benchmarks/README.md). Autologging binds the function when
+# a create call with the child's tags, a batch of params and metrics, its dataset, its end.
+# Queueing made scikit-learn's repr of the pipeline's steps (a param of every child) twice per
+# child, and naming the children afterwards took a second write each. Here each distinct param
+# value becomes text once, and each child's name (`max_depth=5 n_estimators=100`) and
+# description (`rank 1 of 9: mean CV accuracy 0.960 (+/- 0.041)`) are queued as tags, which
+# MLflow's client sends in the create call: a child costs about 40 % less on SQLite (measured
+# in benchmarks/README.md). Autologging binds the function when
 # mlflow.sklearn.autolog() is called: it is replaced around that call.
 # tests/test_mlflow_internals.py checks that the children hold what MLflow's own function
 # records, and fails if an upgrade moves what is replaced here.
