@@ -45,10 +45,12 @@ def start_run(workdir, *args):
 
 
 def one_line_error(result):
-    lines = result.stderr.strip().splitlines()
+    """The error line, the last of stderr: before it, only the run's progress lines."""
+    *before, last = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr
-    assert len(lines) == 1 or lines[0].startswith("run "), result.stderr
-    return lines[-1]
+    progress = ("run ", "search: ", "logging the best model", "closed run ")
+    assert all(line.startswith(progress) for line in before), result.stderr
+    return last
 
 
 def run_status(workdir, run_id):
