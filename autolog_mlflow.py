@@ -1587,6 +1587,7 @@ def run_ending_right(run):
             gc.collect()
             with contextlib.suppress(Exception):  # the run's own end matters more
                 end_running_children(MlflowClient(), run, status)
+                revived_if_closed(MlflowClient(), run.info.run_id)
         for attempt in range(3):  # a stop during the end itself: the end again
             try:
                 e.add_note(end_run(run.info.run_id, status))
@@ -1595,6 +1596,7 @@ def run_ending_right(run):
                 if attempt == 2:
                     raise
         raise
+    revived_if_closed(MlflowClient(), run.info.run_id)  # its end says what truly happened
     mlflow.end_run("FINISHED")
 
 
@@ -1633,6 +1635,7 @@ HOST_TAG, MACHINE_TAG, PID_TAG = (
     "autolog_mlflow.pid",
 )
 PROCESS_START_TAG, CRASHED_TAG = "autolog_mlflow.process_start", "autolog_mlflow.crashed"
+REVIVED_TAG = "autolog_mlflow.revived"  # a live run that a sweep had closed as dead
 HEARTBEAT_TAG, PERIOD_TAG = "autolog_mlflow.heartbeat", "autolog_mlflow.heartbeat_seconds"
 BEAT_FORMAT = "%Y-%m-%d %H:%M:%S UTC"  # readable in the UI's tags, and parsed back
 CANDIDATE_TAG = "autolog_mlflow.candidate"  # a child run's index in cv_results_
@@ -1694,12 +1697,33 @@ def heartbeat(run_id):
         while not stop.wait(HEARTBEAT_SECONDS):
             with contextlib.suppress(Exception):  # a missed beat must never fail the run
                 client.set_tag(run_id, HEARTBEAT_TAG, beat_now())
+                revived_if_closed(client, run_id)
 
     threading.Thread(target=beat, name="heartbeat", daemon=True).start()
     try:
         yield
     finally:
         stop.set()  # not joined: a beat stuck on a lost server must not hold the run's end
+
+
+def revived_if_closed(client, run_id):
+    """A live run that a sweep closed as dead, RUNNING again and no longer said to have died.
+
+    A sweep on another machine judges by the heartbeat's age on its own clock: a writer whose
+    clock lags, or a process suspended (Ctrl-Z, a laptop asleep) for over STALE_HEARTBEATS
+    periods, looks dead. The run's next beat, or its end, undoes the closing: the evidence is
+    kept as `autolog_mlflow.revived`, the `crashed` tag and the "Died" description go.
+    """
+    run = client.get_run(run_id)
+    if CRASHED_TAG not in run.data.tags:
+        return
+    client.set_tag(run_id, REVIVED_TAG, f"closed as dead while alive "
+                   f"({run.data.tags[CRASHED_TAG]}); running again at {beat_now()}")  # fmt: skip
+    client.delete_tag(run_id, CRASHED_TAG)
+    if run.data.tags.get("mlflow.note.content", "").startswith("**Died**"):
+        client.delete_tag(run_id, "mlflow.note.content")
+    if run.info.status != "RUNNING":
+        client.update_run(run_id, status="RUNNING")
 
 
 def death_evidence(run):

@@ -212,6 +212,42 @@ def test_close_dead_runs_only_sweeps_and_says_what_it_closed(tmp_path):
     }
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("looks_dead", ["clock 3 minutes behind", "suspended"])
+def test_a_live_run_closed_as_dead_by_a_sweep_runs_again_and_ends_truthfully(tmp_path, looks_dead):
+    """Another machine's sweep judges a heartbeat's age by its own clock: a writer whose clock
+    lags, or a process suspended (SIGSTOP, a laptop asleep) for over 4 periods, looks dead and is
+    closed. Its next beat (or its end) makes it RUNNING again; it ends FINISHED, with neither the
+    `crashed` tag nor the "Died" description, the sweep's evidence kept as `revived`."""
+    script = copy_with_heartbeat(tmp_path, FAST_BEAT)
+    if looks_dead == "clock 3 minutes behind":
+        text = script.read_text()
+        assert text.count("time.gmtime())") == 1
+        script.write_text(text.replace("time.gmtime())", "time.gmtime(time.time() - 180))"))
+    live, live_id = start_run(tmp_path, "--json", *SLOW, script=script)
+    client = sqlite_client(tmp_path)
+    client.set_tag(live_id, HOST_TAG, "another-machine")  # out of this machine's sight
+    if looks_dead == "suspended":
+        os.killpg(live.pid, signal.SIGSTOP)
+        time.sleep(autolog_mlflow.STALE_HEARTBEATS * FAST_BEAT + 2)
+    swept = json_report(run_script(tmp_path, "--close-dead-runs", "--json"))
+    if looks_dead == "suspended":
+        os.killpg(live.pid, signal.SIGCONT)
+    out, err = live.communicate(timeout=600)
+
+    assert [closed["run_id"] for closed in swept["closed_dead_runs"]] == [live_id]
+    assert live.returncode == 0, err
+    run = client.get_run(live_id)
+    assert run.info.status == "FINISHED"
+    assert CRASHED_TAG not in run.data.tags
+    assert run.data.tags["mlflow.note.content"] == json.loads(out)["summary"]  # not "Died"
+    assert run.data.tags["autolog_mlflow.revived"].startswith(
+        f"closed as dead while alive ({swept['closed_dead_runs'][0]['evidence']}); running again"
+    )
+    children = autolog_mlflow.find_child_runs(client, run)
+    assert children and {child.info.status for child in children} == {"FINISHED"}
+
+
 def test_child_runs_left_running_under_an_ended_run_are_closed_as_it_ended(tmp_path):
     """A run stopped while its children were being ended leaves them RUNNING (the parent KILLED):
     the next sweep ends them as their parent ended, at its end, and says so. Another tool's
