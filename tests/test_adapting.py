@@ -111,6 +111,20 @@ def test_a_scoring_of_its_own_is_logged_and_never_compared_with_another_scorings
     )
 
 
+SMALL_ROWS = pd.read_csv(SMALL_TABLE[1]).drop(columns="target").head(30)  # rows to predict
+
+
+def reloaded_elsewhere_and_reproduced(script, report, rows):
+    """The run's model's predictions of `rows` in a fresh Python elsewhere, once `--reproduce`
+    of the run has given an identical verdict."""
+    again = run_copy(script, "--reproduce", report["run_id"])
+    assert again["reproduction"]["verdict"] == "identical"
+    rows.to_csv(script.parent / "rows.csv", index=False)
+    (model,) = report["logged_models"]
+    return predicted_in_a_fresh_python(script.parent / "elsewhere", model["uri"],
+                                       script.parent / "rows.csv")  # fmt: skip
+
+
 def predicted_in_a_fresh_python(folder, model_uri, rows_csv):
     """The model's predictions on a CSV's rows, in a new Python started in an empty `folder`:
     no module of the script's folder to import there."""
@@ -150,14 +164,8 @@ def test_an_estimator_class_of_your_own_is_logged_reloaded_elsewhere_and_reprodu
     report = run_copy(script, *SMALL_TABLE, "--cv", "2", "--param-grid", '{"max_depth": [2, 4]}')
 
     assert "ShallowForest" in report["params"]["estimator"]
-    (model,) = report["logged_models"]
-    rows = tmp_path / "rows.csv"
-    pd.read_csv(SMALL_TABLE[1]).drop(columns="target").head(30).to_csv(rows, index=False)
-    predicted = predicted_in_a_fresh_python(tmp_path / "elsewhere", model["uri"], rows)
+    predicted = reloaded_elsewhere_and_reproduced(script, report, SMALL_ROWS)
     assert len(predicted) == 30 and set(predicted) <= {0, 1}
-
-    again = run_copy(script, "--reproduce", report["run_id"])
-    assert again["reproduction"]["verdict"] == "identical"
 
 
 @pytest.mark.slow
@@ -187,13 +195,7 @@ def test_a_randomized_search_over_distributions_is_logged_reloaded_and_reproduce
         n_estimators = int(child["name"].split("n_estimators=")[1])
         assert 5 <= n_estimators < 30
     assert "grid_scores.png" in report["artifacts"]
-    rows = tmp_path / "rows.csv"
-    pd.read_csv(SMALL_TABLE[1]).drop(columns="target").head(30).to_csv(rows, index=False)
-    (model,) = report["logged_models"]
-    assert len(predicted_in_a_fresh_python(tmp_path / "elsewhere", model["uri"], rows)) == 30
-
-    again = run_copy(script, "--reproduce", report["run_id"])
-    assert again["reproduction"]["verdict"] == "identical"
+    assert len(reloaded_elsewhere_and_reproduced(script, report, SMALL_ROWS)) == 30
 
 
 @pytest.mark.slow
@@ -214,13 +216,7 @@ def test_successive_halving_logs_a_child_run_per_candidate_and_round_and_is_repr
         f"max_depth={best['best_max_depth']} n_estimators={best['best_n_estimators']}, round "
     )
     assert children[0]["name"].endswith(f"round {max(rounds)}")  # the last round decides
-    rows = tmp_path / "rows.csv"
-    pd.read_csv(SMALL_TABLE[1]).drop(columns="target").head(30).to_csv(rows, index=False)
-    (model,) = report["logged_models"]
-    assert len(predicted_in_a_fresh_python(tmp_path / "elsewhere", model["uri"], rows)) == 30
-
-    again = run_copy(script, "--reproduce", report["run_id"])
-    assert again["reproduction"]["verdict"] == "identical"
+    assert len(reloaded_elsewhere_and_reproduced(script, report, SMALL_ROWS)) == 30
 
 
 @pytest.mark.slow
@@ -248,14 +244,8 @@ def test_preprocessing_of_your_own_is_searched_logged_reloaded_and_reproduced(tm
     assert set(importance) == set(penguins().columns.drop("species"))
     assert importance["name"] == importance["observed"] == 0.0
     assert max(importance.values()) > 0
-    rows = tmp_path / "rows.csv"
-    raw_rows().to_csv(rows, index=False)
-    (model,) = report["logged_models"]
-    predicted = predicted_in_a_fresh_python(tmp_path / "elsewhere", model["uri"], rows)
+    predicted = reloaded_elsewhere_and_reproduced(script, report, raw_rows())
     assert set(predicted) <= {"Adelie", "Gentoo", "Chinstrap"} and len(predicted) == 3
-
-    again = run_copy(script, "--reproduce", report["run_id"])
-    assert again["reproduction"]["verdict"] == "identical"
 
 
 @pytest.mark.slow
