@@ -2,6 +2,7 @@
 
 import http.server
 import json
+import re
 import signal
 import socket
 import sqlite3
@@ -45,11 +46,13 @@ def start_run(workdir, *args):
 
 
 def one_line_error(result):
-    """The error line, the last of stderr: before it, only the run's progress lines."""
+    """The error line, the last of stderr: before it, only the run's progress lines and the
+    warnings MLflow prints itself (`2026/12/06 10:45:50 WARNING mlflow...`)."""
     *before, last = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr
-    progress = ("run ", "search: ", "logging the best model", "closed run ")
-    assert all(line.startswith(progress) for line in before), result.stderr
+    progress = re.compile(r"(run |search: |logging the best model|closed run |"
+                          r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (WARNING|ERROR) mlflow)")  # fmt: skip
+    assert all(progress.match(line) for line in before), result.stderr
     return last
 
 
