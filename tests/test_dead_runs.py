@@ -34,7 +34,10 @@ from autolog_mlflow import CRASHED_TAG, HEARTBEAT_TAG, HOST_TAG, PID_TAG
 # Long enough (~20 s of search here) to be still running while another run starts and sweeps.
 SLOW = [*SMALL_TABLE, "--param-grid", '{"n_estimators": [300, 400], "max_depth": [null, 3]}',
         "--cv", "5", "--n-jobs", "1"]  # fmt: skip
-FAST_BEAT = 2  # seconds: the heartbeat of the script's copies in these tests
+FAST_BEAT = 1  # seconds: the heartbeat of the script's copies in these tests
+# The copies' sweeps judge a run dead after this many of its periods: far from one beat, so that
+# a loaded machine that delays a beat by a few seconds never gets a live run closed.
+PATIENT = 12
 
 
 def start_run(workdir, *args, script=SCRIPT):
@@ -63,13 +66,16 @@ def killed_run(workdir, *args, script=SCRIPT, with_children=False):
     return run_id, process.pid
 
 
-def copy_with_heartbeat(folder, seconds):
-    """A copy of the script with HEARTBEAT_SECONDS edited, as a user edits the configuration."""
+def copy_with_heartbeat(folder, seconds, stale=autolog_mlflow.STALE_HEARTBEATS):
+    """A copy of the script with HEARTBEAT_SECONDS (and STALE_HEARTBEATS) edited, as a user
+    edits the configuration."""
     script = folder / SCRIPT.name
     text = SCRIPT.read_text()
-    line = f"HEARTBEAT_SECONDS = {autolog_mlflow.HEARTBEAT_SECONDS}  #"
-    assert line in text
-    script.write_text(text.replace(line, f"HEARTBEAT_SECONDS = {seconds}  #"))
+    for name, value in [("HEARTBEAT_SECONDS", seconds), ("STALE_HEARTBEATS", stale)]:
+        line = f"{name} = {getattr(autolog_mlflow, name)}  #"
+        assert line in text
+        text = text.replace(line, f"{name} = {value}  #")
+    script.write_text(text)
     return script
 
 
@@ -134,24 +140,24 @@ def test_live_run_of_another_process_on_this_machine_is_left_running_and_finishe
 
 @pytest.mark.slow
 def test_run_of_another_machine_is_closed_once_its_heartbeat_is_stale_not_while_fresh(tmp_path):
-    script = copy_with_heartbeat(tmp_path, FAST_BEAT)
+    script = copy_with_heartbeat(tmp_path, FAST_BEAT, PATIENT)  # every run here is the copy
     client = sqlite_client(tmp_path)
     dead_id, pid = killed_run(tmp_path, script=script)
     client.set_tag(dead_id, HOST_TAG, "another-machine")  # its process: out of this machine's sight
-    stale_after = autolog_mlflow.STALE_HEARTBEATS * FAST_BEAT
+    stale_after = PATIENT * FAST_BEAT
     time.sleep(max(0, autolog_mlflow.last_beat(client.get_run(dead_id).data.tags) + stale_after
                    + 1 - time.time()))  # fmt: skip
     # A new run closes the stale one; then, as if on another machine, it lives on and beats
     # while a third run sweeps.
     live, live_id = start_run(tmp_path, "--json", *SLOW, script=script)
     client.set_tag(live_id, HOST_TAG, "another-machine")
-    report = json_report(run_script(tmp_path, "--json", *QUICK))
+    report = json_report(run_script(tmp_path, "--json", *QUICK, script=script))
     out, err = live.communicate(timeout=600)
     assert live.returncode == 0, err
 
     dead = client.get_run(dead_id)
     evidence = (f"no heartbeat from process {pid} on host another-machine since "
-                f"{dead.data.tags[HEARTBEAT_TAG]}, over 4 periods of {FAST_BEAT} s")  # fmt: skip
+                f"{dead.data.tags[HEARTBEAT_TAG]}, over {PATIENT} periods of {FAST_BEAT} s")  # fmt: skip
     assert json.loads(out)["closed_dead_runs"] == [
         {
             "run_id": dead_id,
