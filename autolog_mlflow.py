@@ -2175,6 +2175,8 @@ def record_of(args):
             "python": sys.version.split()[0],
             "platform": platform.platform(),
             "packages": installed_distributions(),
+            # As the run had them: the script's (MLFLOW_SETTINGS) or the user's own.
+            "mlflow_settings": {name: os.environ.get(name) for name in MLFLOW_SETTINGS},
         },
     }
 
@@ -2820,7 +2822,7 @@ def prediction_difference(was, now):
 
 
 def environment_pairs(was, now):
-    """(what, then, now) for the code, Python, platform and every package."""
+    """(what, then, now) for the code, Python, platform, MLflow's settings, every package."""
     then_git, now_git = was.get("git") or {}, now["git"] or {}
     then_env, now_env = was["environment"], now["environment"]
     pairs = [
@@ -2830,6 +2832,9 @@ def environment_pairs(was, now):
         ("python", then_env["python"], now_env["python"]),
         ("platform", then_env.get("platform"), now_env["platform"]),
     ]
+    then_settings = then_env.get("mlflow_settings", {})  # recorded since 2026-12-06
+    pairs += [(name, then_settings[name], now_env["mlflow_settings"].get(name))
+              for name in sorted(then_settings)]  # fmt: skip
     if "packages" not in then_env:  # a record from before every package was recorded
         return pairs + [("packages", "not recorded", f"{len(now_env['packages'])} installed")]
     packages = then_env["packages"]
@@ -3043,7 +3048,8 @@ def print_reproduction(reproduction):
     compared = ", ".join(f"{count} {what}" for what, count in reproduction["compared"].items())
     print(f"\nReproduction of run {original}: compared {compared}")
     changes = reproduction["changed_around_it"]
-    print(f"  changed since then: {len(changes) or 'nothing'} (code, Python, platform, packages)")
+    print(f"  changed since then: {len(changes) or 'nothing'} (code, Python, platform, MLflow "
+          "settings, packages)")  # fmt: skip
     print_differences(changes, "    ")
     if reproduction["verdict"] == "identical":
         print(f"\nVerdict: identical to run {original}")

@@ -298,9 +298,9 @@ def child_runs_once_made(client, run_id, timeout=300):
     raise AssertionError(f"run {run_id} made no child run in {timeout} s")
 
 
-def finished_run(workdir, *args, script=SCRIPT, new_python=False):
-    """A successful run of the script (or a copy) in `workdir`."""
-    result = run_script(workdir, "--json", *args, script=script, new_python=new_python)
+def finished_run(workdir, *args, script=SCRIPT, new_python=False, env=None):
+    """A successful run of the script (or a copy) in `workdir`; `env` added to its environment."""
+    result = run_script(workdir, "--json", *args, script=script, new_python=new_python, env=env)
     assert result.returncode == 0, result.stderr
     return ScriptRun(workdir, result)
 

@@ -19,9 +19,10 @@ from conftest import (
     start_script,
 )
 from mlflow import MlflowClient
-from sklearn.datasets import load_iris, make_classification
+from sklearn.datasets import load_breast_cancer, load_iris, make_classification
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score
+from sklearn.model_selection import train_test_split
 
 import autolog_mlflow
 
@@ -46,9 +47,10 @@ def pinned_requirements():
 
 
 def held_out_split():
-    """The default split, made by the script's own data functions."""
-    args = autolog_mlflow.parse_args([])
-    return autolog_mlflow.split_data(*autolog_mlflow.load_data(args), args)
+    """The default split as the README states it (not by the script's own functions): the
+    bundled data, a stratified quarter held out, seed 42."""
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    return train_test_split(X, y, test_size=0.25, random_state=42, stratify=y)
 
 
 def test_default_grid_has_at_least_nine_candidates_over_two_hyperparameters():
@@ -203,7 +205,7 @@ def test_the_distribution_pinned_for_the_estimators_module_is_the_one_python_nam
 
 
 def test_best_model_reloads_and_predicts_like_a_fresh_fit(quick_run):
-    X_train, X_test, y_train, y_test, _ = held_out_split()
+    X_train, X_test, y_train, y_test = held_out_split()
     params = quick_run.run.data.params
     best = {
         key: None if params[f"best_{key}"] == "None" else int(params[f"best_{key}"])

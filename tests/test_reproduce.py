@@ -18,6 +18,7 @@ from conftest import (
     SCRIPT,
     SMALL_GRID,
     SMALL_SEARCH,
+    TINY,
     ScriptRun,
     finished_run,
     parent_runs,
@@ -89,6 +90,16 @@ def test_run_records_the_configuration_command_line_python_platform_and_every_pa
     assert environment["packages"]["mlflow"] == version("mlflow")
     assert environment["packages"]["scikit-learn"] == version("scikit-learn")
     assert len(environment["packages"]) > 50  # all of them, not the pinned four
+
+
+def test_run_records_the_mlflow_settings_it_ran_with_the_users_own_winning(quick_run, tmp_path):
+    """The script's MLFLOW_SETTINGS (telemetry off, short HTTP retries...) where the user set
+    none (the tests' runs get no MLFLOW_ variable), the user's own value where set."""
+    assert record(quick_run)["environment"]["mlflow_settings"] == autolog_mlflow.MLFLOW_SETTINGS
+    assert autolog_mlflow.MLFLOW_SETTINGS["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    own = finished_run(tmp_path, *TINY, env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5"})
+    settings = record(own)["environment"]["mlflow_settings"]
+    assert settings == autolog_mlflow.MLFLOW_SETTINGS | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5"}
 
 
 def test_run_records_the_script_itself_and_its_sha256(quick_run):
