@@ -299,8 +299,10 @@ def run_experiment(experiment, client, mlflow_warnings, where):
     with (
         # Who runs it (see "Runs that died") in the write that creates it: never a run without.
         run_ending_right(
-            mlflow.start_run(run_name=args.run_name or default_run_name(args), tags=who_runs_it())
-        ) as run,
+            lambda: mlflow.start_run(
+                run_name=args.run_name or default_run_name(args), tags=who_runs_it()
+            )
+        ) as run,  # fmt: skip
         heartbeat(run.info.run_id),
         live_child_runs(run, args, candidates) as live,
         datasets_built_once() as dataset_of,
@@ -1569,14 +1571,21 @@ def find_child_runs(client, run):
 
 
 @contextlib.contextmanager
-def run_ending_right(run):
-    """The run, started, always ends: FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM.
+def run_ending_right(start_run):
+    """The run `start_run()` starts, which always ends: FINISHED, FAILED on an error, KILLED on
+    Ctrl-C, SIGTERM or SIGHUP.
 
-    (`mlflow.start_run` as a context manager would mark an interrupted run FAILED.)
+    (`mlflow.start_run` as a context manager would mark an interrupted run FAILED.) A stop while
+    the run is being started waits until it exists, so that it is ended too.
     """
+    run = None
     try:
+        with stops_deferred():
+            run = start_run()
         yield run
     except BaseException as e:
+        if run is None:  # it failed to start: nothing to end
+            raise
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
         # A second stop during this cleanup cuts the cleanup short, never the run's end.
         with contextlib.suppress(KeyboardInterrupt):

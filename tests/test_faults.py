@@ -2,6 +2,7 @@
 
 import http.server
 import json
+import os
 import re
 import signal
 import socket
@@ -297,7 +298,7 @@ def test_a_stop_in_the_middle_of_a_store_read_still_ends_the_run_killed(tmp_path
     try:
         with (
             pytest.raises(KeyboardInterrupt) as stopped,
-            autolog_mlflow.run_ending_right(mlflow.start_run(run_name="stopped")) as run,
+            autolog_mlflow.run_ending_right(lambda: mlflow.start_run(run_name="stopped")) as run,
         ):
             sqlalchemy.event.listen(sqlalchemy.engine.Engine, "after_cursor_execute",
                                     stop_after_the_first_read)  # fmt: skip
@@ -342,6 +343,32 @@ def test_full_artifact_folder_fails_the_run_and_keeps_the_results(tmp_path):
 
 
 # --- A tracking server lost mid-run -----------------------------------------------------------
+
+
+def test_a_stop_while_the_run_is_being_started_ends_it_killed(tmp_path):
+    """Ctrl-C landing inside mlflow.start_run, once the run exists in the store but before the
+    script holds it, waits until it does: the run ends KILLED, not RUNNING for ever."""
+    started = []
+
+    def start_run_stopped_midway():
+        started.append(mlflow.start_run(run_name="stopped while starting"))
+        os.kill(os.getpid(), signal.SIGINT)  # as a Ctrl-C would land, the run made
+        time.sleep(0.2)  # where Python runs the handler
+        return started[0]
+
+    tracking_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with (
+            pytest.raises(KeyboardInterrupt) as stopped,
+            autolog_mlflow.run_ending_right(start_run_stopped_midway),
+        ):
+            pass  # never reached
+    finally:
+        mlflow.set_tracking_uri(tracking_uri)
+    (run,) = started
+    assert stopped.value.__notes__ == [f"run {run.info.run_id} ended KILLED"]
+    assert run_status(tmp_path, run.info.run_id) == "KILLED"
 
 
 @pytest.mark.slow
