@@ -127,9 +127,10 @@ import ast, contextlib, hashlib, os, pickle, tempfile
 from pathlib import Path
 import skrub
 from sklearn.base import clone
-from sklearn.pipeline import Pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 PIPELINE = {"TablePipeline", "FoldCache", "fold_cache", "CachedTransform", "transformed",
             "table_pipeline"}
+PREPROCESSING = None  # the script's default: skrub's tabular pipeline
 script = ast.parse(open(c["script"]).read())
 pipeline_code = [node for node in script.body if getattr(node, "name", None) in PIPELINE]
 exec(compile(ast.Module(pipeline_code, []), c["script"], "exec"))
