@@ -295,14 +295,15 @@ def run_experiment(experiment, client, mlflow_warnings, where):
             log_models=False,
             max_tuning_runs=None if args.max_tuning_runs == "all" else args.max_tuning_runs,
         )
-    candidates = candidate_params(build_search(args))  # None: chosen as it goes (halving)
+    search = build_search(args)
+    candidates = candidate_params(search)  # None: chosen as it goes (halving)
     with (
         # Who runs it (see "Runs that died") in the write that creates it: never a run without.
         run_ending_right(
             lambda: mlflow.start_run(
                 run_name=args.run_name or default_run_name(args), tags=who_runs_it()
             )
-        ) as run,  # fmt: skip
+        ) as run,
         heartbeat(run.info.run_id),
         live_child_runs(run, args, candidates) as live,
         datasets_built_once() as dataset_of,
@@ -316,8 +317,8 @@ def run_experiment(experiment, client, mlflow_warnings, where):
         progress(f"run {run.info.run_id}: searching {count} with {args.cv}-fold CV on {where} ...")
         log_record(experiment.record)
         register_datasets(dataset_of, data.X_train, data.X_test, data_name(args))
-        search = build_search(args, folds).set_callbacks(SearchProgress(live))  # stderr, the UI
-        search.fit(data.X_train, data.y_train)
+        search.estimator.memory = folds  # the preprocessing fitted once per CV fold
+        search.set_callbacks(SearchProgress(live)).fit(data.X_train, data.y_train)  # stderr, UI
         search.best_estimator_.memory = None  # the model to log keeps no cache of the search
         with rescued_on_failure(search, data.X_train, run.info.run_id):
             # Autologging names a held-out metric after the variable that holds the rows, in
@@ -512,13 +513,13 @@ def check_target(y, name):
                        "needs two or more of each; drop those rows or merge the classes")  # fmt: skip
 
 
-def build_search(args, folds=None):
+def build_search(args):
     """SEARCH over the pipeline (the table to numbers, then ESTIMATOR), seeded if it samples."""
     accepts = inspect.signature(SEARCH).parameters
     space = "param_grid" if "param_grid" in accepts else "param_distributions"
     seeded = {"random_state": args.seed} if "random_state" in accepts else {}
     return SEARCH(
-        table_pipeline(args.seed, folds), **{space: args.param_grid}, scoring=SCORING, cv=args.cv,
+        table_pipeline(args.seed), **{space: args.param_grid}, scoring=SCORING, cv=args.cv,
         n_jobs=args.n_jobs, **seeded, **SEARCH_OPTIONS,
     )  # fmt: skip
 
@@ -1165,8 +1166,8 @@ def transformed(step, X, params):
 
 def table_pipeline(seed, folds=None):
     """skrub's pipeline for ESTIMATOR (numbers as they are, text encoded, dates split into
-    numbers), or PREPROCESSING then ESTIMATOR, with every random_state in it set to the seed; its preprocessing fitted once per
-    CV fold with a FoldCache as `folds`."""
+    numbers), or PREPROCESSING then ESTIMATOR, with every random_state in it set to the seed;
+    its preprocessing fitted once per CV fold with a FoldCache as `folds`."""
     steps = make_pipeline(*clone(PREPROCESSING), clone(ESTIMATOR)).steps if PREPROCESSING else (
         skrub.tabular_pipeline(clone(ESTIMATOR)).steps)  # fmt: skip
     pipeline = TablePipeline(steps, memory=folds)
@@ -1174,12 +1175,19 @@ def table_pipeline(seed, folds=None):
     return pipeline.set_params(**dict.fromkeys(seeded, seed))
 
 
+def table_vectorizer(pipeline):
+    """The pipeline's skrub TableVectorizer, its first step; None with your own preprocessing
+    (PREPROCESSING), which cannot be described column by column."""
+    first = pipeline.steps[0][1]
+    return first if isinstance(first, skrub.TableVectorizer) else None
+
+
 def model_of(search):
     """The model to log: the search's best pipeline, behind a first step that refuses values
     its columns cannot read (ReadableValues)."""
     pipeline = search.best_estimator_
-    vectorizer = pipeline.steps[0][1]
-    if not isinstance(vectorizer, skrub.TableVectorizer):  # your own preprocessing: as it is
+    vectorizer = table_vectorizer(pipeline)
+    if vectorizer is None:  # your own preprocessing: as it is
         return pipeline
     kinds = vectorizer.kind_to_columns_
     dates = {
@@ -1234,9 +1242,9 @@ def describe_data(data, pipeline, args):
     """What the search learned from: rows, columns, target, gaps, each column's treatment."""
     X = pd.concat([data.X_train, data.X_test])
     y = pd.concat([data.y_train, data.y_test])
-    vectorizer = pipeline.steps[0][1]
+    vectorizer = table_vectorizer(pipeline)
     numeric = [str(column) for column in X.columns if str(column) not in text_columns(X)]
-    described = isinstance(vectorizer, skrub.TableVectorizer)  # column by column: said here
+    described = vectorizer is not None  # column by column: said here
     return {
         "source": args.data or "scikit-learn's breast-cancer data set",
         "rows": len(X),
@@ -1844,8 +1852,9 @@ def print_closed_runs(closed):
 # Autologging builds a dataset for the same frame up to three times (before the fit, after it,
 # and at every predict call on the test split); each build visits every value in Python: to
 # infer the schema (mlflow.types.utils._infer_required, _infer_pandas_column) and to find the
-# string columns for the digest (compute_pandas_digest); benchmarks/README.md has the figures. Within the run, each frame's dataset is built once, and the
-# visits are vectorised for the columns where that cannot change the answer. Nothing recorded
+# string columns for the digest (compute_pandas_digest); benchmarks/README.md has the figures.
+# Within the run, each frame's dataset is built once, and the visits are vectorised for the
+# columns where that cannot change the answer. Nothing recorded
 # changes: tests/test_mlflow_internals.py compares the results with MLflow's own and fails if
 # an upgrade moves what is replaced here.
 @contextlib.contextmanager
@@ -1992,13 +2001,12 @@ def child_runs_named_at_creation():
         )
         queued = ChildRunsQueued(autologging_client, made, order, spans)
         create_child_runs(autologging_client=queued, cv_estimator=cv_estimator, **rest)
-        varied = sorted(set().union(*cv_estimator.cv_results_["params"]))
+        varied = varied_in(cv_estimator.cv_results_["params"])
         for run_id, params in queued.params.items():
             tags = child_run_tags(varied, params, queued.metrics[run_id], len(queued.params))
-            tags[CANDIDATE_TAG] = str(
-                queued.candidate_of[run_id]
-            )  # the leaderboard's order on ties
-            if queued.candidate_of[run_id] == cv_estimator.best_index_:
+            candidate = queued.candidate_of[run_id]
+            tags[CANDIDATE_TAG] = str(candidate)  # the leaderboard's order on ties
+            if candidate == cv_estimator.best_index_:
                 tags[CHOSEN_TAG] = "true"  # successive halving's is not always of rank 1
             queued.set_tags(run_id, tags)  # sent with the create call, or in the batch
 
@@ -2071,6 +2079,11 @@ def child_run_tags(varied, params, metrics, children):
     return {MLFLOW_RUN_NAME: name, "mlflow.note.content": line}
 
 
+def varied_in(candidates):
+    """The hyperparameters a search's candidates set, in the order child-run names give them."""
+    return sorted(set().union(*candidates))
+
+
 def child_run_name(varied, params, iteration=None):
     """After the hyperparameters the search varied: `max_depth=5 n_estimators=100`; with
     successive halving, its round too: `max_depth=5 n_estimators=100, round 2`."""
@@ -2104,7 +2117,7 @@ class LiveChildRuns:
 
     def __init__(self, parent, candidates):
         self.parent, self.candidates = parent, candidates
-        self.varied = sorted(set().union(*self.candidates))
+        self.varied = varied_in(self.candidates)
         # Of the tags autologging gives a child run, those known now: its source (the parent's).
         # Sent when the run is made, they need not be sent again in its final batch, where a tag
         # costs ~1 ms on SQLite (in the statement that makes a run: ~0.1 ms).
@@ -2322,16 +2335,15 @@ def best_vs_runner_up(search):
     if runner_up is None:
         return None
     folds = [f"split{k}_test_score" for k in range(search.n_splits_)]
-    differences = (results.loc[search.best_index_, folds] - results.loc[runner_up, folds]).to_numpy(
-        float
-    )
+    best, second = results.loc[search.best_index_, folds], results.loc[runner_up, folds]
+    differences = (best - second).to_numpy(float)
     mean, variance, k = differences.mean(), differences.var(ddof=1), len(differences)
     corrected = (1 / k + 1 / (k - 1)) * variance  # n_test / n_train of k equal folds: 1 / (k - 1)
     if corrected > 0:
         p_value = float(scipy.stats.t.sf(mean / np.sqrt(corrected), df=k - 1))
     else:  # the same difference on every fold: none at all, or one the folds agree on
         p_value = 1.0 if mean <= 0 else 0.0
-    varied = sorted(set().union(*search.cv_results_["params"]))
+    varied = varied_in(search.cv_results_["params"])
     iteration = search.cv_results_["iter"][runner_up] if "iter" in search.cv_results_ else None
     return {
         "runner_up": child_run_name(varied, search.cv_results_["params"][runner_up], iteration),
@@ -2342,9 +2354,9 @@ def best_vs_runner_up(search):
 
 
 def runner_up_line(comparison, folds):
-    """E.g. `best vs runner-up max_depth=5 n_estimators=50: better (mean CV difference +0.021
-    over 5 folds; corrected t-test, p = 0.012)`."""
-    return (f"best vs runner-up {comparison['runner_up']}: {comparison['verdict']} (mean CV "
+    """E.g. `runner-up max_depth=5 n_estimators=50: better (mean CV difference +0.021 over 5
+    folds; corrected t-test, p = 0.012)`, after "best vs"."""
+    return (f"runner-up {comparison['runner_up']}: {comparison['verdict']} (mean CV "
             f"difference {comparison['mean_difference']:+.3f} over {folds} folds; corrected "
             f"t-test, p = {comparison['p_value']:.3f})")  # fmt: skip
 
@@ -2440,8 +2452,8 @@ def raw_column_importance(search, X, y, seed):
             y.sample(IMPORTANCE_ROWS, random_state=seed),
         )
     pipeline, rng = search.best_estimator_, np.random.default_rng(seed)
-    vectorizer = pipeline.steps[0][1]
-    if isinstance(vectorizer, skrub.TableVectorizer):  # raw column -> the columns it became
+    vectorizer = table_vectorizer(pipeline)
+    if vectorizer:  # raw column -> the columns it became
         encoded, outputs_of, rest = (
             vectorizer.transform(X),
             vectorizer.input_to_outputs_,
@@ -2546,7 +2558,7 @@ def summary_of(report, importance):
     return "\n".join([
         headline,
         "",
-        *([f"- B{runner_up_line(runner_up, report['params']['cv'])[1:]}"] if runner_up else []),
+        *([f"- Best vs {runner_up_line(runner_up, report['params']['cv'])}"] if runner_up else []),
         f"- Searched: {searched}",
         f"- Held out ({data['test_rows']} rows): {held_out}"
         + (f"; {report['f1']}" if report["f1"] else ""),
@@ -2970,7 +2982,7 @@ def print_report(report):
         score = f"{child['mean_test_score']:.3f} (+/- {2 * child['std_test_score']:.3f})"
         print(f"  {child['rank']:>4}  {score:<26} {child['name']}")
     if report["best_vs_runner_up"]:
-        print(f"  {runner_up_line(report['best_vs_runner_up'], report['params']['cv'])}")
+        print(f"  best vs {runner_up_line(report['best_vs_runner_up'], report['params']['cv'])}")
     print("\nHeld-out test metrics (the search never saw these rows):")
     for key, value in report["test_metrics"].items():
         print(f"  {key}: {value:.3f}")
