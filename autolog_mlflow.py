@@ -250,7 +250,7 @@ def main(argv=None):
         return fail(with_notes(f"stopped by {e.signum.name}", e), 128 + e.signum)
     except KeyboardInterrupt as e:
         return fail(with_notes("interrupted", e), 130)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 -- any other failure: one line, exit 1
         return fail(with_notes(first_line(e), e), 1)
 
     if args.json:
@@ -1387,7 +1387,7 @@ class SearchProgress:
                 connection = self.listener.accept()
             except OSError:  # closed: the fit is over
                 return
-            except Exception:  # a connection that did not authenticate
+            except Exception:  # noqa: BLE001, S112 -- a connection that did not authenticate
                 continue
             with connection, contextlib.suppress(Exception):  # one that did not report a fit
                 cv_fit, began = connection.recv()
@@ -1621,7 +1621,7 @@ def end_run(run_id, status):
     """End the active run with `status`; say what happened, even if the store is gone."""
     try:
         mlflow.end_run(status)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 -- whatever it is, the message says it
         return f"run {run_id} could not be marked {status}: {first_line(e)}"
     return f"run {run_id} ended {status}"
 
@@ -2829,7 +2829,7 @@ def held_out_predictions(client, run, X_test):
     try:
         (model,) = logged_models_of(client, run)
         return mlflow.sklearn.load_model(model.model_uri).predict(X_test)
-    except Exception as e:  # a model that is gone or will not load is a difference, not a crash
+    except Exception as e:  # noqa: BLE001 -- a model gone or unloadable: a difference
         return f"no predictions: {first_line(e)}"
 
 
