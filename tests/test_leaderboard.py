@@ -9,6 +9,8 @@ import pytest
 import scipy.stats
 from conftest import finished_run
 
+pytestmark = pytest.mark.slow  # each needs a search of its own
+
 # Listed so that the grid's first candidate, the one a search keeps among ties, is not the
 # first of the candidates' names in alphabetical order.
 TIED_GRID = '{"max_depth": [2, 1], "n_estimators": [20, 10]}'

@@ -86,6 +86,7 @@ def test_quoted_progress_line_is_the_one_the_script_prints():
     assert autolog_mlflow.progress_line(done, total, 60 * minutes + seconds) == quoted
 
 
+@pytest.mark.slow  # a search of its own, on the real table
 def test_the_own_data_example_is_what_the_script_prints_for_the_real_table(tmp_path):
     """The README's "Your own data" block, on the Palmer penguins table it names, is what the
     script printed on stdout (the section does not depend on the grid: a small one here)."""

@@ -41,6 +41,7 @@ def test_the_run_and_its_datasets_are_named_after_the_file_target_and_split(tabl
         assert [item.dataset.name for item in child.inputs.dataset_inputs] == ["penguins.csv train"]
 
 
+@pytest.mark.slow  # a search of its own
 def test_the_printed_report_names_a_single_numeric_column_and_the_positive_class(tmp_path):
     rng = np.random.default_rng(0)
     size = rng.random(200)
