@@ -45,6 +45,16 @@ logged), 3 --reproduce found different results, 1 any other failure, 130 Ctrl-C,
 SIGTERM and 129 SIGHUP (the run ends KILLED).
 """
 
+import signal
+
+# Ctrl-C, SIGTERM or SIGHUP during the seconds the imports take (where a user who notices a typo
+# stops the run): noted here and taken by main() as any other stop, not a traceback from deep in
+# an import, nor a stop lost where it came inherited as ignored (see main()).
+STOPPED_DURING_IMPORTS = []
+if __name__ == "__main__":
+    for _stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(_stop, lambda signum, frame: STOPPED_DURING_IMPORTS.append(signum))
+
 import _thread  # interrupt_main: a signal for the main thread, on every platform
 import argparse
 import calendar
@@ -63,7 +73,6 @@ import pickle
 import platform
 import queue
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -231,6 +240,9 @@ def main(argv=None):
         return code
 
     try:
+        if STOPPED_DURING_IMPORTS:
+            stop = STOPPED_DURING_IMPORTS[0]
+            raise KeyboardInterrupt() if stop == signal.SIGINT else Terminated(stop)
         if args.close_dead_runs:  # the sweep alone: no data, no run
             return sweep_only(args)
         experiment = experiment_of(args)

@@ -20,7 +20,6 @@ from conftest import (
     QUICK,
     SCRIPT,
     TINY,
-    child_runs_once_made,
     parent_runs,
     run_eight_at_once,
     run_script,
@@ -202,24 +201,95 @@ def test_read_only_artifact_folder_is_rejected_before_any_run(tmp_path):
 # --- No run is ever left RUNNING --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "sig, exit_code, message",
-    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "stopped by SIGTERM"),
-     (signal.SIGHUP, 129, "stopped by SIGHUP")],  # SIGHUP: the terminal or SSH session closed
-)  # fmt: skip
-@pytest.mark.slow
-def test_signal_mid_search_ends_the_run_killed(tmp_path, sig, exit_code, message):
-    process, run_id = start_run(tmp_path)  # the default search takes seconds
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    child_runs_once_made(client, run_id)  # once a candidate's folds are all done
+STOPS = {
+    signal.SIGINT: (130, "interrupted"),
+    signal.SIGTERM: (143, "stopped by SIGTERM"),
+    signal.SIGHUP: (129, "stopped by SIGHUP"),  # the terminal or SSH session closed
+}
+# Instants across a whole run, each as (signal, the stderr line it waits for, then seconds): from
+# launch (the imports, where Ctrl-C comes as one notices a typo), the run just made, the search,
+# the held-out scores, the logging and the checks before the report. Dense in the first seconds.
+SWEEP = [
+    (signal.SIGINT, None, 0.3),
+    (signal.SIGINT, None, 1.0),
+    (signal.SIGTERM, None, 1.8),
+    (signal.SIGINT, None, 2.5),
+    (signal.SIGINT, "run ", 0),
+    (signal.SIGHUP, "run ", 0.3),
+    (signal.SIGINT, "search: 4/", 0),  # the search under way, a child run made
+    (signal.SIGTERM, "search: 13/13", 0),  # the search done, the held-out scores
+    (signal.SIGINT, "search: 13/13", 0.3),
+    (signal.SIGINT, "logging the best model", 0),
+    (signal.SIGHUP, "logging the best model", 0.2),
+    (signal.SIGINT, "logging the best model", 0.5),
+]
+DURING_SEARCH = ("run ", "search: 4/")
+
+
+def stopped_at(workdir, sig, line, seconds, again=None):
+    """Launch the script (a new Python, imports included) on QUICK's search, send `sig` `seconds`
+    after it prints a line starting with `line` (after launch, if None), and `again` 0.2 s
+    later (a second Ctrl-C during the cleanup); return (exit code, stderr)."""
+    process = start_script(workdir, *QUICK, new_python=True)
+    lines, seen = [], threading.Event()
+
+    def read():
+        for text in process.stderr:
+            lines.append(text)
+            if line and text.startswith(line):
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert line is None or seen.wait(120), "".join(lines)
+    time.sleep(seconds)
+    assert process.poll() is None, f"ended before the stop: {''.join(lines)}"
     process.send_signal(sig)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == exit_code
-    assert f"{message}; run {run_id} ended KILLED" in stderr
-    assert "Traceback" not in stderr
-    assert run_status(tmp_path, run_id) == "KILLED"
-    children = autolog_mlflow.find_child_runs(client, client.get_run(run_id))
-    assert children and {child.info.status for child in children} == {"KILLED"}
+    if again:
+        time.sleep(0.2)
+        process.send_signal(again)
+    process.wait(timeout=120)
+    reader.join(10)
+    return process.returncode, "".join(lines)
+
+
+@pytest.mark.slow
+def test_a_stop_at_any_instant_ends_the_run_right_and_the_store_works(tmp_path):
+    """One process per instant of SWEEP, one after another on one store, and one more with two
+    Ctrl-C 0.2 s apart as the run logs its results: each exits as its signal says with one
+    line, its run KILLED with its child runs if it had made one, no run if not, nothing left
+    RUNNING; then a run succeeds on the same store."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(store)
+    runs = set()
+    twice = (signal.SIGINT, "logging the best model", 0.3, signal.SIGINT)
+    for sig, line, seconds, *again in [*SWEEP, twice]:
+        code, stderr = stopped_at(tmp_path, sig, line, seconds, *again)
+        at = f"{sig.name} at {line or 'launch'!r} + {seconds} s"
+        exit_code, message = STOPS[sig]
+        assert code == exit_code, f"{at}: {stderr}"
+        assert "Traceback" not in stderr, f"{at}: {stderr}"
+        *_, last = stderr.strip().splitlines()
+        made = [run for run in parent_runs(store) if run.info.run_id not in runs]
+        assert len(made) <= 1, at
+        if not made:  # stopped before it made its run
+            assert last == f"autolog_mlflow.py: error: {message}", f"{at}: {stderr}"
+        for run in made:  # KILLED, with its child runs, as its last line says
+            ended = f"autolog_mlflow.py: error: {message}; run {run.info.run_id} ended KILLED"
+            assert last.startswith(ended), f"{at}: {stderr}"
+            assert run.info.status == "KILLED", at
+            # Its child runs: KILLED, if the search was stopped; once it is over, a candidate's
+            # child run is complete, and FINISHED.
+            children = {child.info.status for child in autolog_mlflow.find_child_runs(client, run)}
+            assert children <= ({"KILLED"} if line in DURING_SEARCH else {"KILLED", "FINISHED"}), at
+            assert children or line != "search: 4/", f"{at}: a candidate was done, no child run"
+            runs.add(run.info.run_id)
+        if (tmp_path / "mlflow.db").exists():
+            experiments = [e.experiment_id for e in client.search_experiments()]
+            assert not client.search_runs(experiments, "attributes.status = 'RUNNING'"), at
+    assert len(runs) >= 6  # most stops came once the run was made
+    again = run_script(tmp_path, *QUICK)
+    assert again.returncode == 0, again.stderr
 
 
 @pytest.mark.slow
