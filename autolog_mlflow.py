@@ -14,7 +14,7 @@ and a profile of the training table.
 
 While the search fits, its progress shows on stderr: a live bar on a terminal, a line per tenth
 of the fits elsewhere; and in the MLflow UI each candidate's child run appears once its folds are
-fitted, its scores filled in when the search ends. Then the script reads the run back *from the
+fitted, with its CV scores (its rank when the search ends). Then the script reads the run back *from the
 tracking store* -- proof of what was logged, not what we think we logged -- checks that
 everything expected is there, and prints a report: run ID, status and duration, what was done
 to each column of the data, params, metrics, artifacts, the logged model and how to load it,
@@ -58,7 +58,6 @@ if __name__ == "__main__":
 import _thread  # interrupt_main: a signal for the main thread, on every platform
 import argparse
 import calendar
-import collections
 import concurrent.futures
 import contextlib
 import csv
@@ -104,7 +103,7 @@ from matplotlib.figure import Figure  # imported by skrub and autologging anyway
 from matplotlib.patches import Rectangle
 from mlflow import MlflowClient
 from mlflow.data import digest_utils
-from mlflow.entities import RunTag
+from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.types import DataType
@@ -1341,7 +1340,7 @@ class SearchProgress:
 
     def setup(self, estimator, context):  # in this process, as the search's fit begins
         self.total, self.done, self.tenths_shown = context.max_subtasks, 0, 0
-        self.folds, self.folds_done = None, collections.Counter()
+        self.folds, self.results = None, {}  # candidate -> {fold: (test score, fit time)}
         self.spans = {}  # candidate -> (when its first fold began, its last ended), in ms
         self.start, self.lock, self.began = time.monotonic(), threading.Lock(), {}
         console = rich.console.Console(stderr=True)
@@ -1374,7 +1373,7 @@ class SearchProgress:
             if self.live_child_runs:
                 estimator.child_runs_made_ = self.live_child_runs.made()
         elif context.max_subtasks == 0 and not self.in_worker:
-            self.fit_done(cv_fit, self.began.pop(cv_fit, None))
+            self.fit_done(cv_fit, self.began.pop(cv_fit, None), cv_fit_result(cv_fit))
         elif context.max_subtasks == 0:  # a copy in a worker: tell this process
             # Progress must never fail a fit: a worker that cannot reach this process (a Dask
             # worker on another machine) stays silent, and the count jumps at the end.
@@ -1382,7 +1381,7 @@ class SearchProgress:
                 contextlib.suppress(Exception),
                 connection.Client(self.address, authkey=self.authkey) as c,
             ):
-                c.send((cv_fit, self.began.pop(cv_fit, None)))
+                c.send((cv_fit, self.began.pop(cv_fit, None), cv_fit_result(cv_fit)))
                 c.recv()
 
     def teardown(self, estimator, context):
@@ -1402,16 +1401,16 @@ class SearchProgress:
             except Exception:  # noqa: BLE001, S112 -- a connection that did not authenticate
                 continue
             with connection, contextlib.suppress(Exception):  # one that did not report a fit
-                cv_fit, began = connection.recv()
-                self.fit_done(cv_fit if isinstance(cv_fit, int) else None, began)
+                cv_fit, began, result = connection.recv()
+                self.fit_done(cv_fit if isinstance(cv_fit, int) else None, began, result)
                 # The worker waits for this, so every fit is counted before the search ends.
                 connection.send("counted")
 
-    def fit_done(self, cv_fit=None, began=None, all_of_them=False):
+    def fit_done(self, cv_fit=None, began=None, result=None, all_of_them=False):
         with self.lock:
             self.done = self.total if all_of_them else min(self.done + 1, self.total)
             if cv_fit is not None and self.folds:
-                self.fold_done(cv_fit, began)
+                self.fold_done(cv_fit, began, result)
             if self.bar:  # redrawn at once, and every second for the clock
                 self.bar.update(self.bar.task_ids[0], completed=self.done, total=self.total)
                 self.bar.refresh()
@@ -1419,15 +1418,36 @@ class SearchProgress:
                 self.tenths_shown = self.done * 10 // self.total
                 progress(progress_line(self.done, self.total, time.monotonic() - self.start))
 
-    def fold_done(self, cv_fit, began):
-        """Count a CV fit for its candidate, and the time its fits span; one whose folds are all
-        fitted gets its child run."""
-        candidate, ended = cv_fit // self.folds, round(time.time() * 1000)
+    def fold_done(self, cv_fit, began, result):
+        """Count a CV fit for its candidate, with its score and fit time, and the time its fits
+        span; one whose folds are all fitted gets its child run, with its CV scores."""
+        (candidate, fold), ended = divmod(cv_fit, self.folds), round(time.time() * 1000)
         first, _ = self.spans.get(candidate, (began or ended, None))
         self.spans[candidate] = min(first, began or ended), ended
-        self.folds_done[candidate] += 1
-        if self.folds_done[candidate] == self.folds and self.live_child_runs:
-            self.live_child_runs.candidate_done(candidate, self.spans[candidate][0])
+        self.results.setdefault(candidate, {})[fold] = result
+        if len(self.results[candidate]) == self.folds and self.live_child_runs:
+            results = self.results.pop(candidate)
+            self.live_child_runs.candidate_done(candidate, self.spans[candidate][0], results)
+
+
+# scikit-learn 1.9.1 tells a callback that a CV fit ended, not its score: on_fit_task_end is
+# called in a `finally` of model_selection._validation._fit_and_score, after the fold is scored,
+# with the estimator and the training rows only. The score and fit time are that frame's locals
+# `test_scores` and `fit_time`; read there, each candidate's child run gets its CV scores as soon
+# as its folds are done (they are the very numbers of cv_results_). Not found (a failed fit, an
+# upgrade that moved them): the scores come at the end, as before.
+# tests/test_mlflow_internals.py fails if an upgrade moves them.
+def cv_fit_result(cv_fit):
+    """(test score, fit time) of the CV fit `cv_fit` whose end is being reported, or None."""
+    frame = sys._getframe(1) if cv_fit is not None else None
+    while frame is not None and frame.f_code.co_name != "_fit_and_score":
+        frame = frame.f_back
+    if frame is None:
+        return None
+    score, fit_time = frame.f_locals.get("test_scores"), frame.f_locals.get("fit_time")
+    if not isinstance(score, float | np.floating) or not isinstance(fit_time, float):
+        return None  # several scorers (a dict), or the fit failed before it was timed
+    return float(score), fit_time
 
 
 def live_bar(console):
@@ -2038,7 +2058,7 @@ class ChildRunsQueued:
     def __init__(self, client, made, order, spans):
         self.client, self.params, self.metrics, self.texts = client, {}, {}, {}
         self.made, self.order, self.spans, self.created, self.sent = made, order, spans, 0, {}
-        self.candidate_of = {}
+        self.candidate_of, self.sent_metrics = {}, {}
 
     def __getattr__(self, name):  # log_inputs: as it is
         return getattr(self.client, name)
@@ -2048,7 +2068,7 @@ class ChildRunsQueued:
         the search, or a new one."""
         candidate, self.created = self.order[self.created], self.created + 1
         if candidate in self.made:
-            run_id, sent = self.made[candidate]
+            run_id, sent, self.sent_metrics[run_id] = self.made[candidate]
             self.sent[run_id] = sent
             self.set_tags(run_id, tags)
         else:
@@ -2079,7 +2099,10 @@ class ChildRunsQueued:
         return self.texts[id(value)][1]
 
     def log_metrics(self, run_id, metrics, **options):
+        """Queued, less those logged already with the same value as the candidate finished."""
         self.metrics[run_id] = metrics
+        sent = self.sent_metrics.get(run_id, {})
+        metrics = {key: value for key, value in metrics.items() if sent.get(key) != value}
         self.client.log_metrics(run_id=run_id, metrics=metrics, **options)
 
 
@@ -2104,10 +2127,11 @@ def child_run_name(varied, params, iteration=None):
 
 
 # %% Child runs as candidates finish, so that the MLflow UI lists a long search's candidates
-# while it runs. scikit-learn 1.9's callbacks tell this process when each CV fit ends
-# (SearchProgress), not its score: when a candidate's last fold ends, its child run is made,
-# named, RUNNING; when the search ends, autologging fills it in (its params, CV metrics, rank,
-# dataset) and ends it, instead of making it (ChildRunsQueued.create_run). With
+# while it runs. scikit-learn 1.9's callbacks tell this process when each CV fit ends, and with
+# what score (SearchProgress, cv_fit_result): when a candidate's last fold ends, its child run
+# is made, named, RUNNING, with its CV scores (each fold's, their mean and spread, the fit times);
+# when the search ends, autologging fills it in (its params, rank, dataset) and ends it, instead
+# of making it (ChildRunsQueued.create_run). With
 # --max-tuning-runs N, the top N are known only at the end: they are made then, as before. A
 # run that fails ends its children as itself; one that dies, the sweep ends them with it.
 @contextlib.contextmanager
@@ -2141,34 +2165,44 @@ class LiveChildRuns:
         self.writer = threading.Thread(target=self.write, name="child runs", daemon=True)
         self.writer.start()
 
-    def candidate_done(self, candidate, began):
+    def candidate_done(self, candidate, began, results):
         # Where the fits run in this very thread (--n-jobs 1), a thread beside them fights them
         # for the interpreter: 80 child runs made by one slowed the search by 6 s; made here,
         # each costs what it costs (~7 ms on SQLite). Reported by workers: the writer makes it.
         if self.stopped.is_set():
             return
         if threading.current_thread() is threading.main_thread():
-            self.make(candidate, began)
+            self.make(candidate, began, results)
         else:
-            self.queue.put((candidate, began))
+            self.queue.put((candidate, began, results))
 
     def write(self):
         while (done := self.queue.get()) is not None and not self.stopped.is_set():
             self.make(*done)
 
-    def make(self, candidate, began):
+    def make(self, candidate, began, results):
+        metrics = cv_metrics(results)
+        scores = (
+            f"mean CV {SCORE_NAME} {metrics['mean_test_score']:.3f} "
+            f"(+/- {2 * metrics['std_test_score']:.3f}); its rank"
+            if metrics
+            else "its scores"
+        )
         tags = self.common | {
             MLFLOW_RUN_NAME: child_run_name(self.varied, self.candidates[candidate]),
-            "mlflow.note.content": "Its folds are fitted; its scores come when the search ends.",
+            "mlflow.note.content": f"Its folds are fitted: {scores} when the search ends.",
         }
         # Never fails the search: a child not made here, autologging makes at the end. After a
         # failure, none is tried again (a lost server would cost each candidate MLflow's retries).
         try:
-            run = self.client.create_run(self.parent.info.experiment_id, began, tags)
+            run_id = self.client.create_run(self.parent.info.experiment_id, began, tags).info.run_id
+            now = round(time.time() * 1000)
+            metric_list = [Metric(key, value, now, 0) for key, value in metrics.items()]
+            self.client.log_batch(run_id, metrics=metric_list, synchronous=True)
         except Exception:  # noqa: BLE001 -- whatever it is, the search goes on
             self.stopped.set()
             return
-        self.runs[candidate] = run.info.run_id, tags
+        self.runs[candidate] = run_id, tags, metrics
 
     def made(self):
         """The child runs made, once the search has succeeded (none made after)."""
@@ -2182,6 +2216,20 @@ class LiveChildRuns:
         self.stopped.set()
         self.queue.put(None)
         self.writer.join(SERVER_CHECK_TIMEOUT)
+
+
+def cv_metrics(results):
+    """A candidate's CV metrics from each fold's (test score, fit time), as cv_results_ has
+    them (its split scores, and the mean and standard deviation autologging logs); {} if a fold's
+    are unknown."""
+    if None in results.values():
+        return {}
+    scores, fit_times = (np.array(values) for values in zip(*(results[k] for k in sorted(results))))
+    metrics = {f"split{fold}_test_score": score for fold, score in enumerate(scores)}
+    for name, values in (("test_score", scores), ("fit_time", fit_times)):
+        mean = np.average(values)  # as scikit-learn's _search.py computes them
+        metrics |= {f"mean_{name}": mean, f"std_{name}": np.sqrt(np.average((values - mean) ** 2))}
+    return {key: float(value) for key, value in metrics.items()}
 
 
 def end_running_children(client, run, status, end_time=None):

@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -185,6 +186,12 @@ class PrestartedProcess:
             self.returncode = self.answer(timeout)
             self.connection.close()
             os.close(self.pidfd)
+        return self.returncode
+
+    def poll(self):
+        """Its exit code if it has ended (its pidfd is readable then), else None."""
+        if self.returncode is None and select.select([self.pidfd], [], [], 0)[0]:
+            self.wait(60)
         return self.returncode
 
     def communicate(self, timeout=None):

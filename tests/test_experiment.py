@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import time
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
@@ -161,25 +162,43 @@ def test_candidates_appear_in_the_store_while_the_search_runs(tmp_path):
     run_id = line.split()[1].rstrip(":")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     seen = child_runs_once_made(client, run_id)
+    while process.poll() is None and not any(child.data.metrics for child in seen):
+        time.sleep(0.05)  # a child run is made, then given its scores
+        seen = autolog_mlflow.find_child_runs(client, client.get_run(run_id))
     searching = client.get_run(run_id)
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr
 
     assert "training_score" not in searching.data.metrics  # the search had not returned
+    scored = {}
     for child in seen:
         assert child.info.status == "RUNNING"
         assert child.info.run_name in {f"n_estimators={n}" for n in grid["n_estimators"]}
-        assert child.data.tags["mlflow.note.content"] == (
-            "Its folds are fitted; its scores come when the search ends."
-        )
-        assert child.data.metrics == {}
+        if child.data.metrics:  # its CV scores, before the search's end, and their description
+            scored[child.info.run_id] = child.data.metrics
+            assert set(child.data.metrics) == {
+                "split0_test_score", "split1_test_score", "split2_test_score", "mean_test_score",
+                "std_test_score", "mean_fit_time", "std_fit_time",
+            }  # fmt: skip
+            assert child.data.tags["mlflow.note.content"] == (
+                f"Its folds are fitted: mean CV accuracy {child.data.metrics['mean_test_score']:.3f}"
+                f" (+/- {2 * child.data.metrics['std_test_score']:.3f}); its rank when the search"
+                " ends."
+            )
+    assert scored
     children = autolog_mlflow.find_child_runs(client, searching)
     assert len(children) == len(grid["n_estimators"])
     assert {child.info.run_id for child in seen} <= {child.info.run_id for child in children}
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.tags["mlflow.note.content"].startswith("rank ")
-        assert {"mean_test_score", "rank_test_score"} <= set(child.data.metrics)
+        assert {"mean_test_score", "rank_test_score", "split2_test_score"} <= set(
+            child.data.metrics
+        )
+        # The scores seen during the search are the final ones, logged once.
+        for name, value in scored.get(child.info.run_id, {}).items():
+            assert child.data.metrics[name] == value
+            assert len(client.get_metric_history(child.info.run_id, name)) == 1
 
 
 def test_best_model_is_logged_once_ready_with_signature_and_pinned_requirements(quick_run):

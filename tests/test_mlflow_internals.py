@@ -367,10 +367,10 @@ def test_child_runs_made_during_the_search_are_filled_in_by_candidate(store):
                 "mlflow.runName": name, "mlflow.note.content": "folds fitted"}  # fmt: skip
 
     search.child_runs_made_ = {
-        k: (client.create_run("0", tags=made_with(k)).info.run_id, made_with(k))
+        k: (client.create_run("0", tags=made_with(k)).info.run_id, made_with(k), {})
         for k in range(len(candidates))
     }
-    made = {k: run_id for k, (run_id, _) in search.child_runs_made_.items()}
+    made = {k: run_id for k, (run_id, *_) in search.child_runs_made_.items()}
 
     mlflows = child_runs_made_by(mlflow.sklearn.utils._create_child_runs_for_parameter_search,
                                  search, theirs, None, dataset)  # fmt: skip
@@ -390,6 +390,38 @@ def test_child_runs_made_during_the_search_are_filled_in_by_candidate(store):
         assert child.data.tags["mlflow.note.content"].startswith(
             f"rank {int(child.data.metrics['rank_test_score'])} of {len(candidates)}: "
         )
+
+
+class CandidatesDone:
+    """What SearchProgress hands the live child runs: each candidate's folds' results."""
+
+    def __init__(self):
+        self.results = {}
+
+    def candidate_done(self, candidate, began, results):
+        self.results[candidate] = results
+
+    def made(self):  # asked at the search's end
+        return {}
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])  # the fits in this process; in workers
+def test_each_candidates_cv_scores_are_read_as_its_folds_end_and_are_cv_results_own(n_jobs):
+    """scikit-learn 1.9.1 gives callbacks no score: autolog_mlflow.cv_fit_result reads each
+    fold's from _fit_and_score's frame. The child run made as a candidate finishes gets the
+    very numbers of cv_results_ (then not sent again when the search ends)."""
+    X, y = make_classification(n_samples=200, n_features=4, random_state=0)
+    done = CandidatesDone()
+    search = search_of(GRID).set_params(n_jobs=n_jobs, cv=3)
+    search.set_callbacks(autolog_mlflow.SearchProgress(done)).fit(X, y)
+    results = search.cv_results_
+    assert sorted(done.results) == list(range(len(results["params"])))
+    for candidate, folds in done.results.items():
+        metrics = autolog_mlflow.cv_metrics(folds)
+        for name, value in metrics.items():
+            if name != "std_fit_time":  # scikit-learn keeps no fold's fit time, but their mean
+                assert value == results[name][candidate], name
+        assert metrics["mean_fit_time"] == results["mean_fit_time"][candidate]
 
 
 def test_each_child_runs_params_are_turned_into_text_once(store):
