@@ -2865,18 +2865,14 @@ def environment_pairs(was, now):
     ]
 
 
-# %% Register the best model (--register-model NAME): a new version, champion or challenger
+# --- Register the best model (--register-model NAME): a new version, champion or challenger ---
 class RegistrationFailed(Exception):
     """The run is complete and FINISHED, but the registry did not take its model: exit 1."""
 
 
 def register_best_model(client, name, report):
-    """Register the run's model as a new version of `name`, tagged with what it was scored on.
-
-    The new version is the `challenger`; it takes the `champion` alias when there is none yet,
-    or when it beats the champion's held-out score on the same test data (a tie keeps the
-    champion). Returns what the report shows.
-    """
+    """The run's model as a new version of `name`, tagged with what it was scored on: the
+    `challenger`, or the `champion` (decide_champion)."""
     model_uri = report["logged_models"][0]["uri"]
     try:
         metrics = {key: str(value) for key, value in report["test_metrics"].items()}
@@ -2904,14 +2900,13 @@ def register_best_model(client, name, report):
 
 
 def decide_champion(client, name, tags):
-    """(promote?, why): the rules of the champion alias, with both scores.
+    """(promote?, why): the champion alias goes to the first version, and to one that beats the
+    champion's held-out score on the same test data (a tie keeps the champion).
 
-    Whether there is a champion is read from the model's aliases, not guessed from an error:
-    a lookup that fails (a timeout, a refused permission, a broken store) fails the
-    registration instead of handing the alias to a version that may not deserve it. (MLflow's
-    own stores answer a missing alias with INVALID_PARAMETER_VALUE, an error code that
-    also means other things.)
-    """
+    Whether there is a champion is read from the aliases, not guessed from an error (MLflow
+    answers a missing alias with INVALID_PARAMETER_VALUE, which means other things too): a
+    lookup that fails fails the registration, instead of promoting a version that may not
+    deserve it."""
     champion_version = client.get_registered_model(name).aliases.get("champion")
     if champion_version is None:
         return True, "no champion yet: this version is the champion"
@@ -2939,7 +2934,7 @@ def decide_champion(client, name, tags):
     )
 
 
-# %% Report
+# --- Report ---
 def browse_hints(tracking_uri, report):
     if tracking_uri.startswith(("http://", "https://")):  # the server's own UI
         parsed = urlparse(tracking_uri)
@@ -2963,10 +2958,32 @@ def print_report(report):
     print(f"Status: {report['status']} in {report['duration_seconds']:.1f} s")
     if report["closed_dead_runs"]:
         print_closed_runs(report["closed_dead_runs"])
-    print_data(report["data"])
+    data, target = report["data"], report["data"]["target"]
+    print(f"\nData: {data['source']}, {data['rows']} rows ({data['train_rows']} to train, "
+          f"{data['test_rows']} held out), {data['feature_columns']} feature columns")  # fmt: skip
+    if data["rows_without_target"]:
+        print(f"  left out: {data['rows_without_target']} rows without a target")
+    if "classes" in target:
+        counts = ", ".join(f"{label} {count}" for label, count in target["classes"].items())
+        print(f"  target {target['name']!r}: {len(target['classes'])} classes: {counts}")
+    else:
+        print(f"  target {target['name']!r}: numbers from {target['min']:.4g} to {target['max']:.4g}"
+              f", mean {target['mean']:.4g}")  # fmt: skip
+    gaps = ", ".join(f"{column} {count}" for column, count in data["missing_values"].items())
+    print(f"  missing values: {gaps or 'none'}")
+    numeric = data["numeric_columns"]
+    shown = ", ".join(numeric[:5]) + (f" and {len(numeric) - 5} more" if len(numeric) > 5 else "")
+    print(f"  {len(numeric)} numeric column{'s' * (len(numeric) != 1)}, as they are: "
+          f"{shown or 'none'}")  # fmt: skip
+    for column, treatment in data["treatment"].items():
+        print(f"  {column}: {treatment}")
+    if data["treatment_not_described"]:
+        print(f"  {data['treatment_not_described']}")
+    print(f"  profile: {data['profile']['artifact']} ({data['profile']['covers']})")
     print("\nParameters:")
     for key, value in report["params"].items():
-        print(f"  {key}: {one_line(value)}")
+        text = " ".join(value.split())  # on one line, e.g. the repr of the pipeline
+        print(f"  {key}: {text if len(text) <= 100 else f'{text[:97]}...'}")
     print("\nMetrics:")
     for key, value in report["metrics"].items():
         print(f"  {key}: {value:.3f}")
@@ -2988,8 +3005,21 @@ def print_report(report):
         print(f"  {key}: {value:.3f}")
     if report["f1"]:
         print(f"  ({report['f1']})")
-    print_importance(report["importance"])
-    print_comparison(report["compared_with_earlier_runs"])
+    importance = report["importance"]
+    print(f"\nWhat drives the model: held-out {SCORE_NAME} lost when a column is shuffled "
+          f"({importance['held_out_rows']} rows; feature_importance.png):")  # fmt: skip
+    for row in importance["columns"][:5]:
+        print(f"  {row['column']}: {row['importance']:.3f} (+/- {row['std']:.3f})")
+    comparison = report["compared_with_earlier_runs"]
+    print(f"\nEarlier runs on the same training and test data, by held-out {comparison['score']}:")
+    if comparison["earlier_runs"]:
+        best, this = comparison["best_earlier_score"], comparison["this_run"]
+        verdict = "beats it" if this > best else "ties it" if this == best else "does not beat it"
+        print(f"  best of {comparison['earlier_runs']}: {best:.3f}, run "
+              f"{comparison['best_earlier_run_id']}")  # fmt: skip
+        print(f"  this run: {this:.3f}, {verdict}")
+    else:
+        print("  none in this experiment: this run is the first")
     print('\nBrowse in the MLflow UI ("Model training" view):')
     if report["browse"]["ui_command"]:
         print(f"  {report['browse']['ui_command']}")
@@ -2997,87 +3027,26 @@ def print_report(report):
     print(f"  all runs: {report['browse']['experiment_url']}")
     print("\nLoad the model:")
     print(f"  {report['load_model']}")
-    if report["registration"]:
-        print_registration(report["registration"])
-    if report["reproduction"]:
-        print_reproduction(report["reproduction"])
-
-
-def one_line(text, width=100):
-    """A parameter on one line, e.g. the repr of the pipeline, shortened to `width`."""
-    text = " ".join(text.split())
-    return text if len(text) <= width else f"{text[: width - 3]}..."
-
-
-def print_data(data):
-    print(f"\nData: {data['source']}, {data['rows']} rows ({data['train_rows']} to train, "
-          f"{data['test_rows']} held out), {data['feature_columns']} feature columns")  # fmt: skip
-    if data["rows_without_target"]:
-        print(f"  left out: {data['rows_without_target']} rows without a target")
-    target = data["target"]
-    if "classes" in target:
-        counts = ", ".join(f"{label} {count}" for label, count in target["classes"].items())
-        print(f"  target {target['name']!r}: {len(target['classes'])} classes: {counts}")
-    else:
-        print(f"  target {target['name']!r}: numbers from {target['min']:.4g} to {target['max']:.4g}"
-              f", mean {target['mean']:.4g}")  # fmt: skip
-    gaps = ", ".join(f"{column} {count}" for column, count in data["missing_values"].items())
-    print(f"  missing values: {gaps or 'none'}")
-    numeric = data["numeric_columns"]
-    shown = ", ".join(numeric[:5]) + (f" and {len(numeric) - 5} more" if len(numeric) > 5 else "")
-    print(f"  {len(numeric)} numeric column{'s' * (len(numeric) != 1)}, as they are: "
-          f"{shown or 'none'}")  # fmt: skip
-    for column, treatment in data["treatment"].items():
-        print(f"  {column}: {treatment}")
-    if data["treatment_not_described"]:
-        print(f"  {data['treatment_not_described']}")
-    print(f"  profile: {data['profile']['artifact']} ({data['profile']['covers']})")
-
-
-def print_importance(importance):
-    print(f"\nWhat drives the model: held-out {SCORE_NAME} lost when a column is shuffled "
-          f"({importance['held_out_rows']} rows; feature_importance.png):")  # fmt: skip
-    for row in importance["columns"][:5]:
-        print(f"  {row['column']}: {row['importance']:.3f} (+/- {row['std']:.3f})")
-
-
-def print_comparison(comparison):
-    print(f"\nEarlier runs on the same training and test data, by held-out {comparison['score']}:")
-    if not comparison["earlier_runs"]:
-        print("  none in this experiment: this run is the first")
-        return
-    best, this = comparison["best_earlier_score"], comparison["this_run"]
-    verdict = "beats it" if this > best else "ties it" if this == best else "does not beat it"
-    print(
-        f"  best of {comparison['earlier_runs']}: {best:.3f}, run {comparison['best_earlier_run_id']}"
-    )
-    print(f"  this run: {this:.3f}, {verdict}")
-
-
-def print_registration(registration):
-    name, version = registration["name"], registration["version"]
-    aliases = ", ".join(registration["aliases"]) or "none"
-    print(f"\nModel registry: {name} version {version} (aliases: {aliases})")
-    print(f"  {registration['decision']}")
-    print(f"  serve the champion: mlflow models serve -m {registration['champion_uri']} "
-          "--env-manager local")  # fmt: skip
-
-
-def print_reproduction(reproduction):
-    """What was compared, what changed around the run, and the verdict, last."""
-    original = reproduction["reproduces"]
-    compared = ", ".join(f"{count} {what}" for what, count in reproduction["compared"].items())
-    print(f"\nReproduction of run {original}: compared {compared}")
-    changes = reproduction["changed_around_it"]
-    print(f"  changed since then: {len(changes) or 'nothing'} (code, Python, platform, MLflow "
-          "settings, packages)")  # fmt: skip
-    print_differences(changes, "    ")
-    if reproduction["verdict"] == "identical":
-        print(f"\nVerdict: identical to run {original}")
-    else:
-        differences = reproduction["differences"]
-        print(f"\nVerdict: DIFFERENT from run {original} in {len(differences)} results:")
-        print_differences(differences, "  ")
+    if registration := report["registration"]:
+        aliases = ", ".join(registration["aliases"]) or "none"
+        print(f"\nModel registry: {registration['name']} version {registration['version']} "
+              f"(aliases: {aliases})")  # fmt: skip
+        print(f"  {registration['decision']}")
+        print(f"  serve the champion: mlflow models serve -m {registration['champion_uri']} "
+              "--env-manager local")  # fmt: skip
+    if reproduction := report["reproduction"]:  # the verdict last
+        original, changes = reproduction["reproduces"], reproduction["changed_around_it"]
+        compared = ", ".join(f"{count} {what}" for what, count in reproduction["compared"].items())
+        print(f"\nReproduction of run {original}: compared {compared}")
+        print(f"  changed since then: {len(changes) or 'nothing'} (code, Python, platform, MLflow "
+              "settings, packages)")  # fmt: skip
+        print_differences(changes, "    ")
+        if reproduction["verdict"] == "identical":
+            print(f"\nVerdict: identical to run {original}")
+        else:
+            differences = reproduction["differences"]
+            print(f"\nVerdict: DIFFERENT from run {original} in {len(differences)} results:")
+            print_differences(differences, "  ")
 
 
 def print_differences(differences, indent, shown=20):
