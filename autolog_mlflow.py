@@ -791,6 +791,15 @@ def check_uri_form(uri):
         raise BadInput(f"--tracking-uri {redact(uri, uri)} names no host; {hint}")
 
 
+def check_store(uri):
+    """The URI's form, and a tracking server's answer and login: the user, or None."""
+    check_uri_form(uri)
+    if uri.startswith(("http://", "https://")):
+        check_server_answers(uri)
+        return check_login(uri)
+    return None
+
+
 def check_server_answers(uri):
     parsed = urlparse(uri)
     port = f":{parsed.port}" if parsed.port else ""
@@ -947,11 +956,8 @@ def experiment_of_launching_run(client):
 
 def prepare_tracking(args):
     """Check the store and open the experiment, so that bad input never leaves a run behind."""
-    uri, user = args.tracking_uri, None
-    check_uri_form(uri)
-    if uri.startswith(("http://", "https://")):
-        check_server_answers(uri)
-        user = check_login(uri)
+    uri = args.tracking_uri
+    user = check_store(uri)
     if sqlite_path(uri):
         require_writable(sqlite_path(uri).parent, "tracking store")
     mlflow.set_tracking_uri(uri)
@@ -2708,44 +2714,16 @@ def dataset_digests(run):
     }
 
 
-# %% Reproduce a past run (--reproduce RUN_ID): its record in, a verdict out
+# --- Reproduce a past run (--reproduce RUN_ID): its record in, a verdict out ---
 def experiment_to_reproduce(args):
-    """The options of a past run's experiment, from its record, and that run."""
-    original = read_original(args)
-    configuration, recorded_data = (
-        original["record"]["configuration"],
-        original["record"].get("data"),
-    )
-    recorded = {name: configuration[name] for name in RECORDED_OPTIONS}
-    if not all(isinstance(values, list) for values in recorded["param_grid"].values()):
-        if recorded["param_grid"] != space_as_json(PARAM_GRID):  # distributions are not in JSON
-            raise BadInput(f"run {args.reproduce} sampled {json.dumps(recorded['param_grid'])}; "
-                           "put those distributions back in PARAM_GRID to reproduce it")  # fmt: skip
-        recorded["param_grid"] = PARAM_GRID
-    data = args.data or (recorded_data or {}).get("path") or configuration["data"]
-    if data and not args.data and not Path(data).is_file():
-        raise BadInput(f"the data of run {args.reproduce}, {data}, is gone; if it has moved, "
-                       "give its new path with --data")  # fmt: skip
-    if recorded_data and recorded_data["sha256"] != (now := data_file(data)["sha256"]):
-        raise BadInput(
-            f"{Path(data).name} changed since run {args.reproduce}: sha256 "
-            f"{recorded_data['sha256']} then, {now} now"
-        )
-    options = vars(args) | recorded | {"data": data, "experiment_name": original["experiment"]}
-    return argparse.Namespace(**options), original
-
-
-def read_original(args):
-    """The past run and its record, from the store: bad input unless this script logged it."""
+    """The options of a past run's experiment, from its record, and that run with its record:
+    bad input unless this script logged it."""
     uri, run_id = args.tracking_uri, args.reproduce
-    check_uri_form(uri)
+    check_store(uri)
     if sqlite_path(uri) and not sqlite_path(uri).is_file():
         raise BadInput(
             f"no tracking store at {sqlite_path(uri)}; give run {run_id}'s --tracking-uri"
         )
-    if uri.startswith(("http://", "https://")):
-        check_server_answers(uri)
-        check_login(uri)
     client = MlflowClient(uri)
     try:
         run = client.get_run(run_id)
@@ -2763,11 +2741,30 @@ def read_original(args):
     if not set(RECORDED_OPTIONS) <= record.get("configuration", {}).keys():
         raise BadInput(f"run {run_id} was not logged by autolog_mlflow.py: it has no {RECORD_FILE}")
     experiment = client.get_experiment(run.info.experiment_id).name
-    return {"run": run, "record": record, "experiment": experiment}
+    configuration, recorded_data = record["configuration"], record.get("data")
+    recorded = {name: configuration[name] for name in RECORDED_OPTIONS}
+    if not all(isinstance(values, list) for values in recorded["param_grid"].values()):
+        if recorded["param_grid"] != space_as_json(PARAM_GRID):  # distributions are not in JSON
+            raise BadInput(f"run {run_id} sampled {json.dumps(recorded['param_grid'])}; "
+                           "put those distributions back in PARAM_GRID to reproduce it")  # fmt: skip
+        recorded["param_grid"] = PARAM_GRID
+    data = args.data or (recorded_data or {}).get("path") or configuration["data"]
+    if data and not args.data and not Path(data).is_file():
+        raise BadInput(f"the data of run {run_id}, {data}, is gone; if it has moved, "
+                       "give its new path with --data")  # fmt: skip
+    if recorded_data and recorded_data["sha256"] != (now := data_file(data)["sha256"]):
+        raise BadInput(
+            f"{Path(data).name} changed since run {run_id}: sha256 "
+            f"{recorded_data['sha256']} then, {now} now"
+        )
+    options = vars(args) | recorded | {"data": data, "experiment_name": experiment}
+    return argparse.Namespace(**options), {"run": run, "record": record}
 
 
-def compare_with_original(client, original, run_id, record, X_test):
-    """This run's results against the original's, and what changed around them."""
+def log_reproduction(client, original, run_id, record, X_test):
+    """This run's results against the original's, and what changed around them: logged as
+    tags and reproduction.json."""
+    progress(f"comparing with run {original['run'].info.run_id} ...")
     old, new = original["run"], client.get_run(run_id)
     was_cv, now_cv = cv_scores(client, old.info.run_id), cv_scores(client, run_id)
     params = [key for key in sorted(old.data.params.keys() | new.data.params.keys())
@@ -2784,7 +2781,7 @@ def compare_with_original(client, original, run_id, record, X_test):
            for key in metrics]
         + [prediction_difference(*(held_out_predictions(client, run, X_test) for run in (old, new)))]
     )  # fmt: skip
-    return {
+    reproduction = {
         "reproduces": old.info.run_id,
         "verdict": "different" if results else "identical",
         "compared": {
@@ -2796,11 +2793,6 @@ def compare_with_original(client, original, run_id, record, X_test):
         "differences": results,
         "changed_around_it": differing(environment_pairs(original["record"], record)),
     }
-
-
-def log_reproduction(client, original, run_id, record, X_test):
-    progress(f"comparing with run {original['run'].info.run_id} ...")
-    reproduction = compare_with_original(client, original, run_id, record, X_test)
     mlflow.set_tags({"autolog_mlflow.reproduces": reproduction["reproduces"],
                      "autolog_mlflow.reproduction": reproduction["verdict"]})  # fmt: skip
     mlflow.log_dict(reproduction, "reproduction.json")
