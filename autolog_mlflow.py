@@ -2297,16 +2297,13 @@ def log_record(record):
         mlflow.log_text(git["diff"], "code/uncommitted.diff")
 
 
-# %% The run explains itself in the MLflow UI: a summary as its description, the grid as a
-# picture, what drives the model, the held-out confusion matrix. Made after autologging is
-# switched off, so that the predictions made here are not logged as metrics of their own.
+# --- The run explains itself in the MLflow UI ---
+# A summary as its description, the grid as a picture, what drives the model, the held-out
+# confusion matrix. Made after autologging is switched off, so that the predictions made here
+# are not logged as metrics of their own.
 def explain_run(search, data, y_pred, seed):
     """Log the grid's picture, the raw columns' importance and the held-out confusion matrix;
-    returns the importance table (and how many held-out rows it was measured on).
-
-    The pictures are Figures of their own, never pyplot's: its shared state is not thread-safe,
-    and the data profile's thread (skrub's TableReport) draws with it.
-    """
+    returns the importance table (and how many held-out rows it was measured on)."""
     mlflow.log_figure(grid_scores_figure(search), "grid_scores.png")
     importance, rows = raw_column_importance(search, data.X_test, data.y_test, seed)
     mlflow.log_text(importance.to_csv(index=False), "feature_importance.csv")
@@ -2360,38 +2357,31 @@ def best_vs_runner_up(search):
 
 
 def runner_up_line(comparison, folds):
-    """E.g. `runner-up max_depth=5 n_estimators=50: better (mean CV difference +0.021 over 5
-    folds; corrected t-test, p = 0.012)`, after "best vs"."""
+    """What follows "best vs" in the report and the run's description."""
     return (f"runner-up {comparison['runner_up']}: {comparison['verdict']} (mean CV "
             f"difference {comparison['mean_difference']:+.3f} over {folds} folds; corrected "
             f"t-test, p = {comparison['p_value']:.3f})")  # fmt: skip
 
 
 def figure_and_axes(width, height):
-    """A Figure of its own (inches) with one axes: never pyplot's shared state."""
+    """A Figure of its own (inches) with one axes, never pyplot's: its shared state is not
+    thread-safe, and the data profile's thread (skrub's TableReport) draws with it."""
     figure = Figure(figsize=(width, height), layout="constrained")
     return figure, figure.subplots()
-
-
-def values_searched(search):
-    """{hyperparameter: the values its candidates took}: in the grid's order for a grid, sorted
-    for a search that samples them."""
-    grid = {}
-    for params in search.cv_results_["params"]:
-        for key, value in params.items():
-            if value not in grid.setdefault(key, []):
-                grid[key].append(value)
-    if not isinstance(search, GridSearchCV):
-        for key, values in grid.items():
-            with contextlib.suppress(TypeError):  # values of mixed kinds: as they came
-                grid[key] = sorted(values, key=lambda value: (value is not None, value))
-    return grid
 
 
 def grid_scores_figure(search):
     """Mean CV score over the grid's two most varied hyperparameters (the others at their best
     values) as a heatmap, best cell framed; one varied hyperparameter: a line with error bars."""
-    grid, best = values_searched(search), search.best_params_
+    grid, best = {}, search.best_params_  # the values each took: in the grid's order
+    for params in search.cv_results_["params"]:
+        for key, value in params.items():
+            if value not in grid.setdefault(key, []):
+                grid[key].append(value)
+    if not isinstance(search, GridSearchCV):  # sampled: sorted
+        for key, values in grid.items():
+            with contextlib.suppress(TypeError):  # values of mixed kinds: as they came
+                grid[key] = sorted(values, key=lambda value: (value is not None, value))
     varied = sorted((key for key in grid if len(grid[key]) > 1), key=lambda k: -len(grid[k]))
     axes_keys, fixed = varied[:2] or list(grid)[:1], [key for key in grid if key not in varied[:2]]
     rows = [i for i, params in enumerate(search.cv_results_["params"])
@@ -2443,28 +2433,20 @@ def grid_scores_figure(search):
 
 
 def raw_column_importance(search, X, y, seed):
-    """Permutation importance of each raw column of the table on the held-out rows: how much
-    the held-out score drops when the column's values are shuffled (mean and std of
-    IMPORTANCE_REPEATS shuffles), on a seeded sample of IMPORTANCE_ROWS rows above that.
+    """Permutation importance of each raw column on the held-out rows (a seeded sample above
+    IMPORTANCE_ROWS): the score's drop when the column is shuffled, IMPORTANCE_REPEATS times.
 
     TableVectorizer encodes each column on its own, so shuffling a raw column shuffles the
-    columns it became, in the same order: the table is encoded once, and only the steps after it
-    predict again for each shuffle (as for encoded features, but grouped by raw column), in
-    one call for all of them (AnswersInOneCall).
-    """
+    columns it became: the table is encoded once, and only the steps after it predict again,
+    in one call for all the shuffles (AnswersInOneCall)."""
     if len(X) > IMPORTANCE_ROWS:
-        X, y = (
-            X.sample(IMPORTANCE_ROWS, random_state=seed),
-            y.sample(IMPORTANCE_ROWS, random_state=seed),
-        )
+        X = X.sample(IMPORTANCE_ROWS, random_state=seed)
+        y = y.sample(IMPORTANCE_ROWS, random_state=seed)
     pipeline, rng = search.best_estimator_, np.random.default_rng(seed)
     vectorizer = table_vectorizer(pipeline)
     if vectorizer:  # raw column -> the columns it became
-        encoded, outputs_of, rest = (
-            vectorizer.transform(X),
-            vectorizer.input_to_outputs_,
-            pipeline[1:],
-        )
+        encoded, outputs_of = vectorizer.transform(X), vectorizer.input_to_outputs_
+        rest = pipeline[1:]
     else:  # your own preprocessing: the raw columns shuffled, the whole pipeline predicts
         encoded, outputs_of, rest = X, {column: [column] for column in X.columns}, pipeline
     shuffles = {
