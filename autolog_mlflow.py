@@ -2615,23 +2615,14 @@ def list_artifacts(client, run_id, path=None):
 def require_complete(report, args, search, held_out_metrics):
     """Never trust autologging blindly: it drops what it fails to log with only a warning."""
     candidates = len(search.cv_results_["params"])
+    classifier_plots = ["training_confusion_matrix.png", "held_out_confusion_matrix.png"]
     expected = {
         "params": [f"best_{name}" for name in args.param_grid]
         + ["cv", "param_grid" if hasattr(search, "param_grid") else "param_distributions"],
         "metrics": ["best_cv_score", "training_score", *held_out_metrics],
-        "artifacts": [
-            "cv_results.csv",
-            "estimator.html",
-            RECORD_FILE,
-            "data.json",
-            DATA_PROFILE,
-            *EXPLANATION,
-        ]
-        + (
-            ["training_confusion_matrix.png", "held_out_confusion_matrix.png"]
-            if is_classifier(search)
-            else []
-        ),
+        "artifacts": ["cv_results.csv", "estimator.html", RECORD_FILE, "data.json", DATA_PROFILE]
+        + EXPLANATION
+        + (classifier_plots if is_classifier(search) else []),
     }
     missing = [
         f"{kind[:-1]} {name}" for kind, names in expected.items() for name in names
@@ -2758,10 +2749,10 @@ def log_reproduction(client, original, run_id, record, X_test):
         + [(f"{score} of {candidate}", was_cv.get(candidate, {}).get(score),
             now_cv.get(candidate, {}).get(score))
            for candidate in sorted(was_cv.keys() | now_cv.keys())
-           for score in ("mean_test_score", "std_test_score")]
+           for score in CV_SCORES]
         + [(f"metric {key}", old.data.metrics.get(key), new.data.metrics.get(key))
            for key in metrics]
-        + [prediction_difference(*(held_out_predictions(client, run, X_test) for run in (old, new)))]
+        + [prediction_difference(client, old, new, X_test)]
     )  # fmt: skip
     reproduction = {
         "reproduces": old.info.run_id,
@@ -2785,29 +2776,29 @@ def differing(pairs):
     return [{"what": what, "original": was, "now": now} for what, was, now in pairs if was != now]
 
 
+CV_SCORES = ("mean_test_score", "std_test_score")  # of each candidate, compared
+
+
 def cv_scores(client, run_id):
-    """Each candidate's mean and std CV score, from the run's cv_results.csv."""
+    """Each candidate's CV_SCORES, from the run's cv_results.csv."""
     with tempfile.TemporaryDirectory() as folder:
         table = pd.read_csv(client.download_artifacts(run_id, "cv_results.csv", folder))
     return {
-        row.params: {
-            "mean_test_score": float(row.mean_test_score),
-            "std_test_score": float(row.std_test_score),
-        }
+        row.params: {score: float(getattr(row, score)) for score in CV_SCORES}
         for row in table.itertuples()
     }
 
 
-def held_out_predictions(client, run, X_test):
-    """The predictions of the run's logged model on the held-out split, or why there are none."""
-    try:
-        (model,) = logged_models_of(client, run)
-        return mlflow.sklearn.load_model(model.model_uri).predict(X_test)
-    except Exception as e:  # noqa: BLE001 -- a model gone or unloadable: a difference
-        return f"no predictions: {first_line(e)}"
-
-
-def prediction_difference(was, now):
+def prediction_difference(client, old, new, X_test):
+    """(what, then, now) of the two runs' logged models' predictions on the held-out split."""
+    predictions = []
+    for run in (old, new):
+        try:
+            (model,) = logged_models_of(client, run)
+            predictions.append(mlflow.sklearn.load_model(model.model_uri).predict(X_test))
+        except Exception as e:  # noqa: BLE001 -- a model gone or unloadable: a difference
+            predictions.append(f"no predictions: {first_line(e)}")
+    was, now = predictions
     for side in (was, now):
         if isinstance(side, str):  # a model that would not predict: never "identical"
             return "held-out predictions", "could not be compared", side
