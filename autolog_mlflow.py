@@ -2187,7 +2187,7 @@ def end_running_children(client, run, status, end_time=None):
         client.set_terminated(child.info.run_id, status, end_time=child_end)
 
 
-# %% What each run records, so that it can be run again (read back by --reproduce)
+# --- What each run records, so that it can be run again (read back by --reproduce) ---
 def record_of(args):
     """The effective configuration, the command line, the code, the data file, the packages."""
     uri = args.tracking_uri
@@ -2254,29 +2254,24 @@ def git_state(script):
     try:
         top = Path(git(script.parent, "rev-parse", "--show-toplevel").strip())
         commit = git(top, "rev-parse", "HEAD").strip()
+        # The script and the modules imported so far from the repository. The interpreter's
+        # own (standard library, installed packages) are passed over before resolving links,
+        # which is slow (benchmarks/README.md), unless the repository lies there too.
+        interpreter = tuple(os.path.join(prefix, "") for prefix in {sys.prefix, sys.base_prefix}
+                            if not top.is_relative_to(Path(prefix).resolve()))  # fmt: skip
+        files = {module.__file__ for module in list(sys.modules.values())
+                 if isinstance(getattr(module, "__file__", None), str)}  # fmt: skip
+        paths = {script.resolve(), *(Path(file).resolve() for file in files
+                                     if not file.startswith(interpreter))}  # fmt: skip
+        imported = {path.relative_to(top).as_posix() for path in paths if path.is_relative_to(top)}
         # Tracked files only: untracked ones have no diff, and a virtual environment inside
         # the repository would otherwise put thousands of paths on the command line.
-        code = sorted(code_files_in(top, script) & set(git(top, "ls-files", "-z").split("\0")))
+        code = sorted(imported & set(git(top, "ls-files", "-z").split("\0")))
         # Staged or not. Without paths `git diff` shows the whole repository: hence the guard.
         diff = git(top, "diff", "HEAD", "--no-ext-diff", "--", *code) if code else ""
     except (OSError, subprocess.CalledProcessError):  # no git, or not a repository
         return None
     return {"commit": commit, "dirty": bool(diff), "diff": diff}
-
-
-def code_files_in(top, script):
-    """The script and the files of the modules imported so far that lie under `top`, as git
-    names them (relative, with forward slashes)."""
-    # Resolving links costs 0.3 s for the 2,600 modules a run imports: those of the standard
-    # library and the installed packages, under the interpreter's prefixes, are passed over
-    # first (unless the repository lies there too; a virtual environment in it is untracked).
-    interpreter = tuple(os.path.join(prefix, "") for prefix in {sys.prefix, sys.base_prefix}
-                        if not top.is_relative_to(Path(prefix).resolve()))  # fmt: skip
-    files = {module.__file__ for module in list(sys.modules.values())
-             if isinstance(getattr(module, "__file__", None), str)}  # fmt: skip
-    paths = {script.resolve(), *(Path(file).resolve() for file in files
-                                 if not file.startswith(interpreter))}  # fmt: skip
-    return {path.relative_to(top).as_posix() for path in paths if path.is_relative_to(top)}
 
 
 def installed_distributions():
