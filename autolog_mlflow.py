@@ -1853,16 +1853,14 @@ def print_closed_runs(closed):
         print(f"  {run['run_id']} ({run['run_name']}), now {run['status']}: {run['evidence']}")
 
 
-# %% Dataset logging in proportion to the data (works around MLflow 3.17.2 internals)
-# On a 200,000-row table, MLflow's dataset logging took longer than the search itself.
+# --- Dataset logging in proportion to the data (works around MLflow 3.17.2 internals) ---
 # Autologging builds a dataset for the same frame up to three times (before the fit, after it,
-# and at every predict call on the test split); each build visits every value in Python: to
+# and at every predict call on the test split), each build visiting every value in Python: to
 # infer the schema (mlflow.types.utils._infer_required, _infer_pandas_column) and to find the
-# string columns for the digest (compute_pandas_digest); benchmarks/README.md has the figures.
-# Within the run, each frame's dataset is built once, and the visits are vectorised for the
-# columns where that cannot change the answer. Nothing recorded
-# changes: tests/test_mlflow_internals.py compares the results with MLflow's own and fails if
-# an upgrade moves what is replaced here.
+# string columns for the digest (compute_pandas_digest); on a large table that took longer than
+# the search (benchmarks/README.md). Within the run, each frame's dataset is built once, and the
+# visits are vectorised where that cannot change the answer. tests/test_mlflow_internals.py
+# compares the results with MLflow's own and fails if an upgrade moves what is replaced here.
 @contextlib.contextmanager
 def datasets_built_once():
     """Within the block, autologging builds one dataset per frame; yields the builder."""
@@ -1896,9 +1894,7 @@ def column_type(column, infer_pandas_column):
 
 def has_no_gaps(column, infer_required):
     """MLflow's answer (no None, NaN, pd.NA or NaT in the column), vectorised where pandas and
-    MLflow agree on what is missing: numeric, boolean, datetime and pandas string columns
-    (whose only values are str and their missing marker). Object and category columns, which
-    may hold anything, keep MLflow's own loop."""
+    MLflow agree on what is missing; object and category columns keep MLflow's own loop."""
     if isinstance(column, pd.Series) and (is_string(column) or column.dtype.kind in "biufmM"):
         return not column.isna().any()  # (not complex: MLflow does not count its NaN as missing)
     return infer_required(column)
@@ -1928,15 +1924,13 @@ def all_str_values(column):
     return bool((column.map(type) == str).all())
 
 
-# %% The training table shared, not deep-copied (works around MLflow 3.17.2 internals)
-# Before a logged fit, autologging deep-copies the fit's X and y
-# (mlflow.sklearn.utils._get_X_y_and_sample_weight, the one user of that module's `deepcopy`),
-# so that what it logs after the fit cannot see changes the fit made to them. pandas 3 copies on
-# write: a shallow copy is already safe from changes made through pandas (scikit-learn makes none
-# at all), and costs nothing. On a large table with text the run's peak memory falls by about the
-# training split's size; on numeric tables the peak comes later (benchmarks/README.md). Checked
-# by tests/test_mlflow_internals.py: a fit's table shared, the same metrics recorded; it fails if
-# an upgrade copies another way.
+# --- The training table shared, not deep-copied (works around MLflow 3.17.2 internals) ---
+# Before a logged fit, autologging deep-copies the fit's X and y (the one user of
+# mlflow.sklearn.utils' `deepcopy`, in _get_X_y_and_sample_weight), so that what it logs after
+# the fit cannot see changes the fit made to them. pandas 3 copies on write: a shallow copy is
+# already safe from changes made through pandas (scikit-learn makes none), costs nothing, and
+# lowers the run's peak memory on a large table (benchmarks/README.md). Checked by
+# tests/test_mlflow_internals.py, which fails if an upgrade copies another way.
 @contextlib.contextmanager
 def training_table_shared():
     """Within the block, autologging's copies of a fit's pandas X and y share their data."""
@@ -1955,14 +1949,13 @@ def training_table_shared():
         utils.deepcopy = deepcopy
 
 
-# %% Every scikit-learn search logged as one (works around MLflow 3.17.2 internals)
+# --- Every scikit-learn search logged as one (works around MLflow 3.17.2 internals) ---
 # Autologging logs a search's best params and score, cv_results.csv and a child run per
 # candidate only for GridSearchCV and RandomizedSearchCV
-# (mlflow.sklearn.utils._is_parameter_search_estimator): successive halving (HalvingGridSearchCV,
-# HalvingRandomSearchCV), which scikit-learn recommends for expensive grids, would get none of
-# them. Autologging binds the function when mlflow.sklearn.autolog() is called: it is replaced
-# around that call by one that takes every search built on scikit-learn's BaseSearchCV.
-# tests/test_mlflow_internals.py fails if an upgrade moves what is replaced here.
+# (mlflow.sklearn.utils._is_parameter_search_estimator): successive halving, which
+# scikit-learn recommends for expensive grids, would get none of them. Autologging binds the
+# function when mlflow.sklearn.autolog() is called: it is replaced around that call by one that
+# takes every BaseSearchCV. tests/test_mlflow_internals.py fails if an upgrade moves it.
 @contextlib.contextmanager
 def every_search_logged_as_one():
     """Around mlflow.sklearn.autolog(): any BaseSearchCV is a parameter search to autologging."""
@@ -1975,7 +1968,7 @@ def every_search_logged_as_one():
         utils._is_parameter_search_estimator = is_search
 
 
-# %% Child runs named as they are made (works around MLflow 3.17.2 internals)
+# --- Child runs named as they are made (works around MLflow 3.17.2 internals) ---
 # After the search's fit, autologging rebuilds a child run per candidate from cv_results_
 # (mlflow.sklearn.utils._create_child_runs_for_parameter_search) and queues it on its client:
 # a create call with the child's tags, a batch of params and metrics, its dataset, its end.
@@ -1983,8 +1976,8 @@ def every_search_logged_as_one():
 # child, and naming the children afterwards took a second write each. Here each distinct param
 # value becomes text once, and each child's name (`max_depth=5 n_estimators=100`) and
 # description (`rank 1 of 9: mean CV accuracy 0.960 (+/- 0.041)`) are queued as tags, which
-# MLflow's client sends in the create call: a child costs about 40 % less on SQLite (measured
-# in benchmarks/README.md). Autologging binds the function when
+# MLflow's client sends in the create call: a child costs less (benchmarks/README.md).
+# Autologging binds the function when
 # mlflow.sklearn.autolog() is called: it is replaced around that call.
 # tests/test_mlflow_internals.py checks that the children hold what MLflow's own function
 # records, and fails if an upgrade moves what is replaced here.
