@@ -1647,16 +1647,14 @@ def rescued_on_failure(search, X_train, run_id):
         raise
 
 
-# %% Runs that died: found and closed. Ctrl-C and SIGTERM end a run KILLED, but a process that
-# dies without a word (the out-of-memory killer, kill -9, power lost, a lost container) would
-# leave its run RUNNING forever. So each run says which process runs it and refreshes a heartbeat
-# while it lives, and each new run (or --close-dead-runs) ends FAILED the runs of this script in
-# its experiment whose process is gone. Nothing here can close a live run or another tool's run.
-HOST_TAG, MACHINE_TAG, PID_TAG = (
-    "autolog_mlflow.host",
-    "autolog_mlflow.machine",
-    "autolog_mlflow.pid",
-)
+# --- Runs that died: found and closed ---
+# Ctrl-C and SIGTERM end a run KILLED, but a process that dies without a word (the out-of-memory
+# killer, kill -9, power lost, a lost container) would leave its run RUNNING forever. So each run
+# says which process runs it and refreshes a heartbeat while it lives, and each new run (or
+# --close-dead-runs) ends FAILED the runs of this script in its experiment whose process is gone.
+# Nothing here can close a live run or another tool's run.
+HOST_TAG, MACHINE_TAG = "autolog_mlflow.host", "autolog_mlflow.machine"
+PID_TAG = "autolog_mlflow.pid"
 PROCESS_START_TAG, CRASHED_TAG = "autolog_mlflow.process_start", "autolog_mlflow.crashed"
 REVIVED_TAG = "autolog_mlflow.revived"  # a live run that a sweep had closed as dead
 HEARTBEAT_TAG, PERIOD_TAG = "autolog_mlflow.heartbeat", "autolog_mlflow.heartbeat_seconds"
@@ -1730,13 +1728,9 @@ def heartbeat(run_id):
 
 
 def revived_if_closed(client, run_id):
-    """A live run that a sweep closed as dead, RUNNING again and no longer said to have died.
-
-    A sweep on another machine judges by the heartbeat's age on its own clock: a writer whose
-    clock lags, or a process suspended (Ctrl-Z, a laptop asleep) for over STALE_HEARTBEATS
-    periods, looks dead. The run's next beat, or its end, undoes the closing: the evidence is
-    kept as `autolog_mlflow.revived`, the `crashed` tag and the "Died" description go.
-    """
+    """A live run that a sweep closed as dead (its clock lags, or it was suspended for over
+    STALE_HEARTBEATS periods), RUNNING again, the evidence kept as REVIVED_TAG: its next beat,
+    or its end, undoes the closing."""
     run = client.get_run(run_id)
     if CRASHED_TAG not in run.data.tags:
         return
@@ -1750,13 +1744,9 @@ def revived_if_closed(client, run_id):
 
 
 def death_evidence(run):
-    """Why a RUNNING run of this script has died, or None while it may be alive.
-
-    On this machine the process itself decides: gone, or its PID now another process's. A run
-    of another machine (or where /proc is missing) has died when its heartbeat is older than
-    STALE_HEARTBEATS of its own periods. The words depend only on the run's tags, so that two
-    sweepers closing the same run write the same evidence.
-    """
+    """Why a RUNNING run of this script has died (on this machine: its process is gone; else
+    its heartbeat is older than STALE_HEARTBEATS periods), or None while it may be alive. The
+    words depend only on the run's tags: two sweepers closing a run write the same evidence."""
     tags = run.data.tags
     try:
         pid, period, last = int(tags[PID_TAG]), float(tags[PERIOD_TAG]), last_beat(tags)
@@ -1775,13 +1765,11 @@ def death_evidence(run):
 
 
 def close_dead_runs(client, experiment_id):
-    """End FAILED, tagged `autolog_mlflow.crashed` with the evidence, every run of this script
-    in the experiment whose process has died; returns them for the report.
+    """End FAILED, tagged CRASHED_TAG with the evidence, every run of this script in the
+    experiment whose process has died, and the children its end left RUNNING; returns them.
 
     Concurrent sweepers may find the same dead run: each reads it again just before closing it,
-    and all write the same status, end time (its last heartbeat) and evidence, so closing twice
-    changes nothing. A live run is never closed: its process is here, or its heartbeat is fresh.
-    """
+    and all write the same status, end time (its last heartbeat) and evidence."""
     closed = []
     for found in client.search_runs(
         [experiment_id], f"attributes.status = 'RUNNING' and tags.`{HEARTBEAT_TAG}` IS NOT NULL"
@@ -1805,13 +1793,9 @@ def close_dead_runs(client, experiment_id):
         progress(f"closed run {run.info.run_id}, which had died: {evidence}")
         closed.append({"run_id": run.info.run_id, "run_name": run.info.run_name,
                        "status": "FAILED", "evidence": evidence})  # fmt: skip
-    return closed + close_orphaned_children(client, experiment_id)
-
-
-def close_orphaned_children(client, experiment_id):
-    """End the child runs left RUNNING under a run of this script that has ended (its process
-    stopped while they were being ended): as their parent ended, KILLED or FAILED, at its end."""
-    closed, parents = [], {}
+    # Child runs left RUNNING under a run of this script that has ended (its process stopped
+    # while they were being ended): ended as their parent, KILLED or FAILED, at its end.
+    parents = {}
     for child in client.search_runs(
         [experiment_id],
         f"attributes.status = 'RUNNING' and tags.`{MLFLOW_PARENT_RUN_ID}` IS NOT NULL",
