@@ -150,6 +150,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default; artifact
 # The machinery's: rarely touched.
 MAX_CLASSES = 20  # a numeric target with more values (and over 1 per 50 rows) looks continuous
 PROFILE_ROWS = 50_000  # the data profile (data_profile.html) samples larger training tables
+DATA_PROFILE = "data_profile.html"
 IMPORTANCE_ROWS = 2_000  # the raw columns' permutation importance samples the held-out split
 IMPORTANCE_REPEATS = 3  # shuffles per column (each one a prediction of the held-out rows)
 # The packages the logged model needs to load (and ESTIMATOR's own), pinned to the installed
@@ -359,7 +360,10 @@ def log_what_autologging_cannot(experiment, search, y_pred, profile, client):
         mlflow.log_metric(RUNNER_UP_P_VALUE, runner_up["p_value"])
     log_best_model(search, data.X_train)
     described = describe_data(data, search.best_estimator_, args)
-    log_data_description(described, *profile())
+    profile_html, covers = profile()
+    described["profile"] = {"artifact": DATA_PROFILE, "covers": covers}
+    mlflow.log_dict(described, "data.json")
+    mlflow.log_text(profile_html, DATA_PROFILE)
     importance, importance_rows = explain_run(search, data, y_pred, args.seed)
     reproduction = original and log_reproduction(client, original, run_id, record, data.X_test)
     return {
@@ -1452,7 +1456,7 @@ def clock(seconds):
     return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
 
 
-# %% Autologging, and what the script logs beside it (the model, the rescue)
+# --- Autologging, and what the script logs beside it (the model, the rescue) ---
 class MlflowWarnings(logging.Handler):
     """Collects MLflow's warnings: autologging reports its failures only as warnings."""
 
@@ -1488,13 +1492,9 @@ def watch_mlflow_logging():
 
 
 def register_datasets(dataset_of, X_train, X_test, name):
-    """Record the training and test data sets (with digests) before autologging does.
-
-    Autologging records them after the search, but MLflow first checks whether a data set is
-    known, then inserts it: concurrent runs on the same data collide, and autologging drops
-    the loser's logging with a warning. Recorded here first, with a retry, the rows exist.
-    Named after the data and the split (autologging's name would be `dataset`).
-    """
+    """Record the training and test data sets, named after the data and the split, before
+    autologging does: MLflow checks whether a data set is known, then inserts it, so concurrent
+    runs on the same data collide, and autologging drops the loser's logging with a warning."""
     for context, X, split in [("train", X_train, "train"), ("eval", X_test, "test")]:
         dataset = dataset_of(X, name=f"{name} {split}")  # the very one autologging will log
         for attempt in range(3):
@@ -1507,18 +1507,10 @@ def register_datasets(dataset_of, X_train, X_test, name):
                 time.sleep(0.5)
 
 
-def installed_versions(estimator_package):
-    """MODEL_PACKAGES and the distribution that provides ESTIMATOR (if any), at their installed
-    versions."""
-    packages = [*MODEL_PACKAGES, *([estimator_package] if estimator_package else [])]
-    return {package: version(package) for package in dict.fromkeys(packages)}
-
-
 def distribution_of(module):
     """The installed distribution that provides a module (scikit-learn for sklearn.ensemble),
     or None (the script itself, a module of your own beside it): looked up in MODEL_PACKAGES'
-    file lists first (20 ms), in all distributions' only if none has it
-    (packages_distributions(): 0.3-0.4 s)."""
+    file lists first, as looking in all distributions' is slower (benchmarks/README.md)."""
     top = module.split(".")[0]
     for package in MODEL_PACKAGES:
         if any(path.parts[0] in (top, f"{top}.py") for path in distribution(package).files or []):
@@ -1528,7 +1520,7 @@ def distribution_of(module):
 
 def model_options(model, X_train):
     """How the best model is saved: cloudpickle, an input example, a signature that takes what
-    users send, the installed versions."""
+    users send, MODEL_PACKAGES and ESTIMATOR's own at their installed versions."""
     # Every column declared Any: MLflow 3.17.2 refuses int64 (what pd.read_csv gives whole
     # numbers) in a `double` column and a gap in a `long` one, and a text column of a small
     # batch may come as numbers or as all gaps. The signature still names the columns and
@@ -1544,24 +1536,13 @@ def model_options(model, X_train):
         inputs=Schema([ColSpec(AnyType(), str(column)) for column in X_train.columns]),
         outputs=infer_signature(example, model.predict(example)).outputs,
     )
+    packages = [*MODEL_PACKAGES, *([estimator_package] if estimator_package else [])]
     return {
         "serialization_format": "cloudpickle",
         "input_example": example,
         "signature": signature,
-        "pip_requirements": [
-            f"{name}=={pinned}" for name, pinned in installed_versions(estimator_package).items()
-        ],
+        "pip_requirements": [f"{name}=={version(name)}" for name in dict.fromkeys(packages)],
     }
-
-
-DATA_PROFILE = "data_profile.html"
-
-
-def log_data_description(described, profile_html, covers):
-    """The data's description (data.json) and skrub's profile of the training table."""
-    described["profile"] = {"artifact": DATA_PROFILE, "covers": covers}
-    mlflow.log_dict(described, "data.json")
-    mlflow.log_text(profile_html, DATA_PROFILE)
 
 
 def log_best_model(search, X_train):
@@ -1587,11 +1568,8 @@ def find_child_runs(client, run):
 @contextlib.contextmanager
 def run_ending_right(start_run):
     """The run `start_run()` starts, which always ends: FINISHED, FAILED on an error, KILLED on
-    Ctrl-C, SIGTERM or SIGHUP.
-
-    (`mlflow.start_run` as a context manager would mark an interrupted run FAILED.) A stop while
-    the run is being started waits until it exists, so that it is ended too.
-    """
+    Ctrl-C, SIGTERM or SIGHUP (`mlflow.start_run`'s own block would mark it FAILED). A stop
+    while the run is being started waits until it exists, so that it is ended too."""
     run = None
     try:
         with stops_deferred():
@@ -1613,23 +1591,20 @@ def run_ending_right(start_run):
                 revived_if_closed(MlflowClient(), run.info.run_id)
         for attempt in range(3):  # a stop during the end itself: the end again
             try:
-                e.add_note(end_run(run.info.run_id, status))
+                mlflow.end_run(status)
+                e.add_note(f"run {run.info.run_id} ended {status}")
                 break
             except KeyboardInterrupt:
                 if attempt == 2:
                     raise
+            except Exception as error:  # noqa: BLE001 -- even if the store is gone: say so
+                e.add_note(
+                    f"run {run.info.run_id} could not be marked {status}: {first_line(error)}"
+                )
+                break
         raise
     revived_if_closed(MlflowClient(), run.info.run_id)  # its end says what truly happened
     mlflow.end_run("FINISHED")
-
-
-def end_run(run_id, status):
-    """End the active run with `status`; say what happened, even if the store is gone."""
-    try:
-        mlflow.end_run(status)
-    except Exception as e:  # noqa: BLE001 -- whatever it is, the message says it
-        return f"run {run_id} could not be marked {status}: {first_line(e)}"
-    return f"run {run_id} ended {status}"
 
 
 @contextlib.contextmanager
