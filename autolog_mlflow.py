@@ -768,7 +768,7 @@ def parse_max_tuning_runs(text):
     return count
 
 
-# %% The tracking store, checked before any run exists (a new kind of store starts here)
+# --- The tracking store, checked before any run exists (a new kind of store starts here) ---
 def redact(text, uri):
     """`text` with the password of `uri` (if it has one) replaced by ***."""
     password = urlparse(uri).password
@@ -795,34 +795,6 @@ def check_uri_form(uri):
         raise BadInput(f"--tracking-uri {redact(uri, uri)} names no host; {hint}")
 
 
-def check_store(uri):
-    """The URI's form, and a tracking server's answer and login: the user, or None."""
-    check_uri_form(uri)
-    if uri.startswith(("http://", "https://")):
-        check_server_answers(uri)
-        return check_login(uri)
-    return None
-
-
-def check_server_answers(uri):
-    parsed = urlparse(uri)
-    port = f":{parsed.port}" if parsed.port else ""
-    health = f"{parsed.scheme}://{parsed.hostname}{port}{parsed.path.rstrip('/')}/health"
-    try:
-        urllib.request.urlopen(health, timeout=SERVER_CHECK_TIMEOUT).close()
-    except urllib.error.HTTPError as e:
-        if e.code < 500:
-            return  # it answers; authentication and the rest are MLflow's to report
-        # A proxy or gateway answers for it: 502 Bad Gateway, 503 with the server down.
-        raise Unreachable(f"the tracking server {redact(uri, uri)} does not work: {health} "
-                          f"answers {e.code} {e.reason}")  # fmt: skip
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        if isinstance(reason, TimeoutError):
-            reason = f"no answer within {SERVER_CHECK_TIMEOUT} s"
-        raise Unreachable(f"cannot reach the tracking server {redact(uri, uri)}: {reason}")
-
-
 # MLflow's login (`mlflow server --app-name basic-auth`): who the server says the user is, and
 # what the user may do there, resolved as for the user's own requests (tools/TEAM-SERVER.md).
 WHO_AM_I = "/api/2.0/mlflow/users/current"
@@ -830,10 +802,30 @@ PERMISSION = "/api/3.0/mlflow/users/permissions/get"
 MAY_WRITE = ("EDIT", "MANAGE")
 
 
-def check_login(uri):
-    """The user a server's login knows ({"username", "is_admin"}), or None for a server without
-    one. Credentials are MLflow's (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or
-    ~/.mlflow/credentials); they go to the server only, never to the output or the run."""
+def check_store(uri):
+    """Check the URI's form, and that a tracking server answers; returns the user its login
+    knows ({"username", "is_admin"}), or None. Credentials are MLflow's (MLFLOW_TRACKING_USERNAME
+    and MLFLOW_TRACKING_PASSWORD, or ~/.mlflow/credentials): to the server only, never to the
+    output or the run."""
+    check_uri_form(uri)
+    if not uri.startswith(("http://", "https://")):
+        return None
+    parsed = urlparse(uri)
+    port = f":{parsed.port}" if parsed.port else ""
+    health = f"{parsed.scheme}://{parsed.hostname}{port}{parsed.path.rstrip('/')}/health"
+    try:
+        urllib.request.urlopen(health, timeout=SERVER_CHECK_TIMEOUT).close()
+    except urllib.error.HTTPError as e:
+        # Under 500 it answers: authentication and the rest are MLflow's to report. Over, a
+        # proxy or gateway answers for it: 502 Bad Gateway, 503 with the server down.
+        if e.code >= 500:
+            raise Unreachable(f"the tracking server {redact(uri, uri)} does not work: {health} "
+                              f"answers {e.code} {e.reason}")  # fmt: skip
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError):
+            reason = f"no answer within {SERVER_CHECK_TIMEOUT} s"
+        raise Unreachable(f"cannot reach the tracking server {redact(uri, uri)}: {reason}")
     response = http_request(get_default_host_creds(uri), WHO_AM_I, "GET", max_retries=0,
                             timeout=SERVER_CHECK_TIMEOUT)  # fmt: skip
     if response.status_code == 401:
@@ -884,23 +876,6 @@ def require_writable(folder, what):
 
 
 @contextlib.contextmanager
-def store_lock(uri):
-    """Let one process at a time create a SQLite store and the experiment in it.
-
-    Concurrent first runs on a fresh SQLite file race in MLflow's schema migrations (and in
-    creating the experiment); an exclusive lock serialises them. filelock locks with fcntl on
-    POSIX and msvcrt on Windows, on a file beside the database: locking the database file
-    itself would clash with SQLite's own locks on Windows, where locks are mandatory.
-    """
-    path = sqlite_path(uri)
-    if path is None:
-        yield
-        return
-    with FileLock(f"{path}.lock"):
-        yield
-
-
-@contextlib.contextmanager
 def stops_deferred():
     """Ctrl-C, SIGTERM and SIGHUP take effect when the block ends, not inside it.
 
@@ -920,16 +895,6 @@ def stops_deferred():
         raise KeyboardInterrupt() if stops[0] == signal.SIGINT else Terminated(stops[0])
 
 
-def open_experiment(client, name):
-    experiment = client.get_experiment_by_name(name) or create_experiment(client, name)
-    if experiment.lifecycle_stage == "deleted":
-        raise BadInput(
-            f"experiment {name!r} is deleted; restore it (mlflow experiments restore "
-            f"--experiment-id {experiment.experiment_id}) or choose another --experiment-name"
-        )
-    return experiment
-
-
 # Why a store refuses to create an experiment when the user can put it right: the remedy.
 EXPERIMENT_REFUSALS = {
     "INVALID_PARAMETER_VALUE": "choose another --experiment-name",  # e.g. empty, too long
@@ -938,24 +903,27 @@ EXPERIMENT_REFUSALS = {
 }
 
 
-def create_experiment(client, name):
-    try:
-        return client.get_experiment(client.create_experiment(name))
-    except MlflowException as e:
-        experiment = client.get_experiment_by_name(name)  # another process created it meanwhile
-        if experiment is not None:
-            return experiment
-        remedy = EXPERIMENT_REFUSALS.get(e.error_code)
-        if remedy:
-            raise BadInput(f"cannot create experiment {name!r} ({first_line(e)}); {remedy}")
-        raise RuntimeError(f"cannot create experiment {name!r}: {first_line(e)}") from e
-
-
-def experiment_of_launching_run(client):
-    """`mlflow run` creates the run and passes its ID: log into it, in its experiment."""
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    if run_id:
+def open_experiment(client, name):
+    """The experiment of the run that `mlflow run` created and passes the ID of, else `name`'s,
+    created if need be."""
+    if run_id := os.environ.get("MLFLOW_RUN_ID"):
         return client.get_experiment(client.get_run(run_id).info.experiment_id)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            experiment = client.get_experiment(client.create_experiment(name))
+        except MlflowException as e:
+            experiment = client.get_experiment_by_name(name)  # made by another process meanwhile
+            if experiment is None and (remedy := EXPERIMENT_REFUSALS.get(e.error_code)):
+                raise BadInput(f"cannot create experiment {name!r} ({first_line(e)}); {remedy}")
+            if experiment is None:
+                raise RuntimeError(f"cannot create experiment {name!r}: {first_line(e)}") from e
+    if experiment.lifecycle_stage == "deleted":
+        raise BadInput(
+            f"experiment {name!r} is deleted; restore it (mlflow experiments restore "
+            f"--experiment-id {experiment.experiment_id}) or choose another --experiment-name"
+        )
+    return experiment
 
 
 def prepare_tracking(args):
@@ -965,12 +933,15 @@ def prepare_tracking(args):
     if sqlite_path(uri):
         require_writable(sqlite_path(uri).parent, "tracking store")
     mlflow.set_tracking_uri(uri)
-    with store_lock(uri), stops_deferred():
+    # Concurrent first runs on a fresh SQLite file race in MLflow's schema migrations (and in
+    # creating the experiment): a lock lets one process at a time. filelock locks with fcntl on
+    # POSIX and msvcrt on Windows, on a file beside the database: locking the database file
+    # itself would clash with SQLite's own locks on Windows, where locks are mandatory.
+    path = sqlite_path(uri)
+    with FileLock(f"{path}.lock") if path else contextlib.nullcontext(), stops_deferred():
         client = MlflowClient()  # its first call creates or migrates the store's tables
         try:
-            experiment = experiment_of_launching_run(client) or open_experiment(
-                client, args.experiment_name
-            )
+            experiment = open_experiment(client, args.experiment_name)
         except MlflowException as e:
             if user is None or e.error_code != "PERMISSION_DENIED":
                 raise
