@@ -981,7 +981,7 @@ def check_registry(client, name, uri, user):
         )
 
 
-# %% Where the search's fits run: local processes, or a Dask cluster
+# --- Where the search's fits run: local processes, or a Dask cluster ---
 @contextlib.contextmanager
 def search_backend(args):
     """Local processes (joblib's default), or the workers of a Dask cluster."""
@@ -1009,14 +1009,11 @@ def search_backend(args):
 
 
 def dask_for_the_search_only(client):
-    """joblib's Dask backend, for the search's fits only.
-
-    As it comes, it sends every joblib call to the cluster whatever its n_jobs, and so do the
-    workers with the calls nested in a fit: each of skrub's columns and each forest's trees
-    became a Dask task, about 12,000 of them for 4 candidates x 3 folds, and the run took
-    2 min instead of 15 s. Here a call that leaves n_jobs unset (the estimators' own) runs in
-    place, as it does in a local process, and a worker runs the fits it is sent as a plain loop.
-    """
+    """joblib's Dask backend, for the search's fits only. As it comes, it sends every joblib call
+    to the cluster whatever its n_jobs, and so do the workers with the calls nested in a fit:
+    each of skrub's columns and each forest's trees a task, many times slower
+    (benchmarks/README.md). Here a call that leaves n_jobs unset (the estimators' own) runs in
+    place, as in a local process, and a worker runs the fits it is sent as a plain loop."""
     # joblib 1.6.0's private module, not its API: joblib is pinned in the locks, and
     # tests/test_scaling_out.py counts the tasks (12 for 4 candidates x 3 folds), so an upgrade
     # that changes what is relied on here fails it.
@@ -1042,7 +1039,7 @@ def dask_for_the_search_only(client):
     return SearchOnDask(client=client)
 
 
-# %% The pipeline the search tunes, and what it did to the data (skrub)
+# --- The pipeline the search tunes, and what it did to the data (skrub) ---
 class TablePipeline(Pipeline):
     """skrub's TableVectorizer, then the estimator, which keeps its own hyperparameter names.
 
