@@ -234,8 +234,10 @@ def main(argv=None):
     try:
         if args.close_dead_runs:  # the sweep alone: no data, no run
             return sweep_only(args)
-        experiment = experiment_of(args)
-        args = experiment.args  # with --reproduce, the original run's options
+        # The experiment to run: the options given, or with --reproduce a past run's record.
+        args, original = experiment_to_reproduce(args) if args.reproduce else (args, None)
+        data = split_data(*load_data(args), args)
+        experiment = Experiment(args, data, record_of(args), original)
         client = prepare_tracking(args)
         with search_backend(args) as where:
             report = run_experiment(experiment, client, mlflow_warnings, where)
@@ -279,12 +281,6 @@ class Experiment(NamedTuple):
     original: dict | None  # with --reproduce: the run it reproduces, and its record
 
 
-def experiment_of(args):
-    """The experiment to run: the options given, or with --reproduce a past run's record."""
-    args, original = experiment_to_reproduce(args) if args.reproduce else (args, None)
-    return Experiment(args, split_data(*load_data(args), args), record_of(args), original)
-
-
 def run_experiment(experiment, client, mlflow_warnings, where):
     """The seed's shape: autologging on, one run, the search fitted in it, the held-out score,
     then the run read back from the store and checked. Returns the report."""
@@ -302,7 +298,9 @@ def run_experiment(experiment, client, mlflow_warnings, where):
         # Who runs it (see "Runs that died") in the write that creates it: never a run without.
         run_ending_right(
             lambda: mlflow.start_run(
-                run_name=args.run_name or default_run_name(args), tags=who_runs_it()
+                # After the data and the target by default, e.g. penguins.csv -> species.
+                run_name=args.run_name or f"{data_name(args)} -> {args.target or 'target'}",
+                tags=who_runs_it(),
             )
         ) as run,
         heartbeat(run.info.run_id),
@@ -343,10 +341,6 @@ def run_experiment(experiment, client, mlflow_warnings, where):
     report["browse"] = browse_hints(args.tracking_uri, report)
     report["closed_dead_runs"] = closed_dead_runs
     return report
-
-
-def default_run_name(args):
-    return f"{data_name(args)} -> {args.target or 'target'}"  # e.g. penguins.csv -> species
 
 
 def log_what_autologging_cannot(experiment, search, y_pred, profile, client):
@@ -412,7 +406,7 @@ def first_line(error):
     return text
 
 
-# %% The experiment's data, search and held-out score: the functions behind the choices above.
+# --- The experiment's data, search and held-out score: the functions behind the choices above ---
 def load_data(args):
     """The features, the target, and how many rows had no target (left out): the user's CSV
     as it is, text, dates and gaps included, or the bundled breast-cancer set."""
@@ -549,13 +543,10 @@ HELD_OUT_SCORE = f"{SCORING or ('accuracy_score' if CLASSIFIER else 'r2_score')}
 
 
 def score_on_test_split(search, X_test, y_test):
-    """Score the best model on the held-out split; returns the names of the metrics logged, and
-    the predictions.
-
-    Autologging replaces the functions of `sklearn.metrics` when it is enabled, so they are
-    looked up on the module here, at call time: a function imported by name before that would
-    bypass it. It names each metric after the variable passed in: `accuracy_score_X_test`.
-    """
+    """Score the best model on the held-out split; returns the metrics logged, and the
+    predictions. Autologging replaces `sklearn.metrics`' functions when it is enabled: they are
+    looked up on the module, at call time, and each metric is named after the variable passed
+    in (`accuracy_score_X_test`)."""
     y_pred = search.predict(X_test)
     if is_classifier(search):
         metrics.accuracy_score(y_test, y_pred)
@@ -579,8 +570,7 @@ def score_on_test_split(search, X_test, y_test):
 
 
 def f1_of(search):
-    """What the held-out F1 (and ROC AUC) measure: of two classes, the second in sorted order
-    (classes_[1]); of more, all of them alike (macro average). None for a regressor."""
+    """What the held-out F1 (and ROC AUC) measure; None for a regressor."""
     if not is_classifier(search):
         return None
     classes = search.classes_
@@ -589,7 +579,7 @@ def f1_of(search):
     return f"F1 is macro-averaged over the {len(classes)} classes"
 
 
-# %% Command line
+# --- Command line ---
 class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -681,24 +671,21 @@ def parse_args(argv=None):
     if args.close_dead_runs and (args.reproduce or args.register_model):
         parser.error("--close-dead-runs starts no run: give it without --reproduce and "
                      "--register-model")  # fmt: skip
-    if args.reproduce:
-        check_reproduce_options(parser, argv, args.reproduce)
+    if args.reproduce:  # the options that define the experiment come from the run's record
+        unset = object()  # what argparse leaves alone in a given namespace: not on the line
+        given = parser.parse_args(
+            argv, argparse.Namespace(**dict.fromkeys(RECORDED_OPTIONS, unset))
+        )
+        fixed = [name for name in RECORDED_OPTIONS if getattr(given, name) is not unset]
+        if fixed:
+            parser.error(
+                f"--{fixed[0].replace('_', '-')} comes from the record of run {args.reproduce}; "
+                "with --reproduce give only --tracking-uri, --n-jobs, --dask-scheduler, "
+                "--run-name, --json, --register-model, and --data if the same file has moved"
+            )
     elif (args.data is None) != (args.target is None):
         parser.error("--data and --target go together: give both, or neither")
     return args
-
-
-def check_reproduce_options(parser, argv, run_id):
-    """With --reproduce, the options that define the experiment come from the run's record."""
-    unset = object()  # what argparse leaves alone in a given namespace: not on the line
-    given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(RECORDED_OPTIONS, unset)))
-    fixed = [name for name in RECORDED_OPTIONS if getattr(given, name) is not unset]
-    if fixed:
-        parser.error(
-            f"--{fixed[0].replace('_', '-')} comes from the record of run {run_id}; "
-            "with --reproduce give only --tracking-uri, --n-jobs, --dask-scheduler, "
-            "--run-name, --json, --register-model, and --data if the same file has moved"
-        )
 
 
 EXAMPLE_GRID = '\'{"n_estimators": [50, 100], "max_depth": [null, 5]}\''
