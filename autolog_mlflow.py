@@ -203,8 +203,7 @@ class Unreachable(Exception):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, or SIGHUP (the terminal or SSH session closed): stop like Ctrl-C, so the run ends
-    KILLED instead of staying RUNNING."""
+    """SIGTERM, or SIGHUP (the terminal closed): stop like Ctrl-C, so the run ends KILLED."""
 
     def __init__(self, signum=signal.SIGTERM):
         super().__init__(signum)
@@ -282,8 +281,7 @@ class Experiment(NamedTuple):
 
 
 def run_experiment(experiment, client, mlflow_warnings, where):
-    """The seed's shape: autologging on, one run, the search fitted in it, the held-out score,
-    then the run read back from the store and checked. Returns the report."""
+    """Autologging on, one run, the search fitted in it, its held-out score, the run read back."""
     args, data = experiment.args, experiment.data
     # Autologging records the search; the best model is logged once, by log_best_model (with
     # log_models, two models, each one's requirements inferred in a subprocess).
@@ -344,9 +342,8 @@ def run_experiment(experiment, client, mlflow_warnings, where):
 
 
 def log_what_autologging_cannot(experiment, search, y_pred, profile, client):
-    """The best model, the comparison with the runner-up, what was done to the data, the
-    explanation, the reproduction's verdict: what the script logs beside autologging. Returns
-    the metrics it logged, what goes in the report, and the columns' importance."""
+    """The best model, the runner-up, the data, the explanation, the reproduction: logged, and
+    returned as the metrics it logged, what goes in the report, and the columns' importance."""
     (args, data, record, original), run_id = experiment, mlflow.active_run().info.run_id
     progress("logging the best model, explaining the run, checking what the store holds ...")
     runner_up = best_vs_runner_up(search)
@@ -408,8 +405,7 @@ def first_line(error):
 
 # --- The experiment's data, search and held-out score: the functions behind the choices above ---
 def load_data(args):
-    """The features, the target, and how many rows had no target (left out): the user's CSV
-    as it is, text, dates and gaps included, or the bundled breast-cancer set."""
+    """X, y and the rows without a target (left out): the CSV as it is, or the bundled set."""
     if args.data is None:
         X, y = load_breast_cancer(return_X_y=True, as_frame=True)
         return X, y, 0
@@ -523,8 +519,7 @@ def build_search(args):
 
 
 def candidate_params(search):
-    """The candidates a search will fit, in its order, before it fits them; None where it
-    chooses them as it goes (successive halving)."""
+    """The candidates a search will fit, in its order; None where it chooses as it goes."""
     if isinstance(search, GridSearchCV):
         return list(ParameterGrid(search.param_grid))
     if isinstance(search, RandomizedSearchCV):  # the same samples: same distributions and seed
@@ -543,10 +538,8 @@ HELD_OUT_SCORE = f"{SCORING or ('accuracy_score' if CLASSIFIER else 'r2_score')}
 
 
 def score_on_test_split(search, X_test, y_test):
-    """Score the best model on the held-out split; returns the metrics logged, and the
-    predictions. Autologging replaces `sklearn.metrics`' functions when it is enabled: they are
-    looked up on the module, at call time, and each metric is named after the variable passed
-    in (`accuracy_score_X_test`)."""
+    """Score the best model on the held-out split: (the metrics logged, the predictions).
+    Autologging replaces `sklearn.metrics`' functions: they are looked up at call time."""
     y_pred = search.predict(X_test)
     if is_classifier(search):
         metrics.accuracy_score(y_test, y_pred)
@@ -891,8 +884,7 @@ EXPERIMENT_REFUSALS = {
 
 
 def open_experiment(client, name):
-    """The experiment of the run that `mlflow run` created and passes the ID of, else `name`'s,
-    created if need be."""
+    """The experiment of the run `mlflow run` created, else `name`'s, created if need be."""
     if run_id := os.environ.get("MLFLOW_RUN_ID"):
         return client.get_experiment(client.get_run(run_id).info.experiment_id)
     experiment = client.get_experiment_by_name(name)
@@ -1141,8 +1133,7 @@ def table_pipeline(seed, folds=None):
 
 
 def table_vectorizer(pipeline):
-    """The pipeline's skrub TableVectorizer, its first step; None with your own preprocessing
-    (PREPROCESSING), which cannot be described column by column."""
+    """The pipeline's skrub TableVectorizer, its first step; None with your PREPROCESSING."""
     first = pipeline.steps[0][1]
     return first if isinstance(first, skrub.TableVectorizer) else None
 
@@ -1238,8 +1229,7 @@ ENCODERS = {"OrdinalEncoder": "ordinal", "OneHotEncoder": "one-hot", "ToCategori
 
 
 def treatment(column, vectorizer):
-    """How the fitted TableVectorizer turned a non-numeric column into numbers, e.g.
-    `text, 3 values -> ordinal` or `date -> date_year, date_month, date_day, date_total_seconds`."""
+    """How the TableVectorizer turned a column into numbers, e.g. `text, 3 values -> ordinal`."""
     outputs = vectorizer.input_to_outputs_.get(column.name)
     if outputs is None:
         return "dropped: no information in it (empty, or a single value)"
@@ -1428,8 +1418,7 @@ class MlflowWarnings(logging.Handler):
 
 
 def watch_mlflow_logging():
-    """MLflow's warnings and errors: printed on stderr by MLflow as usual, and collected to fail
-    the run on them. Returns the collector."""
+    """MLflow's warnings, printed as usual and collected (returned) to fail the run on them."""
     mlflow_logger = logging.getLogger("mlflow")
     if "MLFLOW_LOGGING_LEVEL" not in os.environ:  # the user's choice wins
         # MLflow's INFO lines ("Creating initial MLflow database tables...") are no news
@@ -1998,8 +1987,7 @@ def varied_in(candidates):
 
 
 def child_run_name(varied, params, iteration=None):
-    """After the hyperparameters the search varied: `max_depth=5 n_estimators=100`; with
-    successive halving, its round too: `max_depth=5 n_estimators=100, round 2`."""
+    """E.g. `max_depth=5 n_estimators=100`; with successive halving `..., round 2`."""
     name = " ".join(f"{key}={params[key]}" for key in varied)
     return name if iteration is None else f"{name}, round {int(iteration) + 1}"
 
@@ -2117,8 +2105,7 @@ def record_of(args):
 
 
 def space_as_json(space):
-    """The search space as JSON: lists as they are, a scipy.stats distribution as its call,
-    e.g. `scipy.stats.randint(5, 30)`."""
+    """The search space as JSON, a distribution as its call: `scipy.stats.randint(5, 30)`."""
 
     def as_json(values):
         if isinstance(values, list):
@@ -2204,8 +2191,7 @@ def log_record(record):
 # confusion matrix. Made after autologging is switched off, so that the predictions made here
 # are not logged as metrics of their own.
 def explain_run(search, data, y_pred, seed):
-    """Log the grid's picture, the raw columns' importance and the held-out confusion matrix;
-    returns the importance table (and how many held-out rows it was measured on)."""
+    """Log the grid's picture, the columns' importance, the confusion matrix: (importance, rows)."""
     mlflow.log_figure(grid_scores_figure(search), "grid_scores.png")
     importance, rows = raw_column_importance(search, data.X_test, data.y_test, seed)
     mlflow.log_text(importance.to_csv(index=False), "feature_importance.csv")
@@ -2637,8 +2623,7 @@ def experiment_to_reproduce(args):
 
 
 def log_reproduction(client, original, run_id, record, X_test):
-    """This run's results against the original's, and what changed around them: logged as
-    tags and reproduction.json."""
+    """This run's results against the original's, and what changed around them, logged."""
     progress(f"comparing with run {original['run'].info.run_id} ...")
     old, new = original["run"], client.get_run(run_id)
     was_cv, now_cv = cv_scores(client, old.info.run_id), cv_scores(client, run_id)
@@ -2738,8 +2723,7 @@ class RegistrationFailed(Exception):
 
 
 def register_best_model(client, name, report):
-    """The run's model as a new version of `name`, tagged with what it was scored on: the
-    `challenger`, or the `champion` (decide_champion)."""
+    """The run's model as a new version of `name`: the challenger, or the champion."""
     model_uri = report["logged_models"][0]["uri"]
     try:
         metrics = {key: str(value) for key, value in report["test_metrics"].items()}
