@@ -3,25 +3,20 @@
 The script enables MLflow's scikit-learn autologging, runs a `GridSearchCV` (or the search named
 at the top) inside one MLflow run and scores the best model on a held-out test split that the
 search never sees. The search tunes a pipeline: skrub's TableVectorizer turns the table into
-numbers (text categories, dates and gaps included), then the estimator named once at the top, a
-random forest classifier by default; as the candidates differ only in the estimator's
-hyperparameters, the TableVectorizer is fitted once per CV fold and reused by all of them.
-Autologging records the search's parameters, CV metrics, artifacts, datasets and one child run
-per candidate; the script adds what autologging cannot do well: descriptive child-run names, the
-best model logged once with its exact pinned environment (taking the rows users send), the
-held-out scores, whether the best beats the runner-up, what was done to each column of the data,
-and a profile of the training table.
+numbers (text, dates and gaps included; fitted once per CV fold), then the estimator named once
+at the top, a random forest classifier by default. Autologging records the search's parameters,
+CV metrics, artifacts, datasets and one child run per candidate; the script adds what
+autologging cannot do well: descriptive child-run names, the best model logged once with its
+exact pinned environment, the held-out scores, whether the best beats the runner-up, what was
+done to each column of the data, and a profile of the training table.
 
-While the search fits, its progress shows on stderr: a live bar on a terminal, a line per tenth
-of the fits elsewhere; and in the MLflow UI each candidate's child run appears once its folds are
-fitted, its scores filled in when the search ends. Then the script reads the run back *from the
-tracking store* -- proof of what was logged, not what we think we logged -- checks that
-everything expected is there, and prints a report: run ID, status and duration, what was done
-to each column of the data, params, metrics, artifacts, the logged model and how to load it,
-the child runs as a leaderboard, the columns that matter most, how the run compares with
-earlier runs on the same data, and how to browse it in the MLflow UI, where the run's page opens
-with the same summary and the grid's scores as a picture. A run that is missing anything ends
-FAILED.
+While the search fits, its progress shows on stderr, and each candidate's child run appears in
+the MLflow UI once its folds are fitted. Then the script reads the run back *from the tracking
+store* -- proof of what was logged, not what we think we logged -- checks that everything
+expected is there (a run missing anything ends FAILED), and prints a report: the data, params,
+metrics, artifacts, the logged model and how to load it, the child runs as a leaderboard, the
+columns that matter most, how the run compares with earlier runs on the same data, and how to
+browse it in the MLflow UI, where the run's page opens with the same summary.
 
 Run it:
 
