@@ -456,7 +456,28 @@ def split_data(X, y, rows_without_target, args):
     """The training split for the search, and the held-out split it never sees."""
     if not 0 < args.test_size < 1:
         raise BadInput(f"--test-size must be between 0 and 1, not {args.test_size}")
-    check_target(y, args.target or "target")
+    name, distinct = args.target or "target", y.nunique()
+    if not CLASSIFIER and not pd.api.types.is_numeric_dtype(y):
+        raise BadInput(f"--target {name} is not numeric: {type(ESTIMATOR).__name__} is a "
+                       "regressor and needs numbers")  # fmt: skip
+    # Integer quantities (prices, ages) look like many classes to scikit-learn's type_of_target.
+    if (
+        CLASSIFIER
+        and pd.api.types.is_numeric_dtype(y)
+        and not pd.api.types.is_bool_dtype(y)
+        and (type_of_target(y) == "continuous" or distinct > max(MAX_CLASSES, len(y) // 50))
+    ):
+        raise BadInput(
+            f"--target {name} looks continuous ({distinct} distinct numbers in {len(y)} rows): "
+            f"this script trains a classifier; set ESTIMATOR to a regressor (e.g. "
+            "ensemble.RandomForestRegressor()) at the top of the script to predict numbers"
+        )
+    if CLASSIFIER and distinct < 2:
+        raise BadInput(f"--target {name} has a single class; a classifier needs at least two")
+    if CLASSIFIER and (counts := y.value_counts()).min() < 2:
+        single = ", ".join(map(repr, counts[counts < 2].index[:5]))
+        raise BadInput(f"--target {name} has classes with a single row ({single}): a classifier "
+                       "needs two or more of each; drop those rows or merge the classes")  # fmt: skip
     try:
         X_train, X_test, y_train, y_test = train_test_split(
             X, y, test_size=args.test_size, random_state=args.seed,
@@ -472,34 +493,6 @@ def split_data(X, y, rows_without_target, args):
         raise BadInput(f"--cv must be between 2 and {most} (the {bound} in the training split), "
                        f"not {args.cv}")  # fmt: skip
     return Data(X_train, X_test, y_train, y_test, rows_without_target)
-
-
-def check_target(y, name):
-    """A target the estimator can learn: classes for a classifier, numbers for a regressor."""
-    if not CLASSIFIER:
-        if not pd.api.types.is_numeric_dtype(y):
-            raise BadInput(f"--target {name} is not numeric: {type(ESTIMATOR).__name__} is a "
-                           "regressor and needs numbers")  # fmt: skip
-        return
-    distinct = y.nunique()
-    # Integer quantities (prices, ages) look like many classes to scikit-learn's type_of_target.
-    if (
-        pd.api.types.is_numeric_dtype(y)
-        and not pd.api.types.is_bool_dtype(y)
-        and (type_of_target(y) == "continuous" or distinct > max(MAX_CLASSES, len(y) // 50))
-    ):
-        raise BadInput(
-            f"--target {name} looks continuous ({distinct} distinct numbers in {len(y)} rows): "
-            f"this script trains a classifier; set ESTIMATOR to a regressor (e.g. "
-            "ensemble.RandomForestRegressor()) at the top of the script to predict numbers"
-        )
-    if distinct < 2:
-        raise BadInput(f"--target {name} has a single class; a classifier needs at least two")
-    counts = y.value_counts()
-    if counts.min() < 2:
-        single = ", ".join(map(repr, counts[counts < 2].index[:5]))
-        raise BadInput(f"--target {name} has classes with a single row ({single}): a classifier "
-                       "needs two or more of each; drop those rows or merge the classes")  # fmt: skip
 
 
 def build_search(args):
