@@ -116,11 +116,11 @@ from sklearn.model_selection._search import BaseSearchCV  # every search's base:
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.utils.multiclass import type_of_target
 
-# %% The experiment: yours to edit. The estimator, its grid, the score, the search and the
-# preprocessing are the experiment; everything below follows from them (classifier or regressor,
-# the hyperparameters --param-grid accepts, the held-out metrics, the model's requirements). By
-# default the search tunes skrub's tabular pipeline: your table's text, dates and gaps become
-# numbers inside the logged model.
+# --- The experiment: yours to edit ---
+# The estimator, its grid, the score, the search and the preprocessing are the experiment;
+# everything below follows from them (classifier or regressor, the hyperparameters --param-grid
+# accepts, the held-out metrics, the model's requirements). By default the search tunes skrub's
+# tabular pipeline: your table's text, dates and gaps become numbers inside the logged model.
 ESTIMATOR = ensemble.RandomForestClassifier()  # any scikit-learn classifier or regressor, e.g.
 # ensemble.HistGradientBoostingClassifier() or ensemble.RandomForestRegressor(); random_state: --seed
 PARAM_GRID = {"n_estimators": [50, 100, 200], "max_depth": [None, 5, 10]}  # ESTIMATOR's own names
@@ -132,7 +132,7 @@ SEARCH, SEARCH_OPTIONS = GridSearchCV, {}  # or RandomizedSearchCV, {"n_iter": 2
 PREPROCESSING = None  # the steps before ESTIMATOR: None for skrub's tabular pipeline (text, dates
 # and gaps to numbers), or a list of your own, e.g. [compose.make_column_transformer(...)]
 
-# %% Configuration: the defaults of the command line, then the machinery's settings.
+# --- Configuration: the defaults of the command line, then the machinery's settings ---
 EXPERIMENT_NAME = "autolog_mlflow"
 RUN_NAME = None  # the parent run's name; None: after its data and target, `penguins.csv -> species`
 CV_FOLDS = 5
@@ -187,8 +187,9 @@ RECORDED_OPTIONS = [
 EXIT_DIFFERENT = 3  # --reproduce: the results differ from the original run's
 
 
-# %% Main flow: check the input and the store before any run exists, run the experiment in one
-# tracked run, verify what the store holds, then register, compare and report.
+# --- Main flow ---
+# Check the input and the store before any run exists, run the experiment in one tracked run,
+# verify what the store holds, then register, compare and report.
 class BadInput(Exception):
     """A problem with the user's input, found before any run exists: exit 2."""
 
@@ -325,7 +326,7 @@ def run_experiment(experiment, client, mlflow_warnings, where):
             report |= logged["report"] | {
                 "compared_with_earlier_runs": compare_with_earlier_runs(client, run.info.run_id)
             }
-            report["summary"] = summary_of(report, logged["importance"])
+            report["summary"] = summary_of(report)
             mlflow.set_tag("mlflow.note.content", report["summary"])
             mlflow_warnings.raise_if_any()
     finished = client.get_run(run.info.run_id)
@@ -338,7 +339,7 @@ def run_experiment(experiment, client, mlflow_warnings, where):
 
 def log_what_autologging_cannot(experiment, search, y_pred, profile, client):
     """The best model, the runner-up, the data, the explanation, the reproduction: logged, and
-    returned as the metrics it logged, what goes in the report, and the columns' importance."""
+    returned as the metrics it logged and what goes in the report."""
     (args, data, record, original), run_id = experiment, mlflow.active_run().info.run_id
     progress("logging the best model, explaining the run, checking what the store holds ...")
     runner_up = best_vs_runner_up(search)
@@ -364,7 +365,6 @@ def log_what_autologging_cannot(experiment, search, y_pred, profile, client):
             "best_vs_runner_up": runner_up,
             "f1": f1_of(search),
         },
-        "importance": importance,
     }
 
 
@@ -2396,7 +2396,7 @@ def best_child(report):
     return report["child_runs"][0]
 
 
-def summary_of(report, importance):
+def summary_of(report):
     """The run's description, in Markdown: what a reviewer needs in ten seconds."""
     data, best = report["data"], best_child(report)
     comparison = report["compared_with_earlier_runs"]
@@ -2410,7 +2410,7 @@ def summary_of(report, importance):
     else:
         compared = "the first run on this data in the experiment"
     top = ", ".join(
-        f"{row.column} ({row.importance:.3f})" for row in importance.head(5).itertuples()
+        f"{row['column']} ({row['importance']:.3f})" for row in report["importance"]["columns"][:5]
     )
     pictures = ", ".join(name for name in report["artifacts"] if name.endswith(".png"))
     searched = (f"{type(ESTIMATOR).__name__}, {len(report['child_runs'])} candidates x "
@@ -2433,7 +2433,7 @@ def summary_of(report, importance):
     ])  # fmt: skip
 
 
-# %% Read the run back from the store, and check it is complete
+# --- Read the run back from the store, and check it is complete ---
 def read_run_back(client, run_id):
     """Everything the store holds about the run, as plain data for the report."""
     run = client.get_run(run_id)
@@ -2519,7 +2519,7 @@ def require_complete(report, args, search, held_out_metrics):
         raise RuntimeError(f"the run is incomplete: missing {'; '.join(missing)}")
 
 
-# %% Compare with earlier runs of the experiment on the same data
+# --- Compare with earlier runs of the experiment on the same data ---
 def compare_with_earlier_runs(client, run_id):
     """This run's held-out score against the best earlier run's on the same training and test
     data (same dataset digests): scores on other data are not comparable."""
