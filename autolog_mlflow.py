@@ -2901,5 +2901,5 @@ def progress(message):
 
 if __name__ == "__main__":
     exit_code = main()
-    gc.freeze()  # skip the final garbage collection over MLflow's many objects: ~1 s
+    gc.freeze()  # skip the final garbage collection over MLflow's many objects (it is slow)
     sys.exit(exit_code)
