@@ -347,10 +347,7 @@ def log_what_autologging_cannot(experiment, search, y_pred, profile, client):
         mlflow.log_metric(RUNNER_UP_P_VALUE, runner_up["p_value"])
     log_best_model(search, data.X_train)
     described = describe_data(data, search.best_estimator_, args)
-    profile_html, covers = profile()
-    described["profile"] = {"artifact": DATA_PROFILE, "covers": covers}
-    mlflow.log_dict(described, "data.json")
-    mlflow.log_text(profile_html, DATA_PROFILE)
+    log_data_description(described, *profile())
     importance, importance_rows = explain_run(search, data, y_pred, args.seed)
     reproduction = original and log_reproduction(client, original, run_id, record, data.X_test)
     return {
@@ -1475,6 +1472,13 @@ def model_options(model, X_train):
         "signature": signature,
         "pip_requirements": [f"{name}=={version(name)}" for name in dict.fromkeys(packages)],
     }
+
+
+def log_data_description(described, profile_html, covers):
+    """The data's description (data.json) and skrub's profile of the training table."""
+    described["profile"] = {"artifact": DATA_PROFILE, "covers": covers}
+    mlflow.log_dict(described, "data.json")
+    mlflow.log_text(profile_html, DATA_PROFILE)
 
 
 def log_best_model(search, X_train):
