@@ -3,25 +3,20 @@
 The script enables MLflow's scikit-learn autologging, runs a `GridSearchCV` (or the search named
 at the top) inside one MLflow run and scores the best model on a held-out test split that the
 search never sees. The search tunes a pipeline: skrub's TableVectorizer turns the table into
-numbers (text categories, dates and gaps included), then the estimator named once at the top, a
-random forest classifier by default; as the candidates differ only in the estimator's
-hyperparameters, the TableVectorizer is fitted once per CV fold and reused by all of them.
-Autologging records the search's parameters, CV metrics, artifacts, datasets and one child run
-per candidate; the script adds what autologging cannot do well: descriptive child-run names, the
-best model logged once with its exact pinned environment (taking the rows users send), the
-held-out scores, whether the best beats the runner-up, what was done to each column of the data,
-and a profile of the training table.
+numbers (text, dates and gaps included; fitted once per CV fold), then the estimator named once
+at the top, a random forest classifier by default. Autologging records the search's parameters,
+CV metrics, artifacts, datasets and one child run per candidate; the script adds what
+autologging cannot do well: descriptive child-run names, the best model logged once with its
+exact pinned environment, the held-out scores, whether the best beats the runner-up, what was
+done to each column of the data, and a profile of the training table.
 
-While the search fits, its progress shows on stderr: a live bar on a terminal, a line per tenth
-of the fits elsewhere; and in the MLflow UI each candidate's child run appears once its folds are
-fitted, with its CV scores (its rank when the search ends). Then the script reads the run back *from the
-tracking store* -- proof of what was logged, not what we think we logged -- checks that
-everything expected is there, and prints a report: run ID, status and duration, what was done
-to each column of the data, params, metrics, artifacts, the logged model and how to load it,
-the child runs as a leaderboard, the columns that matter most, how the run compares with
-earlier runs on the same data, and how to browse it in the MLflow UI, where the run's page opens
-with the same summary and the grid's scores as a picture. A run that is missing anything ends
-FAILED.
+While the search fits, its progress shows on stderr, and each candidate's child run appears in
+the MLflow UI once its folds are fitted, with its CV scores. Then the script reads the run back
+*from the tracking store* -- proof of what was logged, not what we think we logged -- checks
+that everything expected is there (a run missing anything ends FAILED), and prints a report:
+the data, params, metrics, artifacts, the logged model and how to load it, the child runs as a
+leaderboard, the columns that matter most, how the run compares with earlier runs on the same
+data, and how to browse it in the MLflow UI, where the run's page opens with the same summary.
 
 Run it:
 
@@ -129,11 +124,11 @@ from sklearn.model_selection._search import BaseSearchCV  # every search's base:
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.utils.multiclass import type_of_target
 
-# %% The experiment: yours to edit. The estimator, its grid, the score, the search and the
-# preprocessing are the experiment; everything below follows from them (classifier or regressor,
-# the hyperparameters --param-grid accepts, the held-out metrics, the model's requirements). By
-# default the search tunes skrub's tabular pipeline: your table's text, dates and gaps become
-# numbers inside the logged model.
+# --- The experiment: yours to edit ---
+# The estimator, its grid, the score, the search and the preprocessing are the experiment;
+# everything below follows from them (classifier or regressor, the hyperparameters --param-grid
+# accepts, the held-out metrics, the model's requirements). By default the search tunes skrub's
+# tabular pipeline: your table's text, dates and gaps become numbers inside the logged model.
 ESTIMATOR = ensemble.RandomForestClassifier()  # any scikit-learn classifier or regressor, e.g.
 # ensemble.HistGradientBoostingClassifier() or ensemble.RandomForestRegressor(); random_state: --seed
 PARAM_GRID = {"n_estimators": [50, 100, 200], "max_depth": [None, 5, 10]}  # ESTIMATOR's own names
@@ -145,7 +140,7 @@ SEARCH, SEARCH_OPTIONS = GridSearchCV, {}  # or RandomizedSearchCV, {"n_iter": 2
 PREPROCESSING = None  # the steps before ESTIMATOR: None for skrub's tabular pipeline (text, dates
 # and gaps to numbers), or a list of your own, e.g. [compose.make_column_transformer(...)]
 
-# %% Configuration: the defaults of the command line, then the machinery's settings.
+# --- Configuration: the defaults of the command line, then the machinery's settings ---
 EXPERIMENT_NAME = "autolog_mlflow"
 RUN_NAME = None  # the parent run's name; None: after its data and target, `penguins.csv -> species`
 CV_FOLDS = 5
@@ -158,6 +153,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default; artifact
 # The machinery's: rarely touched.
 MAX_CLASSES = 20  # a numeric target with more values (and over 1 per 50 rows) looks continuous
 PROFILE_ROWS = 50_000  # the data profile (data_profile.html) samples larger training tables
+DATA_PROFILE = "data_profile.html"
 IMPORTANCE_ROWS = 2_000  # the raw columns' permutation importance samples the held-out split
 IMPORTANCE_REPEATS = 3  # shuffles per column (each one a prediction of the held-out rows)
 # The packages the logged model needs to load (and ESTIMATOR's own), pinned to the installed
@@ -199,8 +195,9 @@ RECORDED_OPTIONS = [
 EXIT_DIFFERENT = 3  # --reproduce: the results differ from the original run's
 
 
-# %% Main flow: check the input and the store before any run exists, run the experiment in one
-# tracked run, verify what the store holds, then register, compare and report.
+# --- Main flow ---
+# Check the input and the store before any run exists, run the experiment in one tracked run,
+# verify what the store holds, then register, compare and report.
 class BadInput(Exception):
     """A problem with the user's input, found before any run exists: exit 2."""
 
@@ -210,8 +207,7 @@ class Unreachable(Exception):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, or SIGHUP (the terminal or SSH session closed): stop like Ctrl-C, so the run ends
-    KILLED instead of staying RUNNING."""
+    """SIGTERM, or SIGHUP (the terminal closed): stop like Ctrl-C, so the run ends KILLED."""
 
     def __init__(self, signum=signal.SIGTERM):
         super().__init__(signum)
@@ -244,8 +240,10 @@ def main(argv=None):
             raise KeyboardInterrupt() if stop == signal.SIGINT else Terminated(stop)
         if args.close_dead_runs:  # the sweep alone: no data, no run
             return sweep_only(args)
-        experiment = experiment_of(args)
-        args = experiment.args  # with --reproduce, the original run's options
+        # The experiment to run: the options given, or with --reproduce a past run's record.
+        args, original = experiment_to_reproduce(args) if args.reproduce else (args, None)
+        data = split_data(*load_data(args), args)
+        experiment = Experiment(args, data, record_of(args), original)
         client = prepare_tracking(args)
         with search_backend(args) as where:
             report = run_experiment(experiment, client, mlflow_warnings, where)
@@ -289,15 +287,8 @@ class Experiment(NamedTuple):
     original: dict | None  # with --reproduce: the run it reproduces, and its record
 
 
-def experiment_of(args):
-    """The experiment to run: the options given, or with --reproduce a past run's record."""
-    args, original = experiment_to_reproduce(args) if args.reproduce else (args, None)
-    return Experiment(args, split_data(*load_data(args), args), record_of(args), original)
-
-
 def run_experiment(experiment, client, mlflow_warnings, where):
-    """The seed's shape: autologging on, one run, the search fitted in it, the held-out score,
-    then the run read back from the store and checked. Returns the report."""
+    """Autologging on, one run, the search fitted in it, its held-out score, the run read back."""
     args, data = experiment.args, experiment.data
     # Autologging records the search; the best model is logged once, by log_best_model (with
     # log_models, two models, each one's requirements inferred in a subprocess).
@@ -312,7 +303,9 @@ def run_experiment(experiment, client, mlflow_warnings, where):
         # Who runs it (see "Runs that died") in the write that creates it: never a run without.
         run_ending_right(
             lambda: mlflow.start_run(
-                run_name=args.run_name or default_run_name(args), tags=who_runs_it()
+                # After the data and the target by default, e.g. penguins.csv -> species.
+                run_name=args.run_name or f"{data_name(args)} -> {args.target or 'target'}",
+                tags=who_runs_it(),
             )
         ) as run,
         heartbeat(run.info.run_id),
@@ -344,7 +337,7 @@ def run_experiment(experiment, client, mlflow_warnings, where):
             report |= logged["report"] | {
                 "compared_with_earlier_runs": compare_with_earlier_runs(client, run.info.run_id)
             }
-            report["summary"] = summary_of(report, logged["importance"])
+            report["summary"] = summary_of(report)
             mlflow.set_tag("mlflow.note.content", report["summary"])
             mlflow_warnings.raise_if_any()
     finished = client.get_run(run.info.run_id)
@@ -355,14 +348,9 @@ def run_experiment(experiment, client, mlflow_warnings, where):
     return report
 
 
-def default_run_name(args):
-    return f"{data_name(args)} -> {args.target or 'target'}"  # e.g. penguins.csv -> species
-
-
 def log_what_autologging_cannot(experiment, search, y_pred, profile, client):
-    """The best model, the comparison with the runner-up, what was done to the data, the
-    explanation, the reproduction's verdict: what the script logs beside autologging. Returns
-    the metrics it logged, what goes in the report, and the columns' importance."""
+    """The best model, the runner-up, the data, the explanation, the reproduction: logged, and
+    returned as the metrics it logged and what goes in the report."""
     (args, data, record, original), run_id = experiment, mlflow.active_run().info.run_id
     progress("logging the best model, explaining the run, checking what the store holds ...")
     runner_up = best_vs_runner_up(search)
@@ -385,7 +373,6 @@ def log_what_autologging_cannot(experiment, search, y_pred, profile, client):
             "best_vs_runner_up": runner_up,
             "f1": f1_of(search),
         },
-        "importance": importance,
     }
 
 
@@ -419,10 +406,9 @@ def first_line(error):
     return text
 
 
-# %% The experiment's data, search and held-out score: the functions behind the choices above.
+# --- The experiment's data, search and held-out score: the functions behind the choices above ---
 def load_data(args):
-    """The features, the target, and how many rows had no target (left out): the user's CSV
-    as it is, text, dates and gaps included, or the bundled breast-cancer set."""
+    """X, y and the rows without a target (left out): the CSV as it is, or the bundled set."""
     if args.data is None:
         X, y = load_breast_cancer(return_X_y=True, as_frame=True)
         return X, y, 0
@@ -478,7 +464,28 @@ def split_data(X, y, rows_without_target, args):
     """The training split for the search, and the held-out split it never sees."""
     if not 0 < args.test_size < 1:
         raise BadInput(f"--test-size must be between 0 and 1, not {args.test_size}")
-    check_target(y, args.target or "target")
+    name, distinct = args.target or "target", y.nunique()
+    if not CLASSIFIER and not pd.api.types.is_numeric_dtype(y):
+        raise BadInput(f"--target {name} is not numeric: {type(ESTIMATOR).__name__} is a "
+                       "regressor and needs numbers")  # fmt: skip
+    # Integer quantities (prices, ages) look like many classes to scikit-learn's type_of_target.
+    if (
+        CLASSIFIER
+        and pd.api.types.is_numeric_dtype(y)
+        and not pd.api.types.is_bool_dtype(y)
+        and (type_of_target(y) == "continuous" or distinct > max(MAX_CLASSES, len(y) // 50))
+    ):
+        raise BadInput(
+            f"--target {name} looks continuous ({distinct} distinct numbers in {len(y)} rows): "
+            f"this script trains a classifier; set ESTIMATOR to a regressor (e.g. "
+            "ensemble.RandomForestRegressor()) at the top of the script to predict numbers"
+        )
+    if CLASSIFIER and distinct < 2:
+        raise BadInput(f"--target {name} has a single class; a classifier needs at least two")
+    if CLASSIFIER and (counts := y.value_counts()).min() < 2:
+        single = ", ".join(map(repr, counts[counts < 2].index[:5]))
+        raise BadInput(f"--target {name} has classes with a single row ({single}): a classifier "
+                       "needs two or more of each; drop those rows or merge the classes")  # fmt: skip
     try:
         X_train, X_test, y_train, y_test = train_test_split(
             X, y, test_size=args.test_size, random_state=args.seed,
@@ -496,34 +503,6 @@ def split_data(X, y, rows_without_target, args):
     return Data(X_train, X_test, y_train, y_test, rows_without_target)
 
 
-def check_target(y, name):
-    """A target the estimator can learn: classes for a classifier, numbers for a regressor."""
-    if not CLASSIFIER:
-        if not pd.api.types.is_numeric_dtype(y):
-            raise BadInput(f"--target {name} is not numeric: {type(ESTIMATOR).__name__} is a "
-                           "regressor and needs numbers")  # fmt: skip
-        return
-    distinct = y.nunique()
-    # Integer quantities (prices, ages) look like many classes to scikit-learn's type_of_target.
-    if (
-        pd.api.types.is_numeric_dtype(y)
-        and not pd.api.types.is_bool_dtype(y)
-        and (type_of_target(y) == "continuous" or distinct > max(MAX_CLASSES, len(y) // 50))
-    ):
-        raise BadInput(
-            f"--target {name} looks continuous ({distinct} distinct numbers in {len(y)} rows): "
-            f"this script trains a classifier; set ESTIMATOR to a regressor (e.g. "
-            "ensemble.RandomForestRegressor()) at the top of the script to predict numbers"
-        )
-    if distinct < 2:
-        raise BadInput(f"--target {name} has a single class; a classifier needs at least two")
-    counts = y.value_counts()
-    if counts.min() < 2:
-        single = ", ".join(map(repr, counts[counts < 2].index[:5]))
-        raise BadInput(f"--target {name} has classes with a single row ({single}): a classifier "
-                       "needs two or more of each; drop those rows or merge the classes")  # fmt: skip
-
-
 def build_search(args):
     """SEARCH over the pipeline (the table to numbers, then ESTIMATOR), seeded if it samples."""
     accepts = inspect.signature(SEARCH).parameters
@@ -536,8 +515,7 @@ def build_search(args):
 
 
 def candidate_params(search):
-    """The candidates a search will fit, in its order, before it fits them; None where it
-    chooses them as it goes (successive halving)."""
+    """The candidates a search will fit, in its order; None where it chooses as it goes."""
     if isinstance(search, GridSearchCV):
         return list(ParameterGrid(search.param_grid))
     if isinstance(search, RandomizedSearchCV):  # the same samples: same distributions and seed
@@ -556,13 +534,8 @@ HELD_OUT_SCORE = f"{SCORING or ('accuracy_score' if CLASSIFIER else 'r2_score')}
 
 
 def score_on_test_split(search, X_test, y_test):
-    """Score the best model on the held-out split; returns the names of the metrics logged, and
-    the predictions.
-
-    Autologging replaces the functions of `sklearn.metrics` when it is enabled, so they are
-    looked up on the module here, at call time: a function imported by name before that would
-    bypass it. It names each metric after the variable passed in: `accuracy_score_X_test`.
-    """
+    """Score the best model on the held-out split: (the metrics logged, the predictions).
+    Autologging replaces `sklearn.metrics`' functions: they are looked up at call time."""
     y_pred = search.predict(X_test)
     if is_classifier(search):
         metrics.accuracy_score(y_test, y_pred)
@@ -586,8 +559,7 @@ def score_on_test_split(search, X_test, y_test):
 
 
 def f1_of(search):
-    """What the held-out F1 (and ROC AUC) measure: of two classes, the second in sorted order
-    (classes_[1]); of more, all of them alike (macro average). None for a regressor."""
+    """What the held-out F1 (and ROC AUC) measure; None for a regressor."""
     if not is_classifier(search):
         return None
     classes = search.classes_
@@ -596,7 +568,7 @@ def f1_of(search):
     return f"F1 is macro-averaged over the {len(classes)} classes"
 
 
-# %% Command line
+# --- Command line ---
 class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -688,24 +660,21 @@ def parse_args(argv=None):
     if args.close_dead_runs and (args.reproduce or args.register_model):
         parser.error("--close-dead-runs starts no run: give it without --reproduce and "
                      "--register-model")  # fmt: skip
-    if args.reproduce:
-        check_reproduce_options(parser, argv, args.reproduce)
+    if args.reproduce:  # the options that define the experiment come from the run's record
+        unset = object()  # what argparse leaves alone in a given namespace: not on the line
+        given = parser.parse_args(
+            argv, argparse.Namespace(**dict.fromkeys(RECORDED_OPTIONS, unset))
+        )
+        fixed = [name for name in RECORDED_OPTIONS if getattr(given, name) is not unset]
+        if fixed:
+            parser.error(
+                f"--{fixed[0].replace('_', '-')} comes from the record of run {args.reproduce}; "
+                "with --reproduce give only --tracking-uri, --n-jobs, --dask-scheduler, "
+                "--run-name, --json, --register-model, and --data if the same file has moved"
+            )
     elif (args.data is None) != (args.target is None):
         parser.error("--data and --target go together: give both, or neither")
     return args
-
-
-def check_reproduce_options(parser, argv, run_id):
-    """With --reproduce, the options that define the experiment come from the run's record."""
-    unset = object()  # what argparse leaves alone in a given namespace: not on the line
-    given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(RECORDED_OPTIONS, unset)))
-    fixed = [name for name in RECORDED_OPTIONS if getattr(given, name) is not unset]
-    if fixed:
-        parser.error(
-            f"--{fixed[0].replace('_', '-')} comes from the record of run {run_id}; "
-            "with --reproduce give only --tracking-uri, --n-jobs, --dask-scheduler, "
-            "--run-name, --json, --register-model, and --data if the same file has moved"
-        )
 
 
 EXAMPLE_GRID = '\'{"n_estimators": [50, 100], "max_depth": [null, 5]}\''
@@ -775,7 +744,7 @@ def parse_max_tuning_runs(text):
     return count
 
 
-# %% The tracking store, checked before any run exists (a new kind of store starts here)
+# --- The tracking store, checked before any run exists (a new kind of store starts here) ---
 def redact(text, uri):
     """`text` with the password of `uri` (if it has one) replaced by ***."""
     password = urlparse(uri).password
@@ -802,25 +771,6 @@ def check_uri_form(uri):
         raise BadInput(f"--tracking-uri {redact(uri, uri)} names no host; {hint}")
 
 
-def check_server_answers(uri):
-    parsed = urlparse(uri)
-    port = f":{parsed.port}" if parsed.port else ""
-    health = f"{parsed.scheme}://{parsed.hostname}{port}{parsed.path.rstrip('/')}/health"
-    try:
-        urllib.request.urlopen(health, timeout=SERVER_CHECK_TIMEOUT).close()
-    except urllib.error.HTTPError as e:
-        if e.code < 500:
-            return  # it answers; authentication and the rest are MLflow's to report
-        # A proxy or gateway answers for it: 502 Bad Gateway, 503 with the server down.
-        raise Unreachable(f"the tracking server {redact(uri, uri)} does not work: {health} "
-                          f"answers {e.code} {e.reason}")  # fmt: skip
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        if isinstance(reason, TimeoutError):
-            reason = f"no answer within {SERVER_CHECK_TIMEOUT} s"
-        raise Unreachable(f"cannot reach the tracking server {redact(uri, uri)}: {reason}")
-
-
 # MLflow's login (`mlflow server --app-name basic-auth`): who the server says the user is, and
 # what the user may do there, resolved as for the user's own requests (tools/TEAM-SERVER.md).
 WHO_AM_I = "/api/2.0/mlflow/users/current"
@@ -828,10 +778,30 @@ PERMISSION = "/api/3.0/mlflow/users/permissions/get"
 MAY_WRITE = ("EDIT", "MANAGE")
 
 
-def check_login(uri):
-    """The user a server's login knows ({"username", "is_admin"}), or None for a server without
-    one. Credentials are MLflow's (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or
-    ~/.mlflow/credentials); they go to the server only, never to the output or the run."""
+def check_store(uri):
+    """Check the URI's form, and that a tracking server answers; returns the user its login
+    knows ({"username", "is_admin"}), or None. Credentials are MLflow's (MLFLOW_TRACKING_USERNAME
+    and MLFLOW_TRACKING_PASSWORD, or ~/.mlflow/credentials): to the server only, never to the
+    output or the run."""
+    check_uri_form(uri)
+    if not uri.startswith(("http://", "https://")):
+        return None
+    parsed = urlparse(uri)
+    port = f":{parsed.port}" if parsed.port else ""
+    health = f"{parsed.scheme}://{parsed.hostname}{port}{parsed.path.rstrip('/')}/health"
+    try:
+        urllib.request.urlopen(health, timeout=SERVER_CHECK_TIMEOUT).close()
+    except urllib.error.HTTPError as e:
+        # Under 500 it answers: authentication and the rest are MLflow's to report. Over, a
+        # proxy or gateway answers for it: 502 Bad Gateway, 503 with the server down.
+        if e.code >= 500:
+            raise Unreachable(f"the tracking server {redact(uri, uri)} does not work: {health} "
+                              f"answers {e.code} {e.reason}")  # fmt: skip
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError):
+            reason = f"no answer within {SERVER_CHECK_TIMEOUT} s"
+        raise Unreachable(f"cannot reach the tracking server {redact(uri, uri)}: {reason}")
     response = http_request(get_default_host_creds(uri), WHO_AM_I, "GET", max_retries=0,
                             timeout=SERVER_CHECK_TIMEOUT)  # fmt: skip
     if response.status_code == 401:
@@ -882,23 +852,6 @@ def require_writable(folder, what):
 
 
 @contextlib.contextmanager
-def store_lock(uri):
-    """Let one process at a time create a SQLite store and the experiment in it.
-
-    Concurrent first runs on a fresh SQLite file race in MLflow's schema migrations (and in
-    creating the experiment); an exclusive lock serialises them. filelock locks with fcntl on
-    POSIX and msvcrt on Windows, on a file beside the database: locking the database file
-    itself would clash with SQLite's own locks on Windows, where locks are mandatory.
-    """
-    path = sqlite_path(uri)
-    if path is None:
-        yield
-        return
-    with FileLock(f"{path}.lock"):
-        yield
-
-
-@contextlib.contextmanager
 def stops_deferred():
     """Ctrl-C, SIGTERM and SIGHUP take effect when the block ends, not inside it.
 
@@ -918,16 +871,6 @@ def stops_deferred():
         raise KeyboardInterrupt() if stops[0] == signal.SIGINT else Terminated(stops[0])
 
 
-def open_experiment(client, name):
-    experiment = client.get_experiment_by_name(name) or create_experiment(client, name)
-    if experiment.lifecycle_stage == "deleted":
-        raise BadInput(
-            f"experiment {name!r} is deleted; restore it (mlflow experiments restore "
-            f"--experiment-id {experiment.experiment_id}) or choose another --experiment-name"
-        )
-    return experiment
-
-
 # Why a store refuses to create an experiment when the user can put it right: the remedy.
 EXPERIMENT_REFUSALS = {
     "INVALID_PARAMETER_VALUE": "choose another --experiment-name",  # e.g. empty, too long
@@ -936,42 +879,44 @@ EXPERIMENT_REFUSALS = {
 }
 
 
-def create_experiment(client, name):
-    try:
-        return client.get_experiment(client.create_experiment(name))
-    except MlflowException as e:
-        experiment = client.get_experiment_by_name(name)  # another process created it meanwhile
-        if experiment is not None:
-            return experiment
-        remedy = EXPERIMENT_REFUSALS.get(e.error_code)
-        if remedy:
-            raise BadInput(f"cannot create experiment {name!r} ({first_line(e)}); {remedy}")
-        raise RuntimeError(f"cannot create experiment {name!r}: {first_line(e)}") from e
-
-
-def experiment_of_launching_run(client):
-    """`mlflow run` creates the run and passes its ID: log into it, in its experiment."""
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    if run_id:
+def open_experiment(client, name):
+    """The experiment of the run `mlflow run` created, else `name`'s, created if need be."""
+    if run_id := os.environ.get("MLFLOW_RUN_ID"):
         return client.get_experiment(client.get_run(run_id).info.experiment_id)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            experiment = client.get_experiment(client.create_experiment(name))
+        except MlflowException as e:
+            experiment = client.get_experiment_by_name(name)  # made by another process meanwhile
+            if experiment is None and (remedy := EXPERIMENT_REFUSALS.get(e.error_code)):
+                raise BadInput(f"cannot create experiment {name!r} ({first_line(e)}); {remedy}")
+            if experiment is None:
+                raise RuntimeError(f"cannot create experiment {name!r}: {first_line(e)}") from e
+    if experiment.lifecycle_stage == "deleted":
+        raise BadInput(
+            f"experiment {name!r} is deleted; restore it (mlflow experiments restore "
+            f"--experiment-id {experiment.experiment_id}) or choose another --experiment-name"
+        )
+    return experiment
 
 
 def prepare_tracking(args):
     """Check the store and open the experiment, so that bad input never leaves a run behind."""
-    uri, user = args.tracking_uri, None
-    check_uri_form(uri)
-    if uri.startswith(("http://", "https://")):
-        check_server_answers(uri)
-        user = check_login(uri)
+    uri = args.tracking_uri
+    user = check_store(uri)
     if sqlite_path(uri):
         require_writable(sqlite_path(uri).parent, "tracking store")
     mlflow.set_tracking_uri(uri)
-    with store_lock(uri), stops_deferred():
+    # Concurrent first runs on a fresh SQLite file race in MLflow's schema migrations (and in
+    # creating the experiment): a lock lets one process at a time. filelock locks with fcntl on
+    # POSIX and msvcrt on Windows, on a file beside the database: locking the database file
+    # itself would clash with SQLite's own locks on Windows, where locks are mandatory.
+    path = sqlite_path(uri)
+    with FileLock(f"{path}.lock") if path else contextlib.nullcontext(), stops_deferred():
         client = MlflowClient()  # its first call creates or migrates the store's tables
         try:
-            experiment = experiment_of_launching_run(client) or open_experiment(
-                client, args.experiment_name
-            )
+            experiment = open_experiment(client, args.experiment_name)
         except MlflowException as e:
             if user is None or e.error_code != "PERMISSION_DENIED":
                 raise
@@ -1011,7 +956,7 @@ def check_registry(client, name, uri, user):
         )
 
 
-# %% Where the search's fits run: local processes, or a Dask cluster
+# --- Where the search's fits run: local processes, or a Dask cluster ---
 @contextlib.contextmanager
 def search_backend(args):
     """Local processes (joblib's default), or the workers of a Dask cluster."""
@@ -1039,14 +984,11 @@ def search_backend(args):
 
 
 def dask_for_the_search_only(client):
-    """joblib's Dask backend, for the search's fits only.
-
-    As it comes, it sends every joblib call to the cluster whatever its n_jobs, and so do the
-    workers with the calls nested in a fit: each of skrub's columns and each forest's trees
-    became a Dask task, about 12,000 of them for 4 candidates x 3 folds, and the run took
-    2 min instead of 15 s. Here a call that leaves n_jobs unset (the estimators' own) runs in
-    place, as it does in a local process, and a worker runs the fits it is sent as a plain loop.
-    """
+    """joblib's Dask backend, for the search's fits only. As it comes, it sends every joblib call
+    to the cluster whatever its n_jobs, and so do the workers with the calls nested in a fit:
+    each of skrub's columns and each forest's trees a task, many times slower
+    (benchmarks/README.md). Here a call that leaves n_jobs unset (the estimators' own) runs in
+    place, as in a local process, and a worker runs the fits it is sent as a plain loop."""
     # joblib 1.6.0's private module, not its API: joblib is pinned in the locks, and
     # tests/test_scaling_out.py counts the tasks (12 for 4 candidates x 3 folds), so an upgrade
     # that changes what is relied on here fails it.
@@ -1072,7 +1014,7 @@ def dask_for_the_search_only(client):
     return SearchOnDask(client=client)
 
 
-# %% The pipeline the search tunes, and what it did to the data (skrub)
+# --- The pipeline the search tunes, and what it did to the data (skrub) ---
 class TablePipeline(Pipeline):
     """skrub's TableVectorizer, then the estimator, which keeps its own hyperparameter names.
 
@@ -1119,8 +1061,8 @@ class FoldCache:
     scores, same model.
 
     It has joblib.Memory's interface, which the pipeline asks for, not its implementation:
-    joblib hashes and loads in pure Python, 9 s of a 32-s search of 80 candidates, where C's
-    pickle takes milliseconds. A write that fails (a full disk, a Dask worker on a machine
+    joblib hashes and loads in pure Python, a quarter of a search of 80 candidates, where C's
+    pickle takes milliseconds (benchmarks/README.md). A write that fails (a full disk, a Dask worker on a machine
     without the folder) only loses the reuse.
     """
 
@@ -1187,8 +1129,7 @@ def table_pipeline(seed, folds=None):
 
 
 def table_vectorizer(pipeline):
-    """The pipeline's skrub TableVectorizer, its first step; None with your own preprocessing
-    (PREPROCESSING), which cannot be described column by column."""
+    """The pipeline's skrub TableVectorizer, its first step; None with your PREPROCESSING."""
     first = pipeline.steps[0][1]
     return first if isinstance(first, skrub.TableVectorizer) else None
 
@@ -1284,8 +1225,7 @@ ENCODERS = {"OrdinalEncoder": "ordinal", "OneHotEncoder": "one-hot", "ToCategori
 
 
 def treatment(column, vectorizer):
-    """How the fitted TableVectorizer turned a non-numeric column into numbers, e.g.
-    `text, 3 values -> ordinal` or `date -> date_year, date_month, date_day, date_total_seconds`."""
+    """How the TableVectorizer turned a column into numbers, e.g. `text, 3 values -> ordinal`."""
     outputs = vectorizer.input_to_outputs_.get(column.name)
     if outputs is None:
         return "dropped: no information in it (empty, or a single value)"
@@ -1316,7 +1256,7 @@ def data_profile(X_train, y_train, seed):
         yield lambda: (html.result(), covers)
 
 
-# %% Live progress of the search, on stderr (scikit-learn 1.9's experimental callback API)
+# --- Live progress of the search, on stderr (scikit-learn 1.9's experimental callback API) ---
 # A search with callbacks set (`set_callbacks`) calls them around each task of its fit, in
 # whichever process runs the task: here, in joblib's or Dask's workers. scikit-learn's own
 # ProgressBar draws nested bars with a percentage but no count of fits, on rich's default
@@ -1461,7 +1401,7 @@ def live_bar(console):
         rich.progress.TimeRemainingColumn(),
         rich.progress.TextColumn("left"),
         console=console,
-        refresh_per_second=1,  # rich's 10 a second slowed a search on one core by 10 %
+        refresh_per_second=1,  # rich's 10 a second slowed a search on one core
     )
     bar.add_task("search", total=None)  # started once the search knows its total
     return bar
@@ -1478,7 +1418,7 @@ def clock(seconds):
     return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
 
 
-# %% Autologging, and what the script logs beside it (the model, the rescue)
+# --- Autologging, and what the script logs beside it (the model, the rescue) ---
 class MlflowWarnings(logging.Handler):
     """Collects MLflow's warnings: autologging reports its failures only as warnings."""
 
@@ -1495,8 +1435,7 @@ class MlflowWarnings(logging.Handler):
 
 
 def watch_mlflow_logging():
-    """MLflow's warnings and errors: printed on stderr by MLflow as usual, and collected to fail
-    the run on them. Returns the collector."""
+    """MLflow's warnings, printed as usual and collected (returned) to fail the run on them."""
     mlflow_logger = logging.getLogger("mlflow")
     if "MLFLOW_LOGGING_LEVEL" not in os.environ:  # the user's choice wins
         # MLflow's INFO lines ("Creating initial MLflow database tables...") are no news
@@ -1514,13 +1453,9 @@ def watch_mlflow_logging():
 
 
 def register_datasets(dataset_of, X_train, X_test, name):
-    """Record the training and test data sets (with digests) before autologging does.
-
-    Autologging records them after the search, but MLflow first checks whether a data set is
-    known, then inserts it: concurrent runs on the same data collide, and autologging drops
-    the loser's logging with a warning. Recorded here first, with a retry, the rows exist.
-    Named after the data and the split (autologging's name would be `dataset`).
-    """
+    """Record the training and test data sets, named after the data and the split, before
+    autologging does: MLflow checks whether a data set is known, then inserts it, so concurrent
+    runs on the same data collide, and autologging drops the loser's logging with a warning."""
     for context, X, split in [("train", X_train, "train"), ("eval", X_test, "test")]:
         dataset = dataset_of(X, name=f"{name} {split}")  # the very one autologging will log
         for attempt in range(3):
@@ -1533,18 +1468,10 @@ def register_datasets(dataset_of, X_train, X_test, name):
                 time.sleep(0.5)
 
 
-def installed_versions(estimator_package):
-    """MODEL_PACKAGES and the distribution that provides ESTIMATOR (if any), at their installed
-    versions."""
-    packages = [*MODEL_PACKAGES, *([estimator_package] if estimator_package else [])]
-    return {package: version(package) for package in dict.fromkeys(packages)}
-
-
 def distribution_of(module):
     """The installed distribution that provides a module (scikit-learn for sklearn.ensemble),
     or None (the script itself, a module of your own beside it): looked up in MODEL_PACKAGES'
-    file lists first (20 ms), in all distributions' only if none has it
-    (packages_distributions(): 0.3-0.4 s)."""
+    file lists first, as looking in all distributions' is slower (benchmarks/README.md)."""
     top = module.split(".")[0]
     for package in MODEL_PACKAGES:
         if any(path.parts[0] in (top, f"{top}.py") for path in distribution(package).files or []):
@@ -1554,7 +1481,7 @@ def distribution_of(module):
 
 def model_options(model, X_train):
     """How the best model is saved: cloudpickle, an input example, a signature that takes what
-    users send, the installed versions."""
+    users send, MODEL_PACKAGES and ESTIMATOR's own at their installed versions."""
     # Every column declared Any: MLflow 3.17.2 refuses int64 (what pd.read_csv gives whole
     # numbers) in a `double` column and a gap in a `long` one, and a text column of a small
     # batch may come as numbers or as all gaps. The signature still names the columns and
@@ -1570,17 +1497,13 @@ def model_options(model, X_train):
         inputs=Schema([ColSpec(AnyType(), str(column)) for column in X_train.columns]),
         outputs=infer_signature(example, model.predict(example)).outputs,
     )
+    packages = [*MODEL_PACKAGES, *([estimator_package] if estimator_package else [])]
     return {
         "serialization_format": "cloudpickle",
         "input_example": example,
         "signature": signature,
-        "pip_requirements": [
-            f"{name}=={pinned}" for name, pinned in installed_versions(estimator_package).items()
-        ],
+        "pip_requirements": [f"{name}=={version(name)}" for name in dict.fromkeys(packages)],
     }
-
-
-DATA_PROFILE = "data_profile.html"
 
 
 def log_data_description(described, profile_html, covers):
@@ -1613,11 +1536,8 @@ def find_child_runs(client, run):
 @contextlib.contextmanager
 def run_ending_right(start_run):
     """The run `start_run()` starts, which always ends: FINISHED, FAILED on an error, KILLED on
-    Ctrl-C, SIGTERM or SIGHUP.
-
-    (`mlflow.start_run` as a context manager would mark an interrupted run FAILED.) A stop while
-    the run is being started waits until it exists, so that it is ended too.
-    """
+    Ctrl-C, SIGTERM or SIGHUP (`mlflow.start_run`'s own block would mark it FAILED). A stop
+    while the run is being started waits until it exists, so that it is ended too."""
     run = None
     try:
         with stops_deferred():
@@ -1639,23 +1559,20 @@ def run_ending_right(start_run):
                 revived_if_closed(MlflowClient(), run.info.run_id)
         for attempt in range(3):  # a stop during the end itself: the end again
             try:
-                e.add_note(end_run(run.info.run_id, status))
+                mlflow.end_run(status)
+                e.add_note(f"run {run.info.run_id} ended {status}")
                 break
             except KeyboardInterrupt:
                 if attempt == 2:
                     raise
+            except Exception as error:  # noqa: BLE001 -- even if the store is gone: say so
+                e.add_note(
+                    f"run {run.info.run_id} could not be marked {status}: {first_line(error)}"
+                )
+                break
         raise
     revived_if_closed(MlflowClient(), run.info.run_id)  # its end says what truly happened
     mlflow.end_run("FINISHED")
-
-
-def end_run(run_id, status):
-    """End the active run with `status`; say what happened, even if the store is gone."""
-    try:
-        mlflow.end_run(status)
-    except Exception as e:  # noqa: BLE001 -- whatever it is, the message says it
-        return f"run {run_id} could not be marked {status}: {first_line(e)}"
-    return f"run {run_id} ended {status}"
 
 
 @contextlib.contextmanager
@@ -1673,16 +1590,14 @@ def rescued_on_failure(search, X_train, run_id):
         raise
 
 
-# %% Runs that died: found and closed. Ctrl-C and SIGTERM end a run KILLED, but a process that
-# dies without a word (the out-of-memory killer, kill -9, power lost, a lost container) would
-# leave its run RUNNING forever. So each run says which process runs it and refreshes a heartbeat
-# while it lives, and each new run (or --close-dead-runs) ends FAILED the runs of this script in
-# its experiment whose process is gone. Nothing here can close a live run or another tool's run.
-HOST_TAG, MACHINE_TAG, PID_TAG = (
-    "autolog_mlflow.host",
-    "autolog_mlflow.machine",
-    "autolog_mlflow.pid",
-)
+# --- Runs that died: found and closed ---
+# Ctrl-C and SIGTERM end a run KILLED, but a process that dies without a word (the out-of-memory
+# killer, kill -9, power lost, a lost container) would leave its run RUNNING forever. So each run
+# says which process runs it and refreshes a heartbeat while it lives, and each new run (or
+# --close-dead-runs) ends FAILED the runs of this script in its experiment whose process is gone.
+# Nothing here can close a live run or another tool's run.
+HOST_TAG, MACHINE_TAG = "autolog_mlflow.host", "autolog_mlflow.machine"
+PID_TAG = "autolog_mlflow.pid"
 PROCESS_START_TAG, CRASHED_TAG = "autolog_mlflow.process_start", "autolog_mlflow.crashed"
 REVIVED_TAG = "autolog_mlflow.revived"  # a live run that a sweep had closed as dead
 HEARTBEAT_TAG, PERIOD_TAG = "autolog_mlflow.heartbeat", "autolog_mlflow.heartbeat_seconds"
@@ -1756,13 +1671,9 @@ def heartbeat(run_id):
 
 
 def revived_if_closed(client, run_id):
-    """A live run that a sweep closed as dead, RUNNING again and no longer said to have died.
-
-    A sweep on another machine judges by the heartbeat's age on its own clock: a writer whose
-    clock lags, or a process suspended (Ctrl-Z, a laptop asleep) for over STALE_HEARTBEATS
-    periods, looks dead. The run's next beat, or its end, undoes the closing: the evidence is
-    kept as `autolog_mlflow.revived`, the `crashed` tag and the "Died" description go.
-    """
+    """A live run that a sweep closed as dead (its clock lags, or it was suspended for over
+    STALE_HEARTBEATS periods), RUNNING again, the evidence kept as REVIVED_TAG: its next beat,
+    or its end, undoes the closing."""
     run = client.get_run(run_id)
     if CRASHED_TAG not in run.data.tags:
         return
@@ -1776,13 +1687,9 @@ def revived_if_closed(client, run_id):
 
 
 def death_evidence(run):
-    """Why a RUNNING run of this script has died, or None while it may be alive.
-
-    On this machine the process itself decides: gone, or its PID now another process's. A run
-    of another machine (or where /proc is missing) has died when its heartbeat is older than
-    STALE_HEARTBEATS of its own periods. The words depend only on the run's tags, so that two
-    sweepers closing the same run write the same evidence.
-    """
+    """Why a RUNNING run of this script has died (on this machine: its process is gone; else
+    its heartbeat is older than STALE_HEARTBEATS periods), or None while it may be alive. The
+    words depend only on the run's tags: two sweepers closing a run write the same evidence."""
     tags = run.data.tags
     try:
         pid, period, last = int(tags[PID_TAG]), float(tags[PERIOD_TAG]), last_beat(tags)
@@ -1801,13 +1708,11 @@ def death_evidence(run):
 
 
 def close_dead_runs(client, experiment_id):
-    """End FAILED, tagged `autolog_mlflow.crashed` with the evidence, every run of this script
-    in the experiment whose process has died; returns them for the report.
+    """End FAILED, tagged CRASHED_TAG with the evidence, every run of this script in the
+    experiment whose process has died, and the children its end left RUNNING; returns them.
 
     Concurrent sweepers may find the same dead run: each reads it again just before closing it,
-    and all write the same status, end time (its last heartbeat) and evidence, so closing twice
-    changes nothing. A live run is never closed: its process is here, or its heartbeat is fresh.
-    """
+    and all write the same status, end time (its last heartbeat) and evidence."""
     closed = []
     for found in client.search_runs(
         [experiment_id], f"attributes.status = 'RUNNING' and tags.`{HEARTBEAT_TAG}` IS NOT NULL"
@@ -1831,13 +1736,9 @@ def close_dead_runs(client, experiment_id):
         progress(f"closed run {run.info.run_id}, which had died: {evidence}")
         closed.append({"run_id": run.info.run_id, "run_name": run.info.run_name,
                        "status": "FAILED", "evidence": evidence})  # fmt: skip
-    return closed + close_orphaned_children(client, experiment_id)
-
-
-def close_orphaned_children(client, experiment_id):
-    """End the child runs left RUNNING under a run of this script that has ended (its process
-    stopped while they were being ended): as their parent ended, KILLED or FAILED, at its end."""
-    closed, parents = [], {}
+    # Child runs left RUNNING under a run of this script that has ended (its process stopped
+    # while they were being ended): ended as their parent, KILLED or FAILED, at its end.
+    parents = {}
     for child in client.search_runs(
         [experiment_id],
         f"attributes.status = 'RUNNING' and tags.`{MLFLOW_PARENT_RUN_ID}` IS NOT NULL",
@@ -1879,16 +1780,14 @@ def print_closed_runs(closed):
         print(f"  {run['run_id']} ({run['run_name']}), now {run['status']}: {run['evidence']}")
 
 
-# %% Dataset logging in proportion to the data (works around MLflow 3.17.2 internals)
-# On a 200,000-row table, MLflow's dataset logging took longer than the search itself.
+# --- Dataset logging in proportion to the data (works around MLflow 3.17.2 internals) ---
 # Autologging builds a dataset for the same frame up to three times (before the fit, after it,
-# and at every predict call on the test split); each build visits every value in Python: to
+# and at every predict call on the test split), each build visiting every value in Python: to
 # infer the schema (mlflow.types.utils._infer_required, _infer_pandas_column) and to find the
-# string columns for the digest (compute_pandas_digest); benchmarks/README.md has the figures.
-# Within the run, each frame's dataset is built once, and the visits are vectorised for the
-# columns where that cannot change the answer. Nothing recorded
-# changes: tests/test_mlflow_internals.py compares the results with MLflow's own and fails if
-# an upgrade moves what is replaced here.
+# string columns for the digest (compute_pandas_digest); on a large table that took longer than
+# the search (benchmarks/README.md). Within the run, each frame's dataset is built once, and the
+# visits are vectorised where that cannot change the answer. tests/test_mlflow_internals.py
+# compares the results with MLflow's own and fails if an upgrade moves what is replaced here.
 @contextlib.contextmanager
 def datasets_built_once():
     """Within the block, autologging builds one dataset per frame; yields the builder."""
@@ -1922,9 +1821,7 @@ def column_type(column, infer_pandas_column):
 
 def has_no_gaps(column, infer_required):
     """MLflow's answer (no None, NaN, pd.NA or NaT in the column), vectorised where pandas and
-    MLflow agree on what is missing: numeric, boolean, datetime and pandas string columns
-    (whose only values are str and their missing marker). Object and category columns, which
-    may hold anything, keep MLflow's own loop."""
+    MLflow agree on what is missing; object and category columns keep MLflow's own loop."""
     if isinstance(column, pd.Series) and (is_string(column) or column.dtype.kind in "biufmM"):
         return not column.isna().any()  # (not complex: MLflow does not count its NaN as missing)
     return infer_required(column)
@@ -1954,15 +1851,13 @@ def all_str_values(column):
     return bool((column.map(type) == str).all())
 
 
-# %% The training table shared, not deep-copied (works around MLflow 3.17.2 internals)
-# Before a logged fit, autologging deep-copies the fit's X and y
-# (mlflow.sklearn.utils._get_X_y_and_sample_weight, the one user of that module's `deepcopy`),
-# so that what it logs after the fit cannot see changes the fit made to them. pandas 3 copies on
-# write: a shallow copy is already safe from changes made through pandas (scikit-learn makes none
-# at all), and costs nothing. On a large table with text the run's peak memory falls by about the
-# training split's size; on numeric tables the peak comes later (benchmarks/README.md). Checked
-# by tests/test_mlflow_internals.py: a fit's table shared, the same metrics recorded; it fails if
-# an upgrade copies another way.
+# --- The training table shared, not deep-copied (works around MLflow 3.17.2 internals) ---
+# Before a logged fit, autologging deep-copies the fit's X and y (the one user of
+# mlflow.sklearn.utils' `deepcopy`, in _get_X_y_and_sample_weight), so that what it logs after
+# the fit cannot see changes the fit made to them. pandas 3 copies on write: a shallow copy is
+# already safe from changes made through pandas (scikit-learn makes none), costs nothing, and
+# lowers the run's peak memory on a large table (benchmarks/README.md). Checked by
+# tests/test_mlflow_internals.py, which fails if an upgrade copies another way.
 @contextlib.contextmanager
 def training_table_shared():
     """Within the block, autologging's copies of a fit's pandas X and y share their data."""
@@ -1981,14 +1876,13 @@ def training_table_shared():
         utils.deepcopy = deepcopy
 
 
-# %% Every scikit-learn search logged as one (works around MLflow 3.17.2 internals)
+# --- Every scikit-learn search logged as one (works around MLflow 3.17.2 internals) ---
 # Autologging logs a search's best params and score, cv_results.csv and a child run per
 # candidate only for GridSearchCV and RandomizedSearchCV
-# (mlflow.sklearn.utils._is_parameter_search_estimator): successive halving (HalvingGridSearchCV,
-# HalvingRandomSearchCV), which scikit-learn recommends for expensive grids, would get none of
-# them. Autologging binds the function when mlflow.sklearn.autolog() is called: it is replaced
-# around that call by one that takes every search built on scikit-learn's BaseSearchCV.
-# tests/test_mlflow_internals.py fails if an upgrade moves what is replaced here.
+# (mlflow.sklearn.utils._is_parameter_search_estimator): successive halving, which
+# scikit-learn recommends for expensive grids, would get none of them. Autologging binds the
+# function when mlflow.sklearn.autolog() is called: it is replaced around that call by one that
+# takes every BaseSearchCV. tests/test_mlflow_internals.py fails if an upgrade moves it.
 @contextlib.contextmanager
 def every_search_logged_as_one():
     """Around mlflow.sklearn.autolog(): any BaseSearchCV is a parameter search to autologging."""
@@ -2001,7 +1895,7 @@ def every_search_logged_as_one():
         utils._is_parameter_search_estimator = is_search
 
 
-# %% Child runs named as they are made (works around MLflow 3.17.2 internals)
+# --- Child runs named as they are made (works around MLflow 3.17.2 internals) ---
 # After the search's fit, autologging rebuilds a child run per candidate from cv_results_
 # (mlflow.sklearn.utils._create_child_runs_for_parameter_search) and queues it on its client:
 # a create call with the child's tags, a batch of params and metrics, its dataset, its end.
@@ -2009,8 +1903,8 @@ def every_search_logged_as_one():
 # child, and naming the children afterwards took a second write each. Here each distinct param
 # value becomes text once, and each child's name (`max_depth=5 n_estimators=100`) and
 # description (`rank 1 of 9: mean CV accuracy 0.960 (+/- 0.041)`) are queued as tags, which
-# MLflow's client sends in the create call: a child costs about 40 % less on SQLite (measured
-# in benchmarks/README.md). Autologging binds the function when
+# MLflow's client sends in the create call: a child costs less (benchmarks/README.md).
+# Autologging binds the function when
 # mlflow.sklearn.autolog() is called: it is replaced around that call.
 # tests/test_mlflow_internals.py checks that the children hold what MLflow's own function
 # records, and fails if an upgrade moves what is replaced here.
@@ -2120,20 +2014,20 @@ def varied_in(candidates):
 
 
 def child_run_name(varied, params, iteration=None):
-    """After the hyperparameters the search varied: `max_depth=5 n_estimators=100`; with
-    successive halving, its round too: `max_depth=5 n_estimators=100, round 2`."""
+    """E.g. `max_depth=5 n_estimators=100`; with successive halving `..., round 2`."""
     name = " ".join(f"{key}={params[key]}" for key in varied)
     return name if iteration is None else f"{name}, round {int(iteration) + 1}"
 
 
-# %% Child runs as candidates finish, so that the MLflow UI lists a long search's candidates
-# while it runs. scikit-learn 1.9's callbacks tell this process when each CV fit ends, and with
-# what score (SearchProgress, cv_fit_result): when a candidate's last fold ends, its child run
-# is made, named, RUNNING, with its CV scores (each fold's, their mean and spread, the fit times);
-# when the search ends, autologging fills it in (its params, rank, dataset) and ends it, instead
-# of making it (ChildRunsQueued.create_run). With
-# --max-tuning-runs N, the top N are known only at the end: they are made then, as before. A
-# run that fails ends its children as itself; one that dies, the sweep ends them with it.
+# --- Child runs as candidates finish ---
+# So that the MLflow UI lists a long search's candidates while it runs. scikit-learn 1.9's
+# callbacks tell this process when each CV fit ends, and with what score (SearchProgress,
+# cv_fit_result): when a candidate's last fold ends, its child run is made, named, RUNNING, with
+# its CV scores (each fold's, their mean and spread, the fit times); when the search ends,
+# autologging fills it in (its params, rank, dataset) and ends it, instead of making it
+# (ChildRunsQueued.create_run). With --max-tuning-runs N, the top N are known only at the end:
+# they are made then. A run that fails ends its children as itself; one that dies, the sweep
+# ends them with it.
 @contextlib.contextmanager
 def live_child_runs(run, args, candidates):
     """LiveChildRuns for the search's candidates (None with --max-tuning-runs N, or candidates
@@ -2156,7 +2050,7 @@ class LiveChildRuns:
         self.varied = varied_in(self.candidates)
         # Of the tags autologging gives a child run, those known now: its source (the parent's).
         # Sent when the run is made, they need not be sent again in its final batch, where a tag
-        # costs ~1 ms on SQLite (in the statement that makes a run: ~0.1 ms).
+        # costs ten times more (benchmarks/README.md).
         self.common = {key: value for key, value in parent.data.tags.items()
                        if key == "mlflow.user" or key.startswith("mlflow.source.")}  # fmt: skip
         self.common |= {MLFLOW_PARENT_RUN_ID: parent.info.run_id, "mlflow.autologging": "sklearn"}
@@ -2166,9 +2060,9 @@ class LiveChildRuns:
         self.writer.start()
 
     def candidate_done(self, candidate, began, results):
-        # Where the fits run in this very thread (--n-jobs 1), a thread beside them fights them
-        # for the interpreter: 80 child runs made by one slowed the search by 6 s; made here,
-        # each costs what it costs (~7 ms on SQLite). Reported by workers: the writer makes it.
+        # Where the fits run in this very thread (--n-jobs 1), a thread beside them would fight
+        # them for the interpreter (benchmarks/README.md): made here, each costs what it costs.
+        # Reported by workers: the writer makes it.
         if self.stopped.is_set():
             return
         if threading.current_thread() is threading.main_thread():
@@ -2241,7 +2135,7 @@ def end_running_children(client, run, status, end_time=None):
         client.set_terminated(child.info.run_id, status, end_time=child_end)
 
 
-# %% What each run records, so that it can be run again (read back by --reproduce)
+# --- What each run records, so that it can be run again (read back by --reproduce) ---
 def record_of(args):
     """The effective configuration, the command line, the code, the data file, the packages."""
     uri = args.tracking_uri
@@ -2264,8 +2158,7 @@ def record_of(args):
 
 
 def space_as_json(space):
-    """The search space as JSON: lists as they are, a scipy.stats distribution as its call,
-    e.g. `scipy.stats.randint(5, 30)`."""
+    """The search space as JSON, a distribution as its call: `scipy.stats.randint(5, 30)`."""
 
     def as_json(values):
         if isinstance(values, list):
@@ -2308,29 +2201,24 @@ def git_state(script):
     try:
         top = Path(git(script.parent, "rev-parse", "--show-toplevel").strip())
         commit = git(top, "rev-parse", "HEAD").strip()
+        # The script and the modules imported so far from the repository. The interpreter's
+        # own (standard library, installed packages) are passed over before resolving links,
+        # which is slow (benchmarks/README.md), unless the repository lies there too.
+        interpreter = tuple(os.path.join(prefix, "") for prefix in {sys.prefix, sys.base_prefix}
+                            if not top.is_relative_to(Path(prefix).resolve()))  # fmt: skip
+        files = {module.__file__ for module in list(sys.modules.values())
+                 if isinstance(getattr(module, "__file__", None), str)}  # fmt: skip
+        paths = {script.resolve(), *(Path(file).resolve() for file in files
+                                     if not file.startswith(interpreter))}  # fmt: skip
+        imported = {path.relative_to(top).as_posix() for path in paths if path.is_relative_to(top)}
         # Tracked files only: untracked ones have no diff, and a virtual environment inside
         # the repository would otherwise put thousands of paths on the command line.
-        code = sorted(code_files_in(top, script) & set(git(top, "ls-files", "-z").split("\0")))
+        code = sorted(imported & set(git(top, "ls-files", "-z").split("\0")))
         # Staged or not. Without paths `git diff` shows the whole repository: hence the guard.
         diff = git(top, "diff", "HEAD", "--no-ext-diff", "--", *code) if code else ""
     except (OSError, subprocess.CalledProcessError):  # no git, or not a repository
         return None
     return {"commit": commit, "dirty": bool(diff), "diff": diff}
-
-
-def code_files_in(top, script):
-    """The script and the files of the modules imported so far that lie under `top`, as git
-    names them (relative, with forward slashes)."""
-    # Resolving links costs 0.3 s for the 2,600 modules a run imports: those of the standard
-    # library and the installed packages, under the interpreter's prefixes, are passed over
-    # first (unless the repository lies there too; a virtual environment in it is untracked).
-    interpreter = tuple(os.path.join(prefix, "") for prefix in {sys.prefix, sys.base_prefix}
-                        if not top.is_relative_to(Path(prefix).resolve()))  # fmt: skip
-    files = {module.__file__ for module in list(sys.modules.values())
-             if isinstance(getattr(module, "__file__", None), str)}  # fmt: skip
-    paths = {script.resolve(), *(Path(file).resolve() for file in files
-                                 if not file.startswith(interpreter))}  # fmt: skip
-    return {path.relative_to(top).as_posix() for path in paths if path.is_relative_to(top)}
 
 
 def installed_distributions():
@@ -2351,16 +2239,12 @@ def log_record(record):
         mlflow.log_text(git["diff"], "code/uncommitted.diff")
 
 
-# %% The run explains itself in the MLflow UI: a summary as its description, the grid as a
-# picture, what drives the model, the held-out confusion matrix. Made after autologging is
-# switched off, so that the predictions made here are not logged as metrics of their own.
+# --- The run explains itself in the MLflow UI ---
+# A summary as its description, the grid as a picture, what drives the model, the held-out
+# confusion matrix. Made after autologging is switched off, so that the predictions made here
+# are not logged as metrics of their own.
 def explain_run(search, data, y_pred, seed):
-    """Log the grid's picture, the raw columns' importance and the held-out confusion matrix;
-    returns the importance table (and how many held-out rows it was measured on).
-
-    The pictures are Figures of their own, never pyplot's: its shared state is not thread-safe,
-    and the data profile's thread (skrub's TableReport) draws with it.
-    """
+    """Log the grid's picture, the columns' importance, the confusion matrix: (importance, rows)."""
     mlflow.log_figure(grid_scores_figure(search), "grid_scores.png")
     importance, rows = raw_column_importance(search, data.X_test, data.y_test, seed)
     mlflow.log_text(importance.to_csv(index=False), "feature_importance.csv")
@@ -2414,38 +2298,31 @@ def best_vs_runner_up(search):
 
 
 def runner_up_line(comparison, folds):
-    """E.g. `runner-up max_depth=5 n_estimators=50: better (mean CV difference +0.021 over 5
-    folds; corrected t-test, p = 0.012)`, after "best vs"."""
+    """What follows "best vs" in the report and the run's description."""
     return (f"runner-up {comparison['runner_up']}: {comparison['verdict']} (mean CV "
             f"difference {comparison['mean_difference']:+.3f} over {folds} folds; corrected "
             f"t-test, p = {comparison['p_value']:.3f})")  # fmt: skip
 
 
 def figure_and_axes(width, height):
-    """A Figure of its own (inches) with one axes: never pyplot's shared state."""
+    """A Figure of its own (inches) with one axes, never pyplot's: its shared state is not
+    thread-safe, and the data profile's thread (skrub's TableReport) draws with it."""
     figure = Figure(figsize=(width, height), layout="constrained")
     return figure, figure.subplots()
-
-
-def values_searched(search):
-    """{hyperparameter: the values its candidates took}: in the grid's order for a grid, sorted
-    for a search that samples them."""
-    grid = {}
-    for params in search.cv_results_["params"]:
-        for key, value in params.items():
-            if value not in grid.setdefault(key, []):
-                grid[key].append(value)
-    if not isinstance(search, GridSearchCV):
-        for key, values in grid.items():
-            with contextlib.suppress(TypeError):  # values of mixed kinds: as they came
-                grid[key] = sorted(values, key=lambda value: (value is not None, value))
-    return grid
 
 
 def grid_scores_figure(search):
     """Mean CV score over the grid's two most varied hyperparameters (the others at their best
     values) as a heatmap, best cell framed; one varied hyperparameter: a line with error bars."""
-    grid, best = values_searched(search), search.best_params_
+    grid, best = {}, search.best_params_  # the values each took: in the grid's order
+    for params in search.cv_results_["params"]:
+        for key, value in params.items():
+            if value not in grid.setdefault(key, []):
+                grid[key].append(value)
+    if not isinstance(search, GridSearchCV):  # sampled: sorted
+        for key, values in grid.items():
+            with contextlib.suppress(TypeError):  # values of mixed kinds: as they came
+                grid[key] = sorted(values, key=lambda value: (value is not None, value))
     varied = sorted((key for key in grid if len(grid[key]) > 1), key=lambda k: -len(grid[k]))
     axes_keys, fixed = varied[:2] or list(grid)[:1], [key for key in grid if key not in varied[:2]]
     rows = [i for i, params in enumerate(search.cv_results_["params"])
@@ -2497,28 +2374,20 @@ def grid_scores_figure(search):
 
 
 def raw_column_importance(search, X, y, seed):
-    """Permutation importance of each raw column of the table on the held-out rows: how much
-    the held-out score drops when the column's values are shuffled (mean and std of
-    IMPORTANCE_REPEATS shuffles), on a seeded sample of IMPORTANCE_ROWS rows above that.
+    """Permutation importance of each raw column on the held-out rows (a seeded sample above
+    IMPORTANCE_ROWS): the score's drop when the column is shuffled, IMPORTANCE_REPEATS times.
 
     TableVectorizer encodes each column on its own, so shuffling a raw column shuffles the
-    columns it became, in the same order: the table is encoded once, and only the steps after it
-    predict again for each shuffle (as for encoded features, but grouped by raw column), in
-    one call for all of them (AnswersInOneCall).
-    """
+    columns it became: the table is encoded once, and only the steps after it predict again,
+    in one call for all the shuffles (AnswersInOneCall)."""
     if len(X) > IMPORTANCE_ROWS:
-        X, y = (
-            X.sample(IMPORTANCE_ROWS, random_state=seed),
-            y.sample(IMPORTANCE_ROWS, random_state=seed),
-        )
+        X = X.sample(IMPORTANCE_ROWS, random_state=seed)
+        y = y.sample(IMPORTANCE_ROWS, random_state=seed)
     pipeline, rng = search.best_estimator_, np.random.default_rng(seed)
     vectorizer = table_vectorizer(pipeline)
     if vectorizer:  # raw column -> the columns it became
-        encoded, outputs_of, rest = (
-            vectorizer.transform(X),
-            vectorizer.input_to_outputs_,
-            pipeline[1:],
-        )
+        encoded, outputs_of = vectorizer.transform(X), vectorizer.input_to_outputs_
+        rest = pipeline[1:]
     else:  # your own preprocessing: the raw columns shuffled, the whole pipeline predicts
         encoded, outputs_of, rest = X, {column: [column] for column in X.columns}, pipeline
     shuffles = {
@@ -2592,7 +2461,7 @@ def best_child(report):
     return report["child_runs"][0]
 
 
-def summary_of(report, importance):
+def summary_of(report):
     """The run's description, in Markdown: what a reviewer needs in ten seconds."""
     data, best = report["data"], best_child(report)
     comparison = report["compared_with_earlier_runs"]
@@ -2606,7 +2475,7 @@ def summary_of(report, importance):
     else:
         compared = "the first run on this data in the experiment"
     top = ", ".join(
-        f"{row.column} ({row.importance:.3f})" for row in importance.head(5).itertuples()
+        f"{row['column']} ({row['importance']:.3f})" for row in report["importance"]["columns"][:5]
     )
     pictures = ", ".join(name for name in report["artifacts"] if name.endswith(".png"))
     searched = (f"{type(ESTIMATOR).__name__}, {len(report['child_runs'])} candidates x "
@@ -2629,7 +2498,7 @@ def summary_of(report, importance):
     ])  # fmt: skip
 
 
-# %% Read the run back from the store, and check it is complete
+# --- Read the run back from the store, and check it is complete ---
 def read_run_back(client, run_id):
     """Everything the store holds about the run, as plain data for the report."""
     run = client.get_run(run_id)
@@ -2687,23 +2556,14 @@ def list_artifacts(client, run_id, path=None):
 def require_complete(report, args, search, held_out_metrics):
     """Never trust autologging blindly: it drops what it fails to log with only a warning."""
     candidates = len(search.cv_results_["params"])
+    classifier_plots = ["training_confusion_matrix.png", "held_out_confusion_matrix.png"]
     expected = {
         "params": [f"best_{name}" for name in args.param_grid]
         + ["cv", "param_grid" if hasattr(search, "param_grid") else "param_distributions"],
         "metrics": ["best_cv_score", "training_score", *held_out_metrics],
-        "artifacts": [
-            "cv_results.csv",
-            "estimator.html",
-            RECORD_FILE,
-            "data.json",
-            DATA_PROFILE,
-            *EXPLANATION,
-        ]
-        + (
-            ["training_confusion_matrix.png", "held_out_confusion_matrix.png"]
-            if is_classifier(search)
-            else []
-        ),
+        "artifacts": ["cv_results.csv", "estimator.html", RECORD_FILE, "data.json", DATA_PROFILE]
+        + EXPLANATION
+        + (classifier_plots if is_classifier(search) else []),
     }
     missing = [
         f"{kind[:-1]} {name}" for kind, names in expected.items() for name in names
@@ -2724,7 +2584,7 @@ def require_complete(report, args, search, held_out_metrics):
         raise RuntimeError(f"the run is incomplete: missing {'; '.join(missing)}")
 
 
-# %% Compare with earlier runs of the experiment on the same data
+# --- Compare with earlier runs of the experiment on the same data ---
 def compare_with_earlier_runs(client, run_id):
     """This run's held-out score against the best earlier run's on the same training and test
     data (same dataset digests): scores on other data are not comparable."""
@@ -2768,44 +2628,16 @@ def dataset_digests(run):
     }
 
 
-# %% Reproduce a past run (--reproduce RUN_ID): its record in, a verdict out
+# --- Reproduce a past run (--reproduce RUN_ID): its record in, a verdict out ---
 def experiment_to_reproduce(args):
-    """The options of a past run's experiment, from its record, and that run."""
-    original = read_original(args)
-    configuration, recorded_data = (
-        original["record"]["configuration"],
-        original["record"].get("data"),
-    )
-    recorded = {name: configuration[name] for name in RECORDED_OPTIONS}
-    if not all(isinstance(values, list) for values in recorded["param_grid"].values()):
-        if recorded["param_grid"] != space_as_json(PARAM_GRID):  # distributions are not in JSON
-            raise BadInput(f"run {args.reproduce} sampled {json.dumps(recorded['param_grid'])}; "
-                           "put those distributions back in PARAM_GRID to reproduce it")  # fmt: skip
-        recorded["param_grid"] = PARAM_GRID
-    data = args.data or (recorded_data or {}).get("path") or configuration["data"]
-    if data and not args.data and not Path(data).is_file():
-        raise BadInput(f"the data of run {args.reproduce}, {data}, is gone; if it has moved, "
-                       "give its new path with --data")  # fmt: skip
-    if recorded_data and recorded_data["sha256"] != (now := data_file(data)["sha256"]):
-        raise BadInput(
-            f"{Path(data).name} changed since run {args.reproduce}: sha256 "
-            f"{recorded_data['sha256']} then, {now} now"
-        )
-    options = vars(args) | recorded | {"data": data, "experiment_name": original["experiment"]}
-    return argparse.Namespace(**options), original
-
-
-def read_original(args):
-    """The past run and its record, from the store: bad input unless this script logged it."""
+    """The options of a past run's experiment, from its record, and that run with its record:
+    bad input unless this script logged it."""
     uri, run_id = args.tracking_uri, args.reproduce
-    check_uri_form(uri)
+    check_store(uri)
     if sqlite_path(uri) and not sqlite_path(uri).is_file():
         raise BadInput(
             f"no tracking store at {sqlite_path(uri)}; give run {run_id}'s --tracking-uri"
         )
-    if uri.startswith(("http://", "https://")):
-        check_server_answers(uri)
-        check_login(uri)
     client = MlflowClient(uri)
     try:
         run = client.get_run(run_id)
@@ -2823,11 +2655,29 @@ def read_original(args):
     if not set(RECORDED_OPTIONS) <= record.get("configuration", {}).keys():
         raise BadInput(f"run {run_id} was not logged by autolog_mlflow.py: it has no {RECORD_FILE}")
     experiment = client.get_experiment(run.info.experiment_id).name
-    return {"run": run, "record": record, "experiment": experiment}
+    configuration, recorded_data = record["configuration"], record.get("data")
+    recorded = {name: configuration[name] for name in RECORDED_OPTIONS}
+    if not all(isinstance(values, list) for values in recorded["param_grid"].values()):
+        if recorded["param_grid"] != space_as_json(PARAM_GRID):  # distributions are not in JSON
+            raise BadInput(f"run {run_id} sampled {json.dumps(recorded['param_grid'])}; "
+                           "put those distributions back in PARAM_GRID to reproduce it")  # fmt: skip
+        recorded["param_grid"] = PARAM_GRID
+    data = args.data or (recorded_data or {}).get("path") or configuration["data"]
+    if data and not args.data and not Path(data).is_file():
+        raise BadInput(f"the data of run {run_id}, {data}, is gone; if it has moved, "
+                       "give its new path with --data")  # fmt: skip
+    if recorded_data and recorded_data["sha256"] != (now := data_file(data)["sha256"]):
+        raise BadInput(
+            f"{Path(data).name} changed since run {run_id}: sha256 "
+            f"{recorded_data['sha256']} then, {now} now"
+        )
+    options = vars(args) | recorded | {"data": data, "experiment_name": experiment}
+    return argparse.Namespace(**options), {"run": run, "record": record}
 
 
-def compare_with_original(client, original, run_id, record, X_test):
-    """This run's results against the original's, and what changed around them."""
+def log_reproduction(client, original, run_id, record, X_test):
+    """This run's results against the original's, and what changed around them, logged."""
+    progress(f"comparing with run {original['run'].info.run_id} ...")
     old, new = original["run"], client.get_run(run_id)
     was_cv, now_cv = cv_scores(client, old.info.run_id), cv_scores(client, run_id)
     params = [key for key in sorted(old.data.params.keys() | new.data.params.keys())
@@ -2839,12 +2689,12 @@ def compare_with_original(client, original, run_id, record, X_test):
         + [(f"{score} of {candidate}", was_cv.get(candidate, {}).get(score),
             now_cv.get(candidate, {}).get(score))
            for candidate in sorted(was_cv.keys() | now_cv.keys())
-           for score in ("mean_test_score", "std_test_score")]
+           for score in CV_SCORES]
         + [(f"metric {key}", old.data.metrics.get(key), new.data.metrics.get(key))
            for key in metrics]
-        + [prediction_difference(*(held_out_predictions(client, run, X_test) for run in (old, new)))]
+        + [prediction_difference(client, old, new, X_test)]
     )  # fmt: skip
-    return {
+    reproduction = {
         "reproduces": old.info.run_id,
         "verdict": "different" if results else "identical",
         "compared": {
@@ -2856,11 +2706,6 @@ def compare_with_original(client, original, run_id, record, X_test):
         "differences": results,
         "changed_around_it": differing(environment_pairs(original["record"], record)),
     }
-
-
-def log_reproduction(client, original, run_id, record, X_test):
-    progress(f"comparing with run {original['run'].info.run_id} ...")
-    reproduction = compare_with_original(client, original, run_id, record, X_test)
     mlflow.set_tags({"autolog_mlflow.reproduces": reproduction["reproduces"],
                      "autolog_mlflow.reproduction": reproduction["verdict"]})  # fmt: skip
     mlflow.log_dict(reproduction, "reproduction.json")
@@ -2871,29 +2716,29 @@ def differing(pairs):
     return [{"what": what, "original": was, "now": now} for what, was, now in pairs if was != now]
 
 
+CV_SCORES = ("mean_test_score", "std_test_score")  # of each candidate, compared
+
+
 def cv_scores(client, run_id):
-    """Each candidate's mean and std CV score, from the run's cv_results.csv."""
+    """Each candidate's CV_SCORES, from the run's cv_results.csv."""
     with tempfile.TemporaryDirectory() as folder:
         table = pd.read_csv(client.download_artifacts(run_id, "cv_results.csv", folder))
     return {
-        row.params: {
-            "mean_test_score": float(row.mean_test_score),
-            "std_test_score": float(row.std_test_score),
-        }
+        row.params: {score: float(getattr(row, score)) for score in CV_SCORES}
         for row in table.itertuples()
     }
 
 
-def held_out_predictions(client, run, X_test):
-    """The predictions of the run's logged model on the held-out split, or why there are none."""
-    try:
-        (model,) = logged_models_of(client, run)
-        return mlflow.sklearn.load_model(model.model_uri).predict(X_test)
-    except Exception as e:  # noqa: BLE001 -- a model gone or unloadable: a difference
-        return f"no predictions: {first_line(e)}"
-
-
-def prediction_difference(was, now):
+def prediction_difference(client, old, new, X_test):
+    """(what, then, now) of the two runs' logged models' predictions on the held-out split."""
+    predictions = []
+    for run in (old, new):
+        try:
+            (model,) = logged_models_of(client, run)
+            predictions.append(mlflow.sklearn.load_model(model.model_uri).predict(X_test))
+        except Exception as e:  # noqa: BLE001 -- a model gone or unloadable: a difference
+            predictions.append(f"no predictions: {first_line(e)}")
+    was, now = predictions
     for side in (was, now):
         if isinstance(side, str):  # a model that would not predict: never "identical"
             return "held-out predictions", "could not be compared", side
@@ -2925,18 +2770,13 @@ def environment_pairs(was, now):
     ]
 
 
-# %% Register the best model (--register-model NAME): a new version, champion or challenger
+# --- Register the best model (--register-model NAME): a new version, champion or challenger ---
 class RegistrationFailed(Exception):
     """The run is complete and FINISHED, but the registry did not take its model: exit 1."""
 
 
 def register_best_model(client, name, report):
-    """Register the run's model as a new version of `name`, tagged with what it was scored on.
-
-    The new version is the `challenger`; it takes the `champion` alias when there is none yet,
-    or when it beats the champion's held-out score on the same test data (a tie keeps the
-    champion). Returns what the report shows.
-    """
+    """The run's model as a new version of `name`: the challenger, or the champion."""
     model_uri = report["logged_models"][0]["uri"]
     try:
         metrics = {key: str(value) for key, value in report["test_metrics"].items()}
@@ -2964,14 +2804,13 @@ def register_best_model(client, name, report):
 
 
 def decide_champion(client, name, tags):
-    """(promote?, why): the rules of the champion alias, with both scores.
+    """(promote?, why): the champion alias goes to the first version, and to one that beats the
+    champion's held-out score on the same test data (a tie keeps the champion).
 
-    Whether there is a champion is read from the model's aliases, not guessed from an error:
-    a lookup that fails (a timeout, a refused permission, a broken store) fails the
-    registration instead of handing the alias to a version that may not deserve it. (MLflow's
-    own stores answer a missing alias with INVALID_PARAMETER_VALUE, an error code that
-    also means other things.)
-    """
+    Whether there is a champion is read from the aliases, not guessed from an error (MLflow
+    answers a missing alias with INVALID_PARAMETER_VALUE, which means other things too): a
+    lookup that fails fails the registration, instead of promoting a version that may not
+    deserve it."""
     champion_version = client.get_registered_model(name).aliases.get("champion")
     if champion_version is None:
         return True, "no champion yet: this version is the champion"
@@ -2999,7 +2838,7 @@ def decide_champion(client, name, tags):
     )
 
 
-# %% Report
+# --- Report ---
 def browse_hints(tracking_uri, report):
     if tracking_uri.startswith(("http://", "https://")):  # the server's own UI
         parsed = urlparse(tracking_uri)
@@ -3023,10 +2862,32 @@ def print_report(report):
     print(f"Status: {report['status']} in {report['duration_seconds']:.1f} s")
     if report["closed_dead_runs"]:
         print_closed_runs(report["closed_dead_runs"])
-    print_data(report["data"])
+    data, target = report["data"], report["data"]["target"]
+    print(f"\nData: {data['source']}, {data['rows']} rows ({data['train_rows']} to train, "
+          f"{data['test_rows']} held out), {data['feature_columns']} feature columns")  # fmt: skip
+    if data["rows_without_target"]:
+        print(f"  left out: {data['rows_without_target']} rows without a target")
+    if "classes" in target:
+        counts = ", ".join(f"{label} {count}" for label, count in target["classes"].items())
+        print(f"  target {target['name']!r}: {len(target['classes'])} classes: {counts}")
+    else:
+        print(f"  target {target['name']!r}: numbers from {target['min']:.4g} to {target['max']:.4g}"
+              f", mean {target['mean']:.4g}")  # fmt: skip
+    gaps = ", ".join(f"{column} {count}" for column, count in data["missing_values"].items())
+    print(f"  missing values: {gaps or 'none'}")
+    numeric = data["numeric_columns"]
+    shown = ", ".join(numeric[:5]) + (f" and {len(numeric) - 5} more" if len(numeric) > 5 else "")
+    print(f"  {len(numeric)} numeric column{'s' * (len(numeric) != 1)}, as they are: "
+          f"{shown or 'none'}")  # fmt: skip
+    for column, treatment in data["treatment"].items():
+        print(f"  {column}: {treatment}")
+    if data["treatment_not_described"]:
+        print(f"  {data['treatment_not_described']}")
+    print(f"  profile: {data['profile']['artifact']} ({data['profile']['covers']})")
     print("\nParameters:")
     for key, value in report["params"].items():
-        print(f"  {key}: {one_line(value)}")
+        text = " ".join(value.split())  # on one line, e.g. the repr of the pipeline
+        print(f"  {key}: {text if len(text) <= 100 else f'{text[:97]}...'}")
     print("\nMetrics:")
     for key, value in report["metrics"].items():
         print(f"  {key}: {value:.3f}")
@@ -3048,8 +2909,21 @@ def print_report(report):
         print(f"  {key}: {value:.3f}")
     if report["f1"]:
         print(f"  ({report['f1']})")
-    print_importance(report["importance"])
-    print_comparison(report["compared_with_earlier_runs"])
+    importance = report["importance"]
+    print(f"\nWhat drives the model: held-out {SCORE_NAME} lost when a column is shuffled "
+          f"({importance['held_out_rows']} rows; feature_importance.png):")  # fmt: skip
+    for row in importance["columns"][:5]:
+        print(f"  {row['column']}: {row['importance']:.3f} (+/- {row['std']:.3f})")
+    comparison = report["compared_with_earlier_runs"]
+    print(f"\nEarlier runs on the same training and test data, by held-out {comparison['score']}:")
+    if comparison["earlier_runs"]:
+        best, this = comparison["best_earlier_score"], comparison["this_run"]
+        verdict = "beats it" if this > best else "ties it" if this == best else "does not beat it"
+        print(f"  best of {comparison['earlier_runs']}: {best:.3f}, run "
+              f"{comparison['best_earlier_run_id']}")  # fmt: skip
+        print(f"  this run: {this:.3f}, {verdict}")
+    else:
+        print("  none in this experiment: this run is the first")
     print('\nBrowse in the MLflow UI ("Model training" view):')
     if report["browse"]["ui_command"]:
         print(f"  {report['browse']['ui_command']}")
@@ -3057,87 +2931,26 @@ def print_report(report):
     print(f"  all runs: {report['browse']['experiment_url']}")
     print("\nLoad the model:")
     print(f"  {report['load_model']}")
-    if report["registration"]:
-        print_registration(report["registration"])
-    if report["reproduction"]:
-        print_reproduction(report["reproduction"])
-
-
-def one_line(text, width=100):
-    """A parameter on one line, e.g. the repr of the pipeline, shortened to `width`."""
-    text = " ".join(text.split())
-    return text if len(text) <= width else f"{text[: width - 3]}..."
-
-
-def print_data(data):
-    print(f"\nData: {data['source']}, {data['rows']} rows ({data['train_rows']} to train, "
-          f"{data['test_rows']} held out), {data['feature_columns']} feature columns")  # fmt: skip
-    if data["rows_without_target"]:
-        print(f"  left out: {data['rows_without_target']} rows without a target")
-    target = data["target"]
-    if "classes" in target:
-        counts = ", ".join(f"{label} {count}" for label, count in target["classes"].items())
-        print(f"  target {target['name']!r}: {len(target['classes'])} classes: {counts}")
-    else:
-        print(f"  target {target['name']!r}: numbers from {target['min']:.4g} to {target['max']:.4g}"
-              f", mean {target['mean']:.4g}")  # fmt: skip
-    gaps = ", ".join(f"{column} {count}" for column, count in data["missing_values"].items())
-    print(f"  missing values: {gaps or 'none'}")
-    numeric = data["numeric_columns"]
-    shown = ", ".join(numeric[:5]) + (f" and {len(numeric) - 5} more" if len(numeric) > 5 else "")
-    print(f"  {len(numeric)} numeric column{'s' * (len(numeric) != 1)}, as they are: "
-          f"{shown or 'none'}")  # fmt: skip
-    for column, treatment in data["treatment"].items():
-        print(f"  {column}: {treatment}")
-    if data["treatment_not_described"]:
-        print(f"  {data['treatment_not_described']}")
-    print(f"  profile: {data['profile']['artifact']} ({data['profile']['covers']})")
-
-
-def print_importance(importance):
-    print(f"\nWhat drives the model: held-out {SCORE_NAME} lost when a column is shuffled "
-          f"({importance['held_out_rows']} rows; feature_importance.png):")  # fmt: skip
-    for row in importance["columns"][:5]:
-        print(f"  {row['column']}: {row['importance']:.3f} (+/- {row['std']:.3f})")
-
-
-def print_comparison(comparison):
-    print(f"\nEarlier runs on the same training and test data, by held-out {comparison['score']}:")
-    if not comparison["earlier_runs"]:
-        print("  none in this experiment: this run is the first")
-        return
-    best, this = comparison["best_earlier_score"], comparison["this_run"]
-    verdict = "beats it" if this > best else "ties it" if this == best else "does not beat it"
-    print(
-        f"  best of {comparison['earlier_runs']}: {best:.3f}, run {comparison['best_earlier_run_id']}"
-    )
-    print(f"  this run: {this:.3f}, {verdict}")
-
-
-def print_registration(registration):
-    name, version = registration["name"], registration["version"]
-    aliases = ", ".join(registration["aliases"]) or "none"
-    print(f"\nModel registry: {name} version {version} (aliases: {aliases})")
-    print(f"  {registration['decision']}")
-    print(f"  serve the champion: mlflow models serve -m {registration['champion_uri']} "
-          "--env-manager local")  # fmt: skip
-
-
-def print_reproduction(reproduction):
-    """What was compared, what changed around the run, and the verdict, last."""
-    original = reproduction["reproduces"]
-    compared = ", ".join(f"{count} {what}" for what, count in reproduction["compared"].items())
-    print(f"\nReproduction of run {original}: compared {compared}")
-    changes = reproduction["changed_around_it"]
-    print(f"  changed since then: {len(changes) or 'nothing'} (code, Python, platform, MLflow "
-          "settings, packages)")  # fmt: skip
-    print_differences(changes, "    ")
-    if reproduction["verdict"] == "identical":
-        print(f"\nVerdict: identical to run {original}")
-    else:
-        differences = reproduction["differences"]
-        print(f"\nVerdict: DIFFERENT from run {original} in {len(differences)} results:")
-        print_differences(differences, "  ")
+    if registration := report["registration"]:
+        aliases = ", ".join(registration["aliases"]) or "none"
+        print(f"\nModel registry: {registration['name']} version {registration['version']} "
+              f"(aliases: {aliases})")  # fmt: skip
+        print(f"  {registration['decision']}")
+        print(f"  serve the champion: mlflow models serve -m {registration['champion_uri']} "
+              "--env-manager local")  # fmt: skip
+    if reproduction := report["reproduction"]:  # the verdict last
+        original, changes = reproduction["reproduces"], reproduction["changed_around_it"]
+        compared = ", ".join(f"{count} {what}" for what, count in reproduction["compared"].items())
+        print(f"\nReproduction of run {original}: compared {compared}")
+        print(f"  changed since then: {len(changes) or 'nothing'} (code, Python, platform, MLflow "
+              "settings, packages)")  # fmt: skip
+        print_differences(changes, "    ")
+        if reproduction["verdict"] == "identical":
+            print(f"\nVerdict: identical to run {original}")
+        else:
+            differences = reproduction["differences"]
+            print(f"\nVerdict: DIFFERENT from run {original} in {len(differences)} results:")
+            print_differences(differences, "  ")
 
 
 def print_differences(differences, indent, shown=20):
@@ -3153,5 +2966,5 @@ def progress(message):
 
 if __name__ == "__main__":
     exit_code = main()
-    gc.freeze()  # skip the final garbage collection over MLflow's many objects: ~1 s
+    gc.freeze()  # skip the final garbage collection over MLflow's many objects (it is slow)
     sys.exit(exit_code)
