@@ -26,6 +26,7 @@ Run it:
     python autolog_mlflow.py --tracking-uri http://127.0.0.1:5000
     python autolog_mlflow.py --json                   # the report as one JSON document
     python autolog_mlflow.py --reproduce RUN_ID       # run a past run again, compare results
+    python autolog_mlflow.py --resume RUN_ID          # go on with a stopped run's search
     python autolog_mlflow.py --register-model NAME    # register the best model; champion?
     python autolog_mlflow.py --close-dead-runs        # end FAILED the runs whose process died
     mlflow ui                                         # same folder: browse and compare runs
@@ -92,6 +93,7 @@ import pandas as pd
 import rich.console
 import rich.progress
 import scipy.stats
+import sklearn.model_selection._search  # --resume replaces a function of it: see scores_reused
 import skrub
 from filelock import FileLock
 from matplotlib.figure import Figure  # imported by skrub and autologging anyway
@@ -240,8 +242,9 @@ def main(argv=None):
             raise KeyboardInterrupt() if stop == signal.SIGINT else Terminated(stop)
         if args.close_dead_runs:  # the sweep alone: no data, no run
             return sweep_only(args)
-        # The experiment to run: the options given, or with --reproduce a past run's record.
-        args, original = experiment_to_reproduce(args) if args.reproduce else (args, None)
+        # The experiment to run: the options given, or a past run's record (--reproduce, --resume).
+        past = args.reproduce or args.resume
+        args, original = experiment_to_reproduce(args) if past else (args, None)
         data = split_data(*load_data(args), args)
         experiment = Experiment(args, data, record_of(args), original)
         client = prepare_tracking(args)
@@ -284,7 +287,7 @@ class Experiment(NamedTuple):
     args: argparse.Namespace  # the options
     data: Data  # the split
     record: dict  # what it takes to run it again
-    original: dict | None  # with --reproduce: the run it reproduces, and its record
+    original: dict | None  # with --reproduce or --resume: that run, and its record
 
 
 def run_experiment(experiment, client, mlflow_warnings, where):
@@ -299,17 +302,20 @@ def run_experiment(experiment, client, mlflow_warnings, where):
         )
     search = build_search(args)
     candidates = candidate_params(search)  # None: chosen as it goes (halving)
+    basis = scores_basis(experiment.record, search)  # what the candidates' scores depend on
+    resumed = args.resume and experiment.original["run"].info.run_id
+    reused = saved_scores(client, experiment.original, search, basis) if resumed else {}
     with (
         # Who runs it (see "Runs that died") in the write that creates it: never a run without.
         run_ending_right(
             lambda: mlflow.start_run(
                 # After the data and the target by default, e.g. penguins.csv -> species.
                 run_name=args.run_name or f"{data_name(args)} -> {args.target or 'target'}",
-                tags=who_runs_it(),
+                tags=who_runs_it() | ({RESUMES_TAG: resumed} if resumed else {}),
             )
         ) as run,
         heartbeat(run.info.run_id),
-        live_child_runs(run, args, candidates) as live,
+        live_child_runs(run, args, candidates, basis) as live,
         datasets_built_once() as dataset_of,
         training_table_shared(),
         data_profile(data.X_train, data.y_train, args.seed) as profile,
@@ -318,11 +324,15 @@ def run_experiment(experiment, client, mlflow_warnings, where):
         closed_dead_runs = close_dead_runs(client, run.info.experiment_id)
         count = f"{len(candidates)} candidate{'s' * (len(candidates) > 1)}" if candidates else (
             "candidates")  # fmt: skip
-        progress(f"run {run.info.run_id}: searching {count} with {args.cv}-fold CV on {where} ...")
+        progress(f"run {run.info.run_id}: searching {count} with {args.cv}-fold CV on {where} ..."
+                 + (f" (resuming run {resumed}: {len(reused)} reused)" if resumed else ""))  # fmt: skip
+        if resumed:
+            client.set_tag(resumed, RESUMED_BY_TAG, run.info.run_id)
         log_record(experiment.record)
         register_datasets(dataset_of, data.X_train, data.X_test, data_name(args))
         search.estimator.memory = folds  # the preprocessing fitted once per CV fold
-        search.set_callbacks(SearchProgress(live)).fit(data.X_train, data.y_train)  # stderr, UI
+        with scores_reused(reused, live):  # --resume: the candidates scored before, not refitted
+            search.set_callbacks(SearchProgress(live, reused)).fit(data.X_train, data.y_train)
         search.best_estimator_.memory = None  # the model to log keeps no cache of the search
         with rescued_on_failure(search, data.X_train, run.info.run_id):
             # Autologging names a held-out metric after the variable that holds the rows, in
@@ -335,8 +345,10 @@ def run_experiment(experiment, client, mlflow_warnings, where):
             report = read_run_back(client, run.info.run_id)
             require_complete(report, args, search, [*held_out_metrics, *logged["metrics"]])
             report |= logged["report"] | {
-                "compared_with_earlier_runs": compare_with_earlier_runs(client, run.info.run_id)
-            }
+                "compared_with_earlier_runs": compare_with_earlier_runs(client, run.info.run_id),
+                "resumed": resumed and {"run_id": resumed, "reused": len(reused),
+                                        "fitted": len(candidates) - len(reused)},
+            }  # fmt: skip
             report["summary"] = summary_of(report)
             mlflow.set_tag("mlflow.note.content", report["summary"])
             mlflow_warnings.raise_if_any()
@@ -360,7 +372,9 @@ def log_what_autologging_cannot(experiment, search, y_pred, profile, client):
     described = describe_data(data, search.best_estimator_, args)
     log_data_description(described, *profile())
     importance, importance_rows = explain_run(search, data, y_pred, args.seed)
-    reproduction = original and log_reproduction(client, original, run_id, record, data.X_test)
+    reproduction = args.reproduce and log_reproduction(
+        client, original, run_id, record, data.X_test
+    )
     return {
         "metrics": [RUNNER_UP_P_VALUE] if runner_up else [],
         "report": {
@@ -651,22 +665,31 @@ def parse_args(argv=None):
         f"(exit {EXIT_DIFFERENT} if they differ)",
     )
     parser.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="go on with that stopped run's search (KILLED, FAILED, or died): a new run that "
+        "reuses every candidate it scored and fits the others",
+    )
+    parser.add_argument(
         "--close-dead-runs",
         action="store_true",
         help="only end FAILED the experiment's runs whose process died (killed, out of memory, "
         "power lost) and say which; every run does this before it starts",
     )
     args = parser.parse_args(argv)
-    if args.close_dead_runs and (args.reproduce or args.register_model):
-        parser.error("--close-dead-runs starts no run: give it without --reproduce and "
-                     "--register-model")  # fmt: skip
-    if args.reproduce:  # the options that define the experiment come from the run's record
+    if args.close_dead_runs and (args.reproduce or args.resume or args.register_model):
+        parser.error("--close-dead-runs starts no run: give it without --reproduce, --resume "
+                     "and --register-model")  # fmt: skip
+    if args.reproduce and args.resume:
+        parser.error("--reproduce runs a past run again, --resume goes on with one: give one")
+    if args.reproduce or args.resume:  # the options that define the experiment: the record's
         unset = object()  # what argparse leaves alone in a given namespace: not on the line
         given = parser.parse_args(
             argv, argparse.Namespace(**dict.fromkeys(RECORDED_OPTIONS, unset))
         )
         fixed = [name for name in RECORDED_OPTIONS if getattr(given, name) is not unset]
-        if fixed:
+        args.given = fixed  # --resume: each must be the record's, checked once it is read
+        if fixed and args.reproduce:
             parser.error(
                 f"--{fixed[0].replace('_', '-')} comes from the record of run {args.reproduce}; "
                 "with --reproduce give only --tracking-uri, --n-jobs, --dask-scheduler, "
@@ -1275,12 +1298,13 @@ class SearchProgress:
 
     in_worker, address, authkey = False, None, None  # until the fit begins
 
-    def __init__(self, live_child_runs=None):
+    def __init__(self, live_child_runs=None, reused=None):
         self.live_child_runs = live_child_runs
+        self.reused_fits = sum(len(folds) for _, folds in (reused or {}).values())
 
     def setup(self, estimator, context):  # in this process, as the search's fit begins
-        self.total, self.done, self.tenths_shown = context.max_subtasks, 0, 0
-        self.folds, self.results = None, {}  # candidate -> {fold: (test score, fit time)}
+        self.total, self.done, self.tenths_shown = context.max_subtasks - self.reused_fits, 0, 0
+        self.folds, self.results = None, {}  # candidate -> {fold: (score, fit and score times)}
         self.spans = {}  # candidate -> (when its first fold began, its last ended), in ms
         self.start, self.lock, self.began = time.monotonic(), threading.Lock(), {}
         console = rich.console.Console(stderr=True)
@@ -1378,16 +1402,17 @@ class SearchProgress:
 # upgrade that moved them): the scores come at the end, as before.
 # tests/test_mlflow_internals.py fails if an upgrade moves them.
 def cv_fit_result(cv_fit):
-    """(test score, fit time) of the CV fit `cv_fit` whose end is being reported, or None."""
+    """(test score, fit and score seconds) of the CV fit `cv_fit` whose end is being reported,
+    or None."""
     frame = sys._getframe(1) if cv_fit is not None else None
     while frame is not None and frame.f_code.co_name != "_fit_and_score":
         frame = frame.f_back
     if frame is None:
         return None
-    score, fit_time = frame.f_locals.get("test_scores"), frame.f_locals.get("fit_time")
-    if not isinstance(score, float | np.floating) or not isinstance(fit_time, float):
-        return None  # several scorers (a dict), or the fit failed before it was timed
-    return float(score), fit_time
+    score, *times = (frame.f_locals.get(name) for name in ("test_scores", "fit_time", "score_time"))
+    if not isinstance(score, float | np.floating) or not all(isinstance(t, float) for t in times):
+        return None  # several scorers (a dict), or a fit that failed
+    return float(score), *times
 
 
 def live_bar(console):
@@ -1604,6 +1629,11 @@ HEARTBEAT_TAG, PERIOD_TAG = "autolog_mlflow.heartbeat", "autolog_mlflow.heartbea
 BEAT_FORMAT = "%Y-%m-%d %H:%M:%S UTC"  # readable in the UI's tags, and parsed back
 CANDIDATE_TAG = "autolog_mlflow.candidate"  # a child run's index in cv_results_
 CHOSEN_TAG = "autolog_mlflow.best"  # the child run of the candidate the search chose
+# What a candidate's CV scores depend on, and each fold's (score, fit and score seconds): the
+# child run made as its folds end carries them, for --resume to reuse.
+FINGERPRINT_TAG, FOLDS_TAG = "autolog_mlflow.fingerprint", "autolog_mlflow.folds"
+REUSED_TAG = "autolog_mlflow.reused_from"  # the stopped run's child run whose scores it reuses
+RESUMES_TAG, RESUMED_BY_TAG = "autolog_mlflow.resumes", "autolog_mlflow.resumed_by"
 UNKNOWN = "unknown"  # where /proc is missing (macOS, Windows): the heartbeat alone decides
 
 
@@ -2029,13 +2059,13 @@ def child_run_name(varied, params, iteration=None):
 # they are made then. A run that fails ends its children as itself; one that dies, the sweep
 # ends them with it.
 @contextlib.contextmanager
-def live_child_runs(run, args, candidates):
+def live_child_runs(run, args, candidates, basis):
     """LiveChildRuns for the search's candidates (None with --max-tuning-runs N, or candidates
     not known ahead), stopped when the block ends."""
     if args.max_tuning_runs != "all" or candidates is None:
         yield None
         return
-    live = LiveChildRuns(run, candidates)
+    live = LiveChildRuns(run, candidates, basis)
     try:
         yield live
     finally:
@@ -2045,8 +2075,8 @@ def live_child_runs(run, args, candidates):
 class LiveChildRuns:
     """The child runs made while the search runs: {candidate index: (run ID, its tags)}."""
 
-    def __init__(self, parent, candidates):
-        self.parent, self.candidates = parent, candidates
+    def __init__(self, parent, candidates, basis):
+        self.parent, self.candidates, self.basis = parent, candidates, basis
         self.varied = varied_in(self.candidates)
         # Of the tags autologging gives a child run, those known now: its source (the parent's).
         # Sent when the run is made, they need not be sent again in its final batch, where a tag
@@ -2059,23 +2089,23 @@ class LiveChildRuns:
         self.writer = threading.Thread(target=self.write, name="child runs", daemon=True)
         self.writer.start()
 
-    def candidate_done(self, candidate, began, results):
+    def candidate_done(self, candidate, began, results, reused_from=None):
         # Where the fits run in this very thread (--n-jobs 1), a thread beside them would fight
         # them for the interpreter (benchmarks/README.md): made here, each costs what it costs.
         # Reported by workers: the writer makes it.
         if self.stopped.is_set():
             return
         if threading.current_thread() is threading.main_thread():
-            self.make(candidate, began, results)
+            self.make(candidate, began, results, reused_from)
         else:
-            self.queue.put((candidate, began, results))
+            self.queue.put((candidate, began, results, reused_from))
 
     def write(self):
         while (done := self.queue.get()) is not None and not self.stopped.is_set():
             self.make(*done)
 
-    def make(self, candidate, began, results):
-        metrics = cv_metrics(results)
+    def make(self, candidate, began, results, reused_from):
+        metrics, params = cv_metrics(results), self.candidates[candidate]
         scores = (
             f"mean CV {SCORE_NAME} {metrics['mean_test_score']:.3f} "
             f"(+/- {2 * metrics['std_test_score']:.3f}); its rank"
@@ -2083,9 +2113,15 @@ class LiveChildRuns:
             else "its scores"
         )
         tags = self.common | {
-            MLFLOW_RUN_NAME: child_run_name(self.varied, self.candidates[candidate]),
+            MLFLOW_RUN_NAME: child_run_name(self.varied, params),
             "mlflow.note.content": f"Its folds are fitted: {scores} when the search ends.",
+            FINGERPRINT_TAG: fingerprint(self.basis, params),
         }
+        if metrics:  # each fold's results, as --resume reads them back (JSON keeps floats exact)
+            tags[FOLDS_TAG] = json.dumps([results[fold] for fold in sorted(results)])
+        if reused_from:
+            tags[REUSED_TAG] = reused_from
+            tags["mlflow.note.content"] = f"Scored by run {reused_from}: {scores} when it ends."
         # Never fails the search: a child not made here, autologging makes at the end. After a
         # failure, none is tried again (a lost server would cost each candidate MLflow's retries).
         try:
@@ -2113,14 +2149,14 @@ class LiveChildRuns:
 
 
 def cv_metrics(results):
-    """A candidate's CV metrics from each fold's (test score, fit time), as cv_results_ has
-    them (its split scores, and the mean and standard deviation autologging logs); {} if a fold's
-    are unknown."""
+    """A candidate's CV metrics from each fold's (test score, fit and score seconds), as
+    cv_results_ has them (its split scores, and the means and spreads autologging logs); {} if a
+    fold's are unknown."""
     if None in results.values():
         return {}
-    scores, fit_times = (np.array(values) for values in zip(*(results[k] for k in sorted(results))))
+    scores, *times = (np.array(values) for values in zip(*(results[k] for k in sorted(results))))
     metrics = {f"split{fold}_test_score": score for fold, score in enumerate(scores)}
-    for name, values in (("test_score", scores), ("fit_time", fit_times)):
+    for name, values in zip(("test_score", "fit_time", "score_time"), (scores, *times)):
         mean = np.average(values)  # as scikit-learn's _search.py computes them
         metrics |= {f"mean_{name}": mean, f"std_{name}": np.sqrt(np.average((values - mean) ** 2))}
     return {key: float(value) for key, value in metrics.items()}
@@ -2133,6 +2169,72 @@ def end_running_children(client, run, status, end_time=None):
             continue
         child_end = None if end_time is None else max(end_time, child.info.start_time)
         client.set_terminated(child.info.run_id, status, end_time=child_end)
+
+
+# --- A stopped search resumed (--resume RUN_ID) (works around scikit-learn 1.9.1 internals) ---
+# Each child run made as its candidate's folds end carries the fold results and a fingerprint of
+# what they depend on: the store is the search's checkpoint. A search fits every candidate on
+# every fold through model_selection._search._fit_and_score, looked up by its module-global name
+# when the search's fit builds its tasks; replaced around the fit by one that gives a saved
+# candidate's results (the very dict _fit_and_score returns: its score, times and test rows)
+# instead of fitting it, the search ranks, chooses and refits as ever, and cv_results_ is that
+# of a search never stopped. tests/test_mlflow_internals.py fails if an upgrade moves it.
+def scores_basis(record, search):
+    """What every candidate's CV scores depend on but its hyperparameters, as text: the data,
+    its split, the CV, the seed, the search's pipeline, the script, scikit-learn."""
+    configuration = record["configuration"]
+    return json.dumps({
+        "data": (record["data"] or {}).get("sha256") or configuration["data"],
+        **{name: configuration[name] for name in ("target", "test_size", "cv", "seed")},
+        "pipeline": sorted((name, repr(value)) for name, value in search.estimator.get_params().items()),
+        "script": record["script"]["sha256"],
+        "scikit-learn": version("scikit-learn"),
+    }, sort_keys=True, default=str)  # fmt: skip
+
+
+def fingerprint(basis, params):
+    text = basis + json.dumps(params, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def saved_scores(client, original, search, basis):
+    """{candidate index: (child run ID, each fold's results)} of every candidate that the run
+    in `original` scored with the same fingerprint as this search's."""
+    saved = {}
+    for child in find_child_runs(client, original["run"]):
+        if FOLDS_TAG in child.data.tags:
+            folds = [tuple(fold) for fold in json.loads(child.data.tags[FOLDS_TAG])]
+            saved[child.data.tags.get(FINGERPRINT_TAG)] = child.info.run_id, folds
+    if search.return_train_score:  # their scores on the training folds were not saved
+        return {}
+    candidates = candidate_params(search) or []  # successive halving: none known ahead
+    return {k: saved[key] for k, params in enumerate(candidates)
+            if (key := fingerprint(basis, params)) in saved}  # fmt: skip
+
+
+@contextlib.contextmanager
+def scores_reused(reused, live):
+    """Around a search's fit: the candidates in `reused` are not fitted, their saved results
+    stand; each gets its child run at once, saying whose scores it has."""
+    search_module = sklearn.model_selection._search
+    fit_and_score = search_module._fit_and_score
+    saved = {candidate: folds for candidate, (_, folds) in reused.items()}
+
+    def fit_or_reuse(*args, candidate_progress, split_progress, test, **options):
+        if candidate_progress[0] not in saved:
+            return fit_and_score(*args, candidate_progress=candidate_progress,
+                                 split_progress=split_progress, test=test, **options)  # fmt: skip
+        score, fit_time, score_time = saved[candidate_progress[0]][split_progress[0]]
+        return {"fit_error": None, "test_scores": score, "n_test_samples": len(test),
+                "fit_time": fit_time, "score_time": score_time}  # fmt: skip
+
+    for candidate, (child, folds) in reused.items() if live else ():
+        live.candidate_done(candidate, round(time.time() * 1000), dict(enumerate(folds)), child)
+    search_module._fit_and_score = fit_or_reuse if reused else fit_and_score
+    try:
+        yield
+    finally:
+        search_module._fit_and_score = fit_and_score
 
 
 # --- What each run records, so that it can be run again (read back by --reproduce) ---
@@ -2483,12 +2585,15 @@ def summary_of(report):
                 f"training rows, {data['feature_columns']} columns)")  # fmt: skip
     headline = (f"**Best: `{best['name']}`**, mean CV {SCORE_NAME} "
                 f"{best['mean_test_score']:.3f} (+/- {2 * best['std_test_score']:.3f}, 2 std)")  # fmt: skip
-    runner_up = report["best_vs_runner_up"]
+    runner_up, resumed = report["best_vs_runner_up"], report["resumed"]
+    resumed_line = resumed and (f"- Resumed run {resumed['run_id']}: its {resumed['reused']} "
+                                f"scored candidates reused, {resumed['fitted']} fitted")  # fmt: skip
     return "\n".join([
         headline,
         "",
         *([f"- Best vs {runner_up_line(runner_up, report['params']['cv'])}"] if runner_up else []),
         f"- Searched: {searched}",
+        *([resumed_line] if resumed_line else []),
         f"- Held out ({data['test_rows']} rows): {held_out}"
         + (f"; {report['f1']}" if report["f1"] else ""),
         f"- Compared on {comparison['score']}: {compared}",
@@ -2630,9 +2735,11 @@ def dataset_digests(run):
 
 # --- Reproduce a past run (--reproduce RUN_ID): its record in, a verdict out ---
 def experiment_to_reproduce(args):
-    """The options of a past run's experiment, from its record, and that run with its record:
-    bad input unless this script logged it."""
-    uri, run_id = args.tracking_uri, args.reproduce
+    """The options of a past run's experiment (--reproduce or --resume), from its record, and
+    that run with its record: bad input unless this script logged it, or, to resume it, unless
+    it stopped before the end and its experiment is unchanged."""
+    uri, run_id = args.tracking_uri, args.reproduce or args.resume
+    option = "--reproduce" if args.reproduce else "--resume"
     check_store(uri)
     if sqlite_path(uri) and not sqlite_path(uri).is_file():
         raise BadInput(
@@ -2644,7 +2751,7 @@ def experiment_to_reproduce(args):
     except MlflowException as e:
         if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
-        raise BadInput(f"--reproduce {run_id}: no such run in {redact(uri, uri)}")
+        raise BadInput(f"{option} {run_id}: no such run in {redact(uri, uri)}")
     try:
         with tempfile.TemporaryDirectory() as folder:
             record = json.loads(
@@ -2660,7 +2767,7 @@ def experiment_to_reproduce(args):
     if not all(isinstance(values, list) for values in recorded["param_grid"].values()):
         if recorded["param_grid"] != space_as_json(PARAM_GRID):  # distributions are not in JSON
             raise BadInput(f"run {run_id} sampled {json.dumps(recorded['param_grid'])}; "
-                           "put those distributions back in PARAM_GRID to reproduce it")  # fmt: skip
+                           f"put those distributions back in PARAM_GRID to {option[2:]} it")  # fmt: skip
         recorded["param_grid"] = PARAM_GRID
     data = args.data or (recorded_data or {}).get("path") or configuration["data"]
     if data and not args.data and not Path(data).is_file():
@@ -2671,8 +2778,35 @@ def experiment_to_reproduce(args):
             f"{Path(data).name} changed since run {run_id}: sha256 "
             f"{recorded_data['sha256']} then, {now} now"
         )
+    if args.resume:
+        run = stopped_run(client, run)
+        for name in args.given:  # each option given as the record has it, or refused
+            now = space_as_json(args.param_grid) if name == "param_grid" else getattr(args, name)
+            if now != configuration[name]:
+                raise BadInput(f"--{name.replace('_', '-')} {json.dumps(now)} is not run {run_id}'s "
+                               f"{json.dumps(configuration[name])}: a resumed search keeps its "
+                               "experiment; run it anew without --resume")  # fmt: skip
+        if record["script"]["sha256"] != sha256_of(Path(__file__).resolve()):
+            raise BadInput(f"{Path(__file__).name} has changed since run {run_id} (its estimator, "
+                           "pipeline or code): a resumed search needs the script that ran it; "
+                           "run it anew without --resume")  # fmt: skip
     options = vars(args) | recorded | {"data": data, "experiment_name": experiment}
     return argparse.Namespace(**options), {"run": run, "record": record}
+
+
+def stopped_run(client, run):
+    """The run to resume, if it stopped before its end: a run whose process died is closed
+    first, as the sweep would; one that finished, or still runs, is bad input."""
+    if run.info.status == "RUNNING":
+        close_dead_runs(client, run.info.experiment_id)
+        run = client.get_run(run.info.run_id)
+    run_id, status = run.info.run_id, run.info.status
+    if status == "FINISHED":
+        raise BadInput(f"run {run_id} FINISHED: nothing to resume (--reproduce {run_id} runs it "
+                       "again)")  # fmt: skip
+    if status == "RUNNING":
+        raise BadInput(f"run {run_id} is still running; resume it once it has stopped")
+    return run
 
 
 def log_reproduction(client, original, run_id, record, X_test):
@@ -2862,6 +2996,10 @@ def print_report(report):
     print(f"Status: {report['status']} in {report['duration_seconds']:.1f} s")
     if report["closed_dead_runs"]:
         print_closed_runs(report["closed_dead_runs"])
+    if resumed := report["resumed"]:
+        print(f"Resumed run {resumed['run_id']}: reused {resumed['reused']} of "
+              f"{resumed['reused'] + resumed['fitted']} candidates' CV scores; fitted "
+              f"{resumed['fitted']}")  # fmt: skip
     data, target = report["data"], report["data"]["target"]
     print(f"\nData: {data['source']}, {data['rows']} rows ({data['train_rows']} to train, "
           f"{data['test_rows']} held out), {data['feature_columns']} feature columns")  # fmt: skip

@@ -15,7 +15,7 @@ import autolog_mlflow
 OPTIONS = [
     "--tracking-uri", "--experiment-name", "--run-name", "--data", "--target", "--test-size",
     "--param-grid", "--cv", "--n-jobs", "--seed", "--max-tuning-runs", "--dask-scheduler", "--json",
-    "--register-model", "--reproduce", "--close-dead-runs",
+    "--register-model", "--reproduce", "--resume", "--close-dead-runs",
 ]  # fmt: skip
 
 

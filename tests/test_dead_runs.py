@@ -281,13 +281,14 @@ def test_child_runs_left_running_under_an_ended_run_are_closed_as_it_ended(tmp_p
     assert client.get_run(children[theirs]).info.status == "RUNNING"
 
 
-def test_close_dead_runs_starts_no_run_so_it_refuses_run_options(tmp_path, script_main):
-    result = script_main("--close-dead-runs", "--register-model", "m")
+@pytest.mark.parametrize("option", [["--register-model", "m"], ["--resume", "0" * 32]])
+def test_close_dead_runs_starts_no_run_so_it_refuses_run_options(tmp_path, script_main, option):
+    result = script_main("--close-dead-runs", *option)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         (
             "autolog_mlflow.py: error: --close-dead-runs starts no run: give it without "
-            "--reproduce and --register-model (see --help)"
+            "--reproduce, --resume and --register-model (see --help)"
         )
     ]
     assert not (tmp_path / "mlflow.db").exists()

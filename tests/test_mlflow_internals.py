@@ -21,6 +21,7 @@ import mlflow.sklearn.utils
 import numpy as np
 import pandas as pd
 import pytest
+import sklearn.model_selection._search
 import sqlalchemy
 from mlflow.data.digest_utils import compute_pandas_digest
 from mlflow.entities import DatasetInput
@@ -30,6 +31,7 @@ from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401 -- HalvingGridSearchCV
 from sklearn.model_selection import GridSearchCV, HalvingGridSearchCV, train_test_split
+from sklearn.model_selection._validation import _fit_and_score
 
 import autolog_mlflow
 
@@ -418,10 +420,34 @@ def test_each_candidates_cv_scores_are_read_as_its_folds_end_and_are_cv_results_
     assert sorted(done.results) == list(range(len(results["params"])))
     for candidate, folds in done.results.items():
         metrics = autolog_mlflow.cv_metrics(folds)
+        assert set(metrics) == {f"split{k}_test_score" for k in range(3)} | {
+            f"{stat}_{what}" for stat in ("mean", "std")
+            for what in ("test_score", "fit_time", "score_time")
+        }  # fmt: skip
         for name, value in metrics.items():
-            if name != "std_fit_time":  # scikit-learn keeps no fold's fit time, but their mean
-                assert value == results[name][candidate], name
-        assert metrics["mean_fit_time"] == results["mean_fit_time"][candidate]
+            assert value == results[name][candidate], name
+
+
+def test_a_search_given_saved_fold_results_fits_only_the_others_and_ends_the_same():
+    """--resume: around the fit, autolog_mlflow.scores_reused replaces scikit-learn 1.9.1's
+    _fit_and_score for the saved candidates; cv_results_, the choice and the refit are those
+    of the search that fitted them all."""
+    X, y = make_classification(n_samples=200, n_features=4, random_state=0)
+    everything = CandidatesDone()
+    whole = search_of(GRID).set_params(cv=3)
+    whole.set_callbacks(autolog_mlflow.SearchProgress(everything)).fit(X, y)
+    saved = {k: (f"child {k}", [everything.results[k][fold] for fold in range(3)]) for k in (0, 2)}
+    fitted = CandidatesDone()
+    resumed = search_of(GRID).set_params(cv=3)
+    with autolog_mlflow.scores_reused(saved, None):
+        resumed.set_callbacks(autolog_mlflow.SearchProgress(fitted, saved)).fit(X, y)
+    assert sorted(fitted.results) == [1, 3]  # only the others were fitted
+    for key in ("params", "mean_test_score", "std_test_score", "rank_test_score",
+                *(f"split{k}_test_score" for k in range(3))):  # fmt: skip
+        assert list(resumed.cv_results_[key]) == list(whole.cv_results_[key]), key
+    assert resumed.best_params_ == whole.best_params_
+    assert np.array_equal(resumed.predict(X), whole.predict(X))
+    assert sklearn.model_selection._search._fit_and_score is _fit_and_score  # put back
 
 
 def test_each_child_runs_params_are_turned_into_text_once(store):

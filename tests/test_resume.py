@@ -1,0 +1,187 @@
+"""--resume RUN_ID: a stopped search goes on where it stopped, and ends as if never stopped.
+
+The store is the checkpoint: each candidate's child run gets its fold results as its folds end
+(test_experiment.py watches them arrive); a resumed run reuses those with the same fingerprint
+and fits only the others.
+"""
+
+import contextlib
+import json
+import re
+import shutil
+import signal
+import time
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SCRIPT, SMALL_TABLE, finished_run, parent_runs, run_script, start_script
+from mlflow import MlflowClient
+
+import autolog_mlflow
+
+# 6 candidates, the forests of 300 trees slow enough to stop the search between candidates.
+GRID = {"max_depth": [None, 3, 5], "n_estimators": [10, 300]}
+SEARCH = [*SMALL_TABLE, "--param-grid", json.dumps(GRID), "--cv", "3", "--n-jobs", "1"]
+CANDIDATES, FOLDS = 6, 3
+
+
+def stopped_search(workdir, stop, search=SEARCH, script=SCRIPT):
+    """`search` started in `workdir` and stopped by `stop` once two candidates' scores are in
+    the store, some still to fit; returns the stopped run's ID."""
+    process = start_script(workdir, *search, script=script)
+    line = process.stderr.readline()
+    assert line.startswith("run "), line + process.stderr.read()
+    run_id = line.split()[1].rstrip(":")
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    scored = []
+    while len(scored) < 2:
+        assert process.poll() is None, "the search ended before it was stopped"
+        children = autolog_mlflow.find_child_runs(client, client.get_run(run_id))
+        scored = [child for child in children if autolog_mlflow.FOLDS_TAG in child.data.tags]
+        time.sleep(0.02)
+    process.send_signal(stop)
+    process.communicate(timeout=120)
+    assert process.returncode == (130 if stop == signal.SIGINT else -signal.SIGKILL)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return finished_run(tmp_path_factory.mktemp("uninterrupted"), *SEARCH)
+
+
+def cv_results(made):
+    """Each candidate's CV results as the run's child runs hold them, by child-run name."""
+    return {child.info.run_name: {key: value for key, value in child.data.metrics.items()
+                                  if "test_score" in key}
+            for child in made.child_runs()}  # fmt: skip
+
+
+@contextlib.contextmanager
+def mlflow_tracking(uri):
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def predictions(made):
+    X = pd.read_csv(SMALL_TABLE[1]).drop(columns=SMALL_TABLE[3])
+    uri = made.report["logged_models"][0]["uri"]
+    with mlflow_tracking(made.tracking_uri):
+        return mlflow.pyfunc.load_model(uri).predict(X)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL])
+def test_a_stopped_search_resumed_reuses_its_scores_and_ends_as_if_never_stopped(
+    tmp_path, stop, uninterrupted
+):
+    stopped = stopped_search(tmp_path, stop)
+    resumed = finished_run(tmp_path, "--resume", stopped)
+    report = resumed.report
+    reused = report["resumed"]["reused"]
+    assert report["resumed"] == {"run_id": stopped, "reused": reused, "fitted": CANDIDATES - reused}
+    assert 2 <= reused < CANDIDATES
+    # Only the others were fitted: their folds, and the refit of the best.
+    *_, fits = re.findall(r"search: (\d+)/(\d+) fits", resumed.result.stderr)
+    assert fits == (str((CANDIDATES - reused) * FOLDS + 1),) * 2
+    assert f"(resuming run {stopped}: {reused} reused)" in resumed.result.stderr
+
+    # The same results as a search never stopped.
+    assert cv_results(resumed) == cv_results(uninterrupted)
+    best = {key: value for key, value in report["params"].items() if key.startswith("best_")}
+    assert best == {
+        k: v for k, v in uninterrupted.report["params"].items() if k.startswith("best_")
+    }
+    assert report["test_metrics"] == uninterrupted.report["test_metrics"]
+    assert np.array_equal(predictions(resumed), predictions(uninterrupted))
+
+    # Each run says which resumed which; the reused child runs, whose scores they are.
+    client = resumed.client
+    assert resumed.run.data.tags[autolog_mlflow.RESUMES_TAG] == stopped
+    assert client.get_run(stopped).data.tags[autolog_mlflow.RESUMED_BY_TAG] == report["run_id"]
+    assert client.get_run(stopped).info.status == ("KILLED" if stop == signal.SIGINT else "FAILED")
+    children = resumed.child_runs()
+    assert len(children) == CANDIDATES
+    assert {child.info.status for child in children} == {"FINISHED"}
+    from_stopped = {
+        child.info.run_id
+        for child in autolog_mlflow.find_child_runs(client, client.get_run(stopped))
+    }
+    reused_from = [child.data.tags.get(autolog_mlflow.REUSED_TAG) for child in children]
+    assert len([tag for tag in reused_from if tag]) == reused
+    assert {tag for tag in reused_from if tag} <= from_stopped
+    assert f"Resumed run {stopped}" in resumed.run.data.tags["mlflow.note.content"]
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory):
+    """A search stopped by Ctrl-C, run by a copy of the script, on a copy of the data."""
+    workdir = tmp_path_factory.mktemp("stopped")
+    script, data = workdir / "autolog_mlflow.py", workdir / "table.csv"
+    shutil.copy(SCRIPT, script)
+    shutil.copy(SMALL_TABLE[1], data)
+    search = [SEARCH[0], str(data), *SEARCH[2:]]
+    return workdir, script, data, stopped_search(workdir, signal.SIGINT, search, script)
+
+
+def refused(stopped, *args, script=None):
+    """--resume of the stopped run with `args`: exit 2, one line, no new run; that line."""
+    workdir, own_script, _, run_id = stopped
+    before = len(parent_runs(f"sqlite:///{workdir / 'mlflow.db'}"))
+    result = run_script(workdir, "--resume", run_id, *args, script=script or own_script)
+    assert result.returncode == 2, result.stderr
+    assert len(parent_runs(f"sqlite:///{workdir / 'mlflow.db'}")) == before
+    (line,) = result.stderr.strip().splitlines()
+    return line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "option, value, recorded",
+    [("--param-grid", '{"n_estimators": [10]}', json.dumps(GRID)), ("--cv", "4", "3"),
+     ("--seed", "7", "42")],
+)  # fmt: skip
+def test_resume_refuses_another_grid_cv_or_seed_naming_both(stopped, option, value, recorded):
+    line = refused(stopped, option, value)
+    assert f"{option} " in line and recorded in line and "run it anew without --resume" in line
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_changed_data_file(stopped):
+    _, _, data, run_id = stopped
+    kept = data.read_bytes()
+    try:
+        data.write_bytes(kept.replace(b"\n1", b"\n2", 1))
+        line = refused(stopped)
+        assert f"table.csv changed since run {run_id}: sha256" in line
+    finally:
+        data.write_bytes(kept)
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_changed_estimator_in_the_script(stopped, tmp_path):
+    _, script, _, run_id = stopped
+    edited = tmp_path / "autolog_mlflow.py"
+    text = script.read_text()
+    edited.write_text(
+        text.replace("ensemble.RandomForestClassifier()", "ensemble.ExtraTreesClassifier()", 1)
+    )
+    line = refused(stopped, script=edited)
+    assert f"autolog_mlflow.py has changed since run {run_id}" in line
+
+
+@pytest.mark.slow
+def test_resume_of_a_finished_run_says_there_is_nothing_to_resume(uninterrupted):
+    run_id = uninterrupted.report["run_id"]
+    result = run_script(uninterrupted.workdir, "--resume", run_id)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"autolog_mlflow.py: error: run {run_id} FINISHED: nothing to resume "
+        f"(--reproduce {run_id} runs it again)"
+    )
