@@ -326,8 +326,9 @@ def run_experiment(experiment, client, mlflow_warnings, where):
             "candidates")  # fmt: skip
         progress(f"run {run.info.run_id}: searching {count} with {args.cv}-fold CV on {where} ..."
                  + (f" (resuming run {resumed}: {len(reused)} reused)" if resumed else ""))  # fmt: skip
-        if resumed:
-            client.set_tag(resumed, RESUMED_BY_TAG, run.info.run_id)
+        if resumed:  # on the stopped run too, if the store lets this user write to it
+            with contextlib.suppress(MlflowException):
+                client.set_tag(resumed, RESUMED_BY_TAG, run.info.run_id)
         log_record(experiment.record)
         register_datasets(dataset_of, data.X_train, data.X_test, data_name(args))
         search.estimator.memory = folds  # the preprocessing fitted once per CV fold
@@ -1396,22 +1397,22 @@ class SearchProgress:
 
 # scikit-learn 1.9.1 tells a callback that a CV fit ended, not its score: on_fit_task_end is
 # called in a `finally` of model_selection._validation._fit_and_score, after the fold is scored,
-# with the estimator and the training rows only. The score and fit time are that frame's locals
-# `test_scores` and `fit_time`; read there, each candidate's child run gets its CV scores as soon
-# as its folds are done (they are the very numbers of cv_results_). Not found (a failed fit, an
-# upgrade that moved them): the scores come at the end, as before.
-# tests/test_mlflow_internals.py fails if an upgrade moves them.
+# with the estimator and the training rows only. The score and times are that frame's locals
+# `test_scores`, `fit_time` and `score_time` (its `result` says whether the fit failed); read
+# there, each candidate's child run gets its CV scores as soon as its folds are done (the very
+# numbers of cv_results_). Not found (a failed fit, an upgrade that moved them): the scores come
+# at the end. tests/test_mlflow_internals.py fails if an upgrade moves them.
 def cv_fit_result(cv_fit):
     """(test score, fit and score seconds) of the CV fit `cv_fit` whose end is being reported,
     or None."""
     frame = sys._getframe(1) if cv_fit is not None else None
     while frame is not None and frame.f_code.co_name != "_fit_and_score":
         frame = frame.f_back
-    if frame is None:
-        return None
+    if frame is None or frame.f_locals.get("result", {}).get("fit_error") is not None:
+        return None  # not found, or a fit that failed (error_score stands for its score)
     score, *times = (frame.f_locals.get(name) for name in ("test_scores", "fit_time", "score_time"))
     if not isinstance(score, float | np.floating) or not all(isinstance(t, float) for t in times):
-        return None  # several scorers (a dict), or a fit that failed
+        return None  # several scorers (a dict)
     return float(score), *times
 
 
@@ -1634,6 +1635,7 @@ CHOSEN_TAG = "autolog_mlflow.best"  # the child run of the candidate the search 
 FINGERPRINT_TAG, FOLDS_TAG = "autolog_mlflow.fingerprint", "autolog_mlflow.folds"
 REUSED_TAG = "autolog_mlflow.reused_from"  # the stopped run's child run whose scores it reuses
 RESUMES_TAG, RESUMED_BY_TAG = "autolog_mlflow.resumes", "autolog_mlflow.resumed_by"
+MAX_TAG_LENGTH = 5000  # what every store takes (MLflow 3.17.2 allows 8,000; some stores less)
 UNKNOWN = "unknown"  # where /proc is missing (macOS, Windows): the heartbeat alone decides
 
 
@@ -2073,7 +2075,8 @@ def live_child_runs(run, args, candidates, basis):
 
 
 class LiveChildRuns:
-    """The child runs made while the search runs: {candidate index: (run ID, its tags)}."""
+    """The child runs made while the search runs: {candidate index: (run ID, its tags, its
+    metrics)}."""
 
     def __init__(self, parent, candidates, basis):
         self.parent, self.candidates, self.basis = parent, candidates, basis
@@ -2117,8 +2120,9 @@ class LiveChildRuns:
             "mlflow.note.content": f"Its folds are fitted: {scores} when the search ends.",
             FINGERPRINT_TAG: fingerprint(self.basis, params),
         }
-        if metrics:  # each fold's results, as --resume reads them back (JSON keeps floats exact)
-            tags[FOLDS_TAG] = json.dumps([results[fold] for fold in sorted(results)])
+        folds = json.dumps([results[fold] for fold in sorted(results)])  # JSON: floats exact
+        if metrics and len(folds) <= MAX_TAG_LENGTH:  # for --resume to read back
+            tags[FOLDS_TAG] = folds
         if reused_from:
             tags[REUSED_TAG] = reused_from
             tags["mlflow.note.content"] = f"Scored by run {reused_from}: {scores} when it ends."
@@ -2181,14 +2185,15 @@ def end_running_children(client, run, status, end_time=None):
 # of a search never stopped. tests/test_mlflow_internals.py fails if an upgrade moves it.
 def scores_basis(record, search):
     """What every candidate's CV scores depend on but its hyperparameters, as text: the data,
-    its split, the CV, the seed, the search's pipeline, the script, scikit-learn."""
+    its split, the CV, the seed, the search's pipeline, the script, Python and the packages."""
     configuration = record["configuration"]
     return json.dumps({
         "data": (record["data"] or {}).get("sha256") or configuration["data"],
         **{name: configuration[name] for name in ("target", "test_size", "cv", "seed")},
         "pipeline": sorted((name, repr(value)) for name, value in search.estimator.get_params().items()),
         "script": record["script"]["sha256"],
-        "scikit-learn": version("scikit-learn"),
+        "python": record["environment"]["python"],
+        "packages": {name: version(name) for name in MODEL_PACKAGES},
     }, sort_keys=True, default=str)  # fmt: skip
 
 
@@ -2200,16 +2205,22 @@ def fingerprint(basis, params):
 def saved_scores(client, original, search, basis):
     """{candidate index: (child run ID, each fold's results)} of every candidate that the run
     in `original` scored with the same fingerprint as this search's."""
+    candidates, run_id = candidate_params(search), original["run"].info.run_id
+    if candidates is None:
+        raise BadInput(f"--resume {run_id}: successive halving chooses its candidates as it goes, "
+                       "so none can be reused; run it anew without --resume")  # fmt: skip
     saved = {}
     for child in find_child_runs(client, original["run"]):
-        if FOLDS_TAG in child.data.tags:
-            folds = [tuple(fold) for fold in json.loads(child.data.tags[FOLDS_TAG])]
+        with contextlib.suppress(ValueError, TypeError):  # a tag edited by hand: not reused
+            folds = [tuple(fold) for fold in json.loads(child.data.tags.get(FOLDS_TAG, "null"))]
             saved[child.data.tags.get(FINGERPRINT_TAG)] = child.info.run_id, folds
-    if search.return_train_score:  # their scores on the training folds were not saved
+    reused = {k: saved[key] for k, params in enumerate(candidates)
+              if (key := fingerprint(basis, params)) in saved}  # fmt: skip
+    if saved and (not reused or search.return_train_score):
+        progress(f"--resume {run_id}: none of its {len(saved)} scored candidates can be reused "
+                 "(the packages changed, or the search keeps training scores): all are fitted")  # fmt: skip
         return {}
-    candidates = candidate_params(search) or []  # successive halving: none known ahead
-    return {k: saved[key] for k, params in enumerate(candidates)
-            if (key := fingerprint(basis, params)) in saved}  # fmt: skip
+    return reused
 
 
 @contextlib.contextmanager
@@ -2230,8 +2241,8 @@ def scores_reused(reused, live):
 
     for candidate, (child, folds) in reused.items() if live else ():
         live.candidate_done(candidate, round(time.time() * 1000), dict(enumerate(folds)), child)
-    search_module._fit_and_score = fit_or_reuse if reused else fit_and_score
     try:
+        search_module._fit_and_score = fit_or_reuse if reused else fit_and_score
         yield
     finally:
         search_module._fit_and_score = fit_and_score
@@ -2779,18 +2790,19 @@ def experiment_to_reproduce(args):
             f"{recorded_data['sha256']} then, {now} now"
         )
     if args.resume:
-        run = stopped_run(client, run)
         for name in args.given:  # each option given as the record has it, or refused
             now = space_as_json(args.param_grid) if name == "param_grid" else getattr(args, name)
             if now != configuration[name]:
                 raise BadInput(f"--{name.replace('_', '-')} {json.dumps(now)} is not run {run_id}'s "
                                f"{json.dumps(configuration[name])}: a resumed search keeps its "
                                "experiment; run it anew without --resume")  # fmt: skip
-        if record["script"]["sha256"] != sha256_of(Path(__file__).resolve()):
+        if record.get("script", {}).get("sha256") != sha256_of(Path(__file__).resolve()):
             raise BadInput(f"{Path(__file__).name} has changed since run {run_id} (its estimator, "
                            "pipeline or code): a resumed search needs the script that ran it; "
                            "run it anew without --resume")  # fmt: skip
+        run = stopped_run(client, run)
     options = vars(args) | recorded | {"data": data, "experiment_name": experiment}
+    options.pop("given")  # checked: not to be recorded
     return argparse.Namespace(**options), {"run": run, "record": record}
 
 

@@ -42,9 +42,11 @@ import contextlib
 import functools
 import itertools
 import json
+import math
 import os
 import platform
 import pty
+import signal
 import statistics
 import subprocess
 import sys
@@ -655,6 +657,60 @@ def print_explanation_cost(results):
               f"| {100 * (with_ - without) / with_:.1f} % |")  # fmt: skip
 
 
+# --resume (--only-resume): a search stopped once half its candidates are scored, then resumed,
+# against the same search run in full; 20 candidates x 5 folds on the bundled data, n_jobs -1.
+RESUME_GRID = {"n_estimators": [50, 100, 150, 200, 250], "max_depth": [None, 4, 6, 8]}
+
+
+def stopped_at_half(command, cwd):
+    """Start `command` in `cwd` and stop it (Ctrl-C) once half its candidates' child runs hold
+    their fold results; the stopped run's ID."""
+    from mlflow import MlflowClient
+
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    run_id = process.stderr.readline().split()[1].rstrip(":")
+    client = MlflowClient(f"sqlite:///{cwd}/mlflow.db")
+    half = math.prod(len(values) for values in RESUME_GRID.values()) // 2
+    experiment = client.get_run(run_id).info.experiment_id
+    while process.poll() is None:
+        children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{run_id}'")
+        if sum("autolog_mlflow.folds" in child.data.tags for child in children) >= half:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    process.communicate()
+    if process.returncode != 130:
+        raise SystemExit(f"the search to stop ended with {process.returncode}, not stopped")
+    return run_id
+
+
+def resume_cost(rounds, workdir):
+    """Whole-process seconds of the full search and of --resume of it stopped at half, in turn,
+    warm store (the stopped run's own seconds are not counted)."""
+    full = script_command(RESUME_GRID, -1)
+    warm_dir = Path(tempfile.mkdtemp(dir=workdir))
+    measure(full, warm_dir)  # create the warm store
+    samples = {"full search": [], "resumed, stopped at half": []}
+    for round_ in range(rounds):
+        samples["full search"].append(measure(full, warm_dir))
+        stopped = stopped_at_half(full, warm_dir)
+        resume = [sys.executable, str(SCRIPT), "--resume", stopped]
+        samples["resumed, stopped at half"].append(measure(resume, warm_dir))
+        print(f"  resume round {round_ + 1}/{rounds}", file=sys.stderr, flush=True)
+    return {label: summary(values) for label, values in samples.items()}
+
+
+def print_resume_cost(results):
+    full = results["full search"]["median"]
+    print("\n### --resume: 20 candidates x 5 folds, bundled data, n_jobs -1, warm store\n")
+    print("| run | median s | min-max s | time / full search |")
+    print("|---|---|---|---|")
+    for label, r in results.items():
+        print(f"| {label} | {r['median']:.2f} | {r['min']:.2f}-{r['max']:.2f} "
+              f"| {r['median'] / full:.3f} |")  # fmt: skip
+
+
 def machine():
     import mlflow
     import sklearn
@@ -703,12 +759,18 @@ def main():
     parser.add_argument("--only-heartbeat", action="store_true", help="only the heartbeat rounds")
     parser.add_argument("--explanation-rounds", type=int, default=3, help="rounds per search")
     parser.add_argument("--only-explanation", action="store_true", help="only the explanation")
+    parser.add_argument("--resume-rounds", type=int, default=3, help="rounds of --only-resume")
+    parser.add_argument("--only-resume", action="store_true", help="only --resume's time")
     args = parser.parse_args()
 
     print(f"Machine: {machine()}")
     if args.only_login:
         with tempfile.TemporaryDirectory() as workdir:
             print_login_overhead(*login_overhead(args.login_rounds, workdir))
+        return
+    if args.only_resume:
+        with tempfile.TemporaryDirectory() as workdir:
+            print_resume_cost(resume_cost(args.resume_rounds, workdir))
         return
     if args.only_explanation:
         with tempfile.TemporaryDirectory() as workdir:

@@ -29,6 +29,7 @@ from mlflow.types.utils import _infer_pandas_column, _infer_required, _infer_sch
 from mlflow.utils.autologging_utils.client import MlflowAutologgingQueueingClient
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.exceptions import FitFailedWarning
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401 -- HalvingGridSearchCV
 from sklearn.model_selection import GridSearchCV, HalvingGridSearchCV, train_test_split
 from sklearn.model_selection._validation import _fit_and_score
@@ -428,7 +429,21 @@ def test_each_candidates_cv_scores_are_read_as_its_folds_end_and_are_cv_results_
             assert value == results[name][candidate], name
 
 
-def test_a_search_given_saved_fold_results_fits_only_the_others_and_ends_the_same():
+@pytest.mark.filterwarnings("ignore:One or more of the test scores are non-finite")
+def test_a_failed_fit_gives_no_score_to_save():
+    """A fit that fails scores error_score (NaN): not a result --resume may reuse."""
+    X, y = make_classification(n_samples=200, n_features=4, random_state=0)
+    done = CandidatesDone()
+    search = search_of({"max_depth": [2, -1]}).set_params(cv=3)  # -1: refused at fit
+    with pytest.warns(FitFailedWarning, match="3 fits failed"):
+        search.set_callbacks(autolog_mlflow.SearchProgress(done)).fit(X, y)
+    assert autolog_mlflow.cv_metrics(done.results[0])  # the good candidate's
+    assert set(done.results[1].values()) == {None}
+    assert autolog_mlflow.cv_metrics(done.results[1]) == {}
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])  # the saved results sent to workers
+def test_a_search_given_saved_fold_results_fits_only_the_others_and_ends_the_same(n_jobs):
     """--resume: around the fit, autolog_mlflow.scores_reused replaces scikit-learn 1.9.1's
     _fit_and_score for the saved candidates; cv_results_, the choice and the refit are those
     of the search that fitted them all."""
@@ -438,7 +453,7 @@ def test_a_search_given_saved_fold_results_fits_only_the_others_and_ends_the_sam
     whole.set_callbacks(autolog_mlflow.SearchProgress(everything)).fit(X, y)
     saved = {k: (f"child {k}", [everything.results[k][fold] for fold in range(3)]) for k in (0, 2)}
     fitted = CandidatesDone()
-    resumed = search_of(GRID).set_params(cv=3)
+    resumed = search_of(GRID).set_params(cv=3, n_jobs=n_jobs)
     with autolog_mlflow.scores_reused(saved, None):
         resumed.set_callbacks(autolog_mlflow.SearchProgress(fitted, saved)).fit(X, y)
     assert sorted(fitted.results) == [1, 3]  # only the others were fitted

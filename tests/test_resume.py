@@ -82,7 +82,8 @@ def test_a_stopped_search_resumed_reuses_its_scores_and_ends_as_if_never_stopped
     tmp_path, stop, uninterrupted
 ):
     stopped = stopped_search(tmp_path, stop)
-    resumed = finished_run(tmp_path, "--resume", stopped)
+    # The fits may run elsewhere than before: here in worker processes.
+    resumed = finished_run(tmp_path, "--resume", stopped, "--n-jobs", "2")
     report = resumed.report
     reused = report["resumed"]["reused"]
     assert report["resumed"] == {"run_id": stopped, "reused": reused, "fitted": CANDIDATES - reused}
@@ -174,6 +175,33 @@ def test_resume_refuses_a_changed_estimator_in_the_script(stopped, tmp_path):
     )
     line = refused(stopped, script=edited)
     assert f"autolog_mlflow.py has changed since run {run_id}" in line
+
+
+@pytest.mark.slow
+def test_resume_of_a_successive_halving_search_is_refused(tmp_path):
+    """Successive halving chooses its candidates as it goes: none can be known to be reused."""
+    halving = tmp_path / "autolog_mlflow.py"
+    halving.write_text(SCRIPT.read_text().replace(
+        "SEARCH, SEARCH_OPTIONS = GridSearchCV, {}",
+        "from sklearn.experimental import enable_halving_search_cv  # noqa\n"
+        "from sklearn.model_selection import HalvingGridSearchCV\n"
+        "SEARCH, SEARCH_OPTIONS = HalvingGridSearchCV, {}", 1))  # fmt: skip
+    process = start_script(tmp_path, *SEARCH, script=halving)
+    line = process.stderr.readline()
+    assert line.startswith("run "), line + process.stderr.read()
+    run_id = line.split()[1].rstrip(":")
+    while not process.stderr.readline().startswith("search: "):  # its record logged
+        assert process.poll() is None
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    assert process.returncode == 130
+    result = run_script(tmp_path, "--resume", run_id, script=halving)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"autolog_mlflow.py: error: --resume {run_id}: successive halving chooses its candidates "
+        "as it goes, so none can be reused; run it anew without --resume"
+    )
+    assert len(parent_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")) == 1
 
 
 @pytest.mark.slow
