@@ -587,14 +587,20 @@ def heartbeat_cost(rounds, workdir):
     return {label: summary(values) for label, values in samples.items()}
 
 
-def print_heartbeat_cost(results):
-    none = results["once a day (none after the first)"]["median"]
-    print("\n### Heartbeat: the default run (9 candidates x 5 folds, n_jobs -1), warm store\n")
-    print("| heartbeat | median s | min-max s | time / once a day |")
+def print_against(title, what, results, reference, reference_name):
+    """A table of `results`' medians and spreads, each against the `reference` one's median."""
+    base = results[reference]["median"]
+    print(f"\n### {title}\n")
+    print(f"| {what} | median s | min-max s | time / {reference_name} |")
     print("|---|---|---|---|")
     for label, r in results.items():
         print(f"| {label} | {r['median']:.2f} | {r['min']:.2f}-{r['max']:.2f} "
-              f"| {r['median'] / none:.3f} |")  # fmt: skip
+              f"| {r['median'] / base:.3f} |")  # fmt: skip
+
+
+def print_heartbeat_cost(results):
+    print_against("Heartbeat: the default run (9 candidates x 5 folds, n_jobs -1), warm store",
+                  "heartbeat", results, "once a day (none after the first)", "once a day")  # fmt: skip
 
 
 # The explanation's cost (--only-explanation): the script beside a copy of it that explains
@@ -702,13 +708,8 @@ def resume_cost(rounds, workdir):
 
 
 def print_resume_cost(results):
-    full = results["full search"]["median"]
-    print("\n### --resume: 20 candidates x 5 folds, bundled data, n_jobs -1, warm store\n")
-    print("| run | median s | min-max s | time / full search |")
-    print("|---|---|---|---|")
-    for label, r in results.items():
-        print(f"| {label} | {r['median']:.2f} | {r['min']:.2f}-{r['max']:.2f} "
-              f"| {r['median'] / full:.3f} |")  # fmt: skip
+    print_against("--resume: 20 candidates x 5 folds, bundled data, n_jobs -1, warm store",
+                  "run", results, "full search", "full search")  # fmt: skip
 
 
 def machine():
