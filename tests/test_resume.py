@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from conftest import SCRIPT, SMALL_TABLE, finished_run, parent_runs, run_script, start_script
 from mlflow import MlflowClient
+from mlflow_ui import mlflow_server
 
 import autolog_mlflow
 
@@ -31,19 +32,26 @@ def stopped_search(workdir, stop, search=SEARCH, script=SCRIPT):
     """`search` started in `workdir` and stopped by `stop` once two candidates' scores are in
     the store, some still to fit; returns the stopped run's ID."""
     process = start_script(workdir, *search, script=script)
+    run_id = once_two_are_scored(process, f"sqlite:///{workdir / 'mlflow.db'}")
+    process.send_signal(stop)
+    process.communicate(timeout=120)
+    assert process.returncode == (130 if stop == signal.SIGINT else -signal.SIGKILL)
+    return run_id
+
+
+def once_two_are_scored(process, tracking_uri):
+    """The run ID of the script `process`, once two of its candidates' scores are in its store
+    (it still searching)."""
     line = process.stderr.readline()
     assert line.startswith("run "), line + process.stderr.read()
     run_id = line.split()[1].rstrip(":")
-    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri)  # once the store is made: a client makes a new one
     scored = []
     while len(scored) < 2:
         assert process.poll() is None, "the search ended before it was stopped"
         children = autolog_mlflow.find_child_runs(client, client.get_run(run_id))
         scored = [child for child in children if autolog_mlflow.FOLDS_TAG in child.data.tags]
         time.sleep(0.02)
-    process.send_signal(stop)
-    process.communicate(timeout=120)
-    assert process.returncode == (130 if stop == signal.SIGINT else -signal.SIGKILL)
     return run_id
 
 
@@ -118,6 +126,63 @@ def test_a_stopped_search_resumed_reuses_its_scores_and_ends_as_if_never_stopped
     assert len([tag for tag in reused_from if tag]) == reused
     assert {tag for tag in reused_from if tag} <= from_stopped
     assert f"Resumed run {stopped}" in resumed.run.data.tags["mlflow.note.content"]
+
+
+def same_results(report, uninterrupted):
+    """What the reports say of the two runs: each candidate's CV scores, the best, the held-out
+    metrics."""
+    for made in (report, uninterrupted.report):
+        yield (
+            {child["name"]: (child["mean_test_score"], child["std_test_score"], child["rank"])
+             for child in made["child_runs"]},
+            {key: value for key, value in made["params"].items() if key.startswith("best_")},
+            made["test_metrics"],
+        )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_search_whose_server_was_killed_resumes_through_the_server_restarted(
+    tmp_path, uninterrupted
+):
+    """The server is killed mid-search: the run cannot even be ended (RUNNING, its process
+    gone); the server restarted on the same store, --resume closes it and goes on."""
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    store = f"sqlite:///{server_dir / 'mlflow.db'}"
+    with mlflow_server(store, server_dir, "server") as server:
+        process = start_script(tmp_path, *SEARCH, "--tracking-uri", server.url)
+        stopped = once_two_are_scored(process, server.url)
+        server.stop(signal.SIGKILL)
+        process.communicate(timeout=120)
+        assert process.returncode == 1
+    with mlflow_server(store, server_dir, "server") as server:
+        resumed = finished_run(tmp_path, "--resume", stopped, "--tracking-uri", server.url)
+        assert MlflowClient(server.url).get_run(stopped).info.status == "FAILED"  # it had died
+    report = resumed.report
+    assert 2 <= report["resumed"]["reused"] < CANDIDATES
+    now, then = same_results(report, uninterrupted)
+    assert now == then
+
+
+@pytest.mark.slow
+def test_a_randomized_search_resumed_samples_the_same_candidates_and_reuses_them(tmp_path):
+    """RandomizedSearchCV with scipy.stats distributions: the same seed, the same candidates."""
+    randomized = tmp_path / "autolog_mlflow.py"
+    randomized.write_text(SCRIPT.read_text().replace(
+        "SEARCH, SEARCH_OPTIONS = GridSearchCV, {}",
+        "SEARCH, SEARCH_OPTIONS = RandomizedSearchCV, {'n_iter': 6}", 1).replace(
+        'PARAM_GRID = {"n_estimators": [50, 100, 200], "max_depth": [None, 5, 10]}',
+        'PARAM_GRID = {"n_estimators": scipy.stats.randint(10, 300), '
+        '"max_depth": scipy.stats.randint(2, 8)}', 1))  # fmt: skip
+    search = [*SMALL_TABLE, "--cv", "3", "--n-jobs", "1"]
+    stopped = stopped_search(tmp_path, signal.SIGINT, search, randomized)
+    resumed = finished_run(tmp_path, "--resume", stopped, script=randomized)
+    (tmp_path / "full").mkdir()
+    full = finished_run(tmp_path / "full", *search, script=randomized)
+    assert 2 <= resumed.report["resumed"]["reused"] < CANDIDATES
+    now, then = same_results(resumed.report, full)
+    assert now == then
+    assert cv_results(resumed) == cv_results(full)
 
 
 @pytest.fixture(scope="module")
