@@ -225,6 +225,9 @@ def main(argv=None):
     # log_loss call uses; MLflow hints that integer predictions cannot hold missing values.
     warnings.filterwarnings("ignore", message=".*`y_pred` was renamed", category=FutureWarning)
     warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+    # A stop landing in a store read makes SQLAlchemy log (not raise) that it could not close the
+    # cursor, with a traceback; the stop itself ends the run, and is reported in one line.
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
     for stop in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop, raise_terminated)
     # Ctrl-C stops the run even where the script was started with SIGINT ignored (some job

@@ -178,7 +178,8 @@ def test_candidates_appear_in_the_store_while_the_search_runs(tmp_path):
             scored[child.info.run_id] = child.data.metrics
             assert set(child.data.metrics) == {
                 "split0_test_score", "split1_test_score", "split2_test_score", "mean_test_score",
-                "std_test_score", "mean_fit_time", "std_fit_time",
+                "std_test_score", "mean_fit_time", "std_fit_time", "mean_score_time",
+                "std_score_time",
             }  # fmt: skip
             assert child.data.tags["mlflow.note.content"] == (
                 f"Its folds are fitted: mean CV accuracy {child.data.metrics['mean_test_score']:.3f}"

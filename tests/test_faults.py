@@ -227,10 +227,12 @@ DURING_SEARCH = ("run ", "search: 4/")
 
 
 def stopped_at(workdir, sig, line, seconds, again=None):
-    """Launch the script (a new Python, imports included) on QUICK's search, send `sig` `seconds`
-    after it prints a line starting with `line` (after launch, if None), and `again` 0.2 s
-    later (a second Ctrl-C during the cleanup); return (exit code, stderr)."""
-    process = start_script(workdir, *QUICK, new_python=True)
+    """Launch the script on QUICK's search, send `sig` `seconds` after it prints a line
+    starting with `line` (after launch, if None), and `again` 0.2 s later (a second Ctrl-C
+    during the cleanup); return (exit code, stderr)."""
+    # From launch: a new Python, its imports included; once a line is printed, the prestarted
+    # one's fork (the same process from then on, less the imports' CPU).
+    process = start_script(workdir, *QUICK, new_python=line is None)
     lines, seen = [], threading.Event()
 
     def read():
