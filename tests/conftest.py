@@ -230,6 +230,14 @@ class ReadToEnd(threading.Thread):
                 self.text = self.stream.read()
 
 
+@pytest.fixture(scope="session")
+def script_help(tmp_path_factory):
+    """What `--help` prints (run once for every test that reads it)."""
+    result = run_script(tmp_path_factory.mktemp("help"), "--help")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 @pytest.fixture
 def script_main(tmp_path):
     """`run_script` in the test's `tmp_path`."""

@@ -15,8 +15,11 @@ from conftest import (
     ROOT,
     SMALL_GRID,
     SMALL_SEARCH,
+    TINY,
     child_runs_once_made,
     finished_run,
+    parent_runs,
+    run_script,
     start_script,
 )
 from mlflow import MlflowClient
@@ -271,9 +274,11 @@ def test_printed_ui_urls_open_the_model_training_view_of_the_run_and_its_experim
     assert browse["experiment_url"] == f"{runs}?workflowType=machine_learning"
 
 
-def test_text_report_shows_run_id_duration_models_leaderboard_and_how_to_browse(quick_run, capsys):
-    autolog_mlflow.print_report(quick_run.report)  # what the script prints without --json
-    run, out = quick_run.run, capsys.readouterr().out
+def test_text_report_shows_run_id_duration_models_leaderboard_and_how_to_browse(tmp_path):
+    result = run_script(tmp_path, *TINY)  # without --json: the report as text
+    assert result.returncode == 0, result.stderr
+    client, out = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), result.stdout
+    (run,) = parent_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert out.startswith(f"Run ID: {run.info.run_id}\n")
     seconds = (run.info.end_time - run.info.start_time) / 1000
     assert f"\nStatus: FINISHED in {seconds:.1f} s\n" in out
@@ -290,7 +295,7 @@ def test_text_report_shows_run_id_duration_models_leaderboard_and_how_to_browse(
         assert heading in out
     assert "models:/m-" in out and "[READY]" in out
     assert "mlflow ui" in out and "http://127.0.0.1:5000/#/experiments/" in out
-    (model,) = quick_run.logged_models()
+    (model,) = client.search_logged_models([run.info.experiment_id])
     assert f'Load the model:\n  mlflow.sklearn.load_model("{model.model_uri}")\n' in out
 
 
