@@ -106,7 +106,7 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.types import DataType
 from mlflow.types.schema import AnyType, ColSpec, Schema
 from mlflow.utils.credentials import get_default_host_creds, read_mlflow_creds
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 from mlflow.utils.rest_utils import http_request, verify_rest_response
 from sklearn import (
     ensemble,  # the estimator's module: see ESTIMATOR
@@ -354,7 +354,7 @@ def run_experiment(experiment, client, mlflow_warnings, where):
                                         "fitted": len(candidates) - len(reused)},
             }  # fmt: skip
             report["summary"] = summary_of(report)
-            mlflow.set_tag("mlflow.note.content", report["summary"])
+            mlflow.set_tag(MLFLOW_RUN_NOTE, report["summary"])
             mlflow_warnings.raise_if_any()
     finished = client.get_run(run.info.run_id)
     report["status"] = finished.info.status
@@ -1715,8 +1715,8 @@ def revived_if_closed(client, run_id):
     client.set_tag(run_id, REVIVED_TAG, f"closed as dead while alive "
                    f"({run.data.tags[CRASHED_TAG]}); running again at {beat_now()}")  # fmt: skip
     client.delete_tag(run_id, CRASHED_TAG)
-    if run.data.tags.get("mlflow.note.content", "").startswith("**Died**"):
-        client.delete_tag(run_id, "mlflow.note.content")
+    if run.data.tags.get(MLFLOW_RUN_NOTE, "").startswith("**Died**"):
+        client.delete_tag(run_id, MLFLOW_RUN_NOTE)
     if run.info.status != "RUNNING":
         client.update_run(run_id, status="RUNNING")
 
@@ -1761,9 +1761,8 @@ def close_dead_runs(client, experiment_id):
         # It ran at least until its last beat (whole seconds: never before its start).
         end_time = max(last_beat(run.data.tags) * 1000, run.info.start_time)
         tags = [RunTag(CRASHED_TAG, evidence)]
-        if "mlflow.note.content" not in run.data.tags:  # no summary: it died before that
-            # The run's description, atop its page in the UI: why it is FAILED.
-            tags.append(RunTag("mlflow.note.content", f"**Died**: {evidence}."))
+        if MLFLOW_RUN_NOTE not in run.data.tags:  # no summary atop its UI page: it died before
+            tags.append(RunTag(MLFLOW_RUN_NOTE, f"**Died**: {evidence}."))
         client.log_batch(run.info.run_id, tags=tags)
         # Its children first: a sweep stopped in between leaves the parent RUNNING, found again.
         end_running_children(client, run, "FAILED", end_time)
@@ -2040,7 +2039,7 @@ def child_run_tags(varied, params, metrics, children):
     line = (f"rank {int(metrics['rank_test_score'])} of {children}: mean CV {SCORE_NAME} "
             f"{metrics['mean_test_score']:.3f} (+/- {2 * metrics['std_test_score']:.3f})")  # fmt: skip
     name = child_run_name(varied, params, metrics.get("iter"))
-    return {MLFLOW_RUN_NAME: name, "mlflow.note.content": line}
+    return {MLFLOW_RUN_NAME: name, MLFLOW_RUN_NOTE: line}
 
 
 def varied_in(candidates):
@@ -2120,7 +2119,7 @@ class LiveChildRuns:
         )
         tags = self.common | {
             MLFLOW_RUN_NAME: child_run_name(self.varied, params),
-            "mlflow.note.content": f"Its folds are fitted: {scores} when the search ends.",
+            MLFLOW_RUN_NOTE: f"Its folds are fitted: {scores} when the search ends.",
             FINGERPRINT_TAG: fingerprint(self.basis, params),
         }
         folds = json.dumps([results[fold] for fold in sorted(results)])  # JSON: floats exact
@@ -2128,7 +2127,7 @@ class LiveChildRuns:
             tags[FOLDS_TAG] = folds
         if reused_from:
             tags[REUSED_TAG] = reused_from
-            tags["mlflow.note.content"] = f"Scored by run {reused_from}: {scores} when it ends."
+            tags[MLFLOW_RUN_NOTE] = f"Scored by run {reused_from}: {scores} when it ends."
         # Never fails the search: a child not made here, autologging makes at the end. After a
         # failure, none is tried again (a lost server would cost each candidate MLflow's retries).
         try:
