@@ -183,6 +183,7 @@ MLFLOW_SETTINGS = {  # environment variables; the user's own values win
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 STORE_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks"}
+SERVER_URIS = ("http://", "https://")  # how a tracking server's URI starts
 RECORD_FILE = "run_config.json"  # the artifact that records what it takes to run the run again
 # The options that define an experiment: --reproduce takes them from the record.
 RECORDED_OPTIONS = [
@@ -313,7 +314,7 @@ def run_experiment(experiment, client, mlflow_warnings, where):
         run_ending_right(
             lambda: mlflow.start_run(
                 # After the data and the target by default, e.g. penguins.csv -> species.
-                run_name=args.run_name or f"{data_name(args)} -> {args.target or 'target'}",
+                run_name=args.run_name or f"{data_name(args)} -> {target_name(args)}",
                 tags=who_runs_it() | ({RESUMES_TAG: resumed} if resumed else {}),
             )
         ) as run,
@@ -456,6 +457,10 @@ def data_name(args):
     return Path(args.data).name if args.data else "breast-cancer"
 
 
+def target_name(args):
+    return args.target or "target"  # the bundled set's name for it
+
+
 def read_csv_of_any_locale(path):
     """A CSV separated by commas, semicolons (with decimal commas, as many locales write them),
     tabs or pipes: the separator is told by the first lines."""
@@ -482,7 +487,7 @@ def split_data(X, y, rows_without_target, args):
     """The training split for the search, and the held-out split it never sees."""
     if not 0 < args.test_size < 1:
         raise BadInput(f"--test-size must be between 0 and 1, not {args.test_size}")
-    name, distinct = args.target or "target", y.nunique()
+    name, distinct = target_name(args), y.nunique()
     if not CLASSIFIER and not pd.api.types.is_numeric_dtype(y):
         raise BadInput(f"--target {name} is not numeric: {type(ESTIMATOR).__name__} is a "
                        "regressor and needs numbers")  # fmt: skip
@@ -555,7 +560,7 @@ def score_on_test_split(search, X_test, y_test):
     """Score the best model on the held-out split: (the metrics logged, the predictions).
     Autologging replaces `sklearn.metrics`' functions: they are looked up at call time."""
     y_pred = search.predict(X_test)
-    if is_classifier(search):
+    if CLASSIFIER:
         metrics.accuracy_score(y_test, y_pred)
         logged = ["accuracy_score_X_test", "f1_score_X_test"]
         if len(search.classes_) > 2:
@@ -578,7 +583,7 @@ def score_on_test_split(search, X_test, y_test):
 
 def f1_of(search):
     """What the held-out F1 (and ROC AUC) measure; None for a regressor."""
-    if not is_classifier(search):
+    if not CLASSIFIER:
         return None
     classes = search.classes_
     if len(classes) == 2:
@@ -811,7 +816,7 @@ def check_store(uri):
     and MLFLOW_TRACKING_PASSWORD, or ~/.mlflow/credentials): to the server only, never to the
     output or the run."""
     check_uri_form(uri)
-    if not uri.startswith(("http://", "https://")):
+    if not uri.startswith(SERVER_URIS):
         return None
     parsed = urlparse(uri)
     port = f":{parsed.port}" if parsed.port else ""
@@ -1231,7 +1236,7 @@ def describe_data(data, pipeline, args):
         "test_rows": len(data.X_test),
         "rows_without_target": data.rows_without_target,
         "feature_columns": X.shape[1],
-        "target": {"name": args.target or "target"} | (
+        "target": {"name": target_name(args)} | (
             {"classes": {str(label): int(count) for label, count in y.value_counts().items()}}
             if CLASSIFIER
             else {"min": float(y.min()), "mean": float(y.mean()), "max": float(y.max())}
@@ -2364,7 +2369,7 @@ def explain_run(search, data, y_pred, seed):
     importance, rows = raw_column_importance(search, data.X_test, data.y_test, seed)
     mlflow.log_text(importance.to_csv(index=False), "feature_importance.csv")
     mlflow.log_figure(importance_figure(importance, rows), "feature_importance.png")
-    if is_classifier(search):
+    if CLASSIFIER:
         figure, axes = figure_and_axes(5, 4)
         ConfusionMatrixDisplay.from_predictions(data.y_test, y_pred, ax=axes, colorbar=False)
         axes.set_title(f"Held-out confusion matrix ({len(data.y_test)} rows)")
@@ -2681,7 +2686,7 @@ def require_complete(report, args, search, held_out_metrics):
         "metrics": ["best_cv_score", "training_score", *held_out_metrics],
         "artifacts": ["cv_results.csv", "estimator.html", RECORD_FILE, "data.json", DATA_PROFILE]
         + EXPLANATION
-        + (classifier_plots if is_classifier(search) else []),
+        + (classifier_plots if CLASSIFIER else []),
     }
     missing = [
         f"{kind[:-1]} {name}" for kind, names in expected.items() for name in names
@@ -2988,7 +2993,7 @@ def decide_champion(client, name, tags):
 
 # --- Report ---
 def browse_hints(tracking_uri, report):
-    if tracking_uri.startswith(("http://", "https://")):  # the server's own UI
+    if tracking_uri.startswith(SERVER_URIS):  # the server's own UI
         parsed = urlparse(tracking_uri)
         netloc = parsed.hostname + (f":{parsed.port}" if parsed.port else "")  # no password
         ui, command = parsed._replace(netloc=netloc).geturl().rstrip("/"), None
