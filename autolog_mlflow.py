@@ -1296,14 +1296,10 @@ def data_profile(X_train, y_train, seed):
 # at every fit that the forest takes no callbacks. So this callback counts the fits itself
 # (it is not propagated to the forests) and draws one bar on stderr, or writes plain lines.
 class SearchProgress:
-    """Fits done of the total, time elapsed and left, on stderr, while a search fits; and each
-    candidate whose folds are all fitted, to `live_child_runs` (see "Child runs as candidates
-    finish").
-
-    On a terminal, a live bar; elsewhere (CI logs, pipes), a line at each further tenth of the
-    fits. The total comes from scikit-learn's task tree: every CV fit, and the refit. Copies of
-    the callback in worker processes report each fit to this process over a local socket.
-    """
+    """Fits done of the total (every CV fit, and the refit), time elapsed and left, on stderr: a
+    live bar on a terminal, elsewhere (CI logs, pipes) a line at each further tenth. Copies in
+    worker processes report each fit over a local socket. A candidate whose folds are all fitted
+    goes to `live_child_runs` (see "Child runs as candidates finish")."""
 
     in_worker, address, authkey = False, None, None  # until the fit begins
 
@@ -1392,8 +1388,7 @@ class SearchProgress:
                 progress(progress_line(self.done, self.total, time.monotonic() - self.start))
 
     def fold_done(self, cv_fit, began, result):
-        """Count a CV fit for its candidate, with its score and fit time, and the time its fits
-        span; one whose folds are all fitted gets its child run, with its CV scores."""
+        """A CV fit counted for its candidate; one whose folds are all fitted gets its child run."""
         (candidate, fold), ended = divmod(cv_fit, self.folds), round(time.time() * 1000)
         first, _ = self.spans.get(candidate, (began or ended, None))
         self.spans[candidate] = min(first, began or ended), ended
@@ -1411,8 +1406,7 @@ class SearchProgress:
 # numbers of cv_results_). Not found (a failed fit, an upgrade that moved them): the scores come
 # at the end. tests/test_mlflow_internals.py fails if an upgrade moves them.
 def cv_fit_result(cv_fit):
-    """(test score, fit and score seconds) of the CV fit `cv_fit` whose end is being reported,
-    or None."""
+    """(test score, fit and score seconds) of the CV fit whose end is being reported, or None."""
     frame = sys._getframe(1) if cv_fit is not None else None
     while frame is not None and frame.f_code.co_name != "_fit_and_score":
         frame = frame.f_back
@@ -1968,9 +1962,13 @@ def child_runs_named_at_creation():
         create_child_runs(autologging_client=queued, cv_estimator=cv_estimator, **rest)
         varied = varied_in(cv_estimator.cv_results_["params"])
         for run_id, params in queued.params.items():
-            tags = child_run_tags(varied, params, queued.metrics[run_id], len(queued.params))
-            candidate = queued.candidate_of[run_id]
-            tags[CANDIDATE_TAG] = str(candidate)  # the leaderboard's order on ties
+            metrics, candidate = queued.metrics[run_id], queued.candidate_of[run_id]
+            rank = f"rank {int(metrics['rank_test_score'])} of {len(queued.params)}"
+            tags = {
+                MLFLOW_RUN_NAME: child_run_name(varied, params, metrics.get("iter")),
+                MLFLOW_RUN_NOTE: f"{rank}: mean CV {SCORE_NAME} {mean_and_spread(metrics)}",
+                CANDIDATE_TAG: str(candidate),  # the leaderboard's order on ties
+            }
             if candidate == cv_estimator.best_index_:
                 tags[CHOSEN_TAG] = "true"  # successive halving's is not always of rank 1
             queued.set_tags(run_id, tags)  # sent with the create call, or in the batch
@@ -1983,10 +1981,9 @@ def child_runs_named_at_creation():
 
 
 class ChildRunsQueued:
-    """Autologging's queueing client, noting the params and metrics queued for each child run,
-    writing each distinct param value once, filling in the child runs `made` already, and
-    giving each child the times its candidate's fits spanned (autologging gives them all the
-    parent's start and its own end: the UI's Duration would not be the candidate's)."""
+    """Autologging's queueing client, with each distinct param value written once, the child
+    runs `made` already filled in, and each child's times those its candidate's fits spanned
+    (autologging gives them all the parent's start and its own end: not the candidate's)."""
 
     def __init__(self, client, made, order, spans):
         self.client, self.params, self.metrics, self.texts = client, {}, {}, {}
@@ -1997,8 +1994,7 @@ class ChildRunsQueued:
         return getattr(self.client, name)
 
     def create_run(self, experiment_id, start_time, tags):
-        """The next candidate's child run (autologging asks in `order`): the one made during
-        the search, or a new one."""
+        """The next candidate's child run, in `order`: the one made during the search, or new."""
         candidate, self.created = self.order[self.created], self.created + 1
         if candidate in self.made:
             run_id, sent, self.sent_metrics[run_id] = self.made[candidate]
@@ -2039,14 +2035,6 @@ class ChildRunsQueued:
         self.client.log_metrics(run_id=run_id, metrics=metrics, **options)
 
 
-def child_run_tags(varied, params, metrics, children):
-    """A child run's name and its description."""
-    line = (f"rank {int(metrics['rank_test_score'])} of {children}: mean CV {SCORE_NAME} "
-            f"{metrics['mean_test_score']:.3f} (+/- {2 * metrics['std_test_score']:.3f})")  # fmt: skip
-    name = child_run_name(varied, params, metrics.get("iter"))
-    return {MLFLOW_RUN_NAME: name, MLFLOW_RUN_NOTE: line}
-
-
 def varied_in(candidates):
     """The hyperparameters a search's candidates set, in the order child-run names give them."""
     return sorted(set().union(*candidates))
@@ -2056,6 +2044,11 @@ def child_run_name(varied, params, iteration=None):
     """E.g. `max_depth=5 n_estimators=100`; with successive halving `..., round 2`."""
     name = " ".join(f"{key}={params[key]}" for key in varied)
     return name if iteration is None else f"{name}, round {int(iteration) + 1}"
+
+
+def mean_and_spread(metrics):
+    """A candidate's mean CV score and twice its spread, e.g. `0.960 (+/- 0.041)`."""
+    return f"{metrics['mean_test_score']:.3f} (+/- {2 * metrics['std_test_score']:.3f})"
 
 
 # --- Child runs as candidates finish ---
@@ -2069,8 +2062,7 @@ def child_run_name(varied, params, iteration=None):
 # ends them with it.
 @contextlib.contextmanager
 def live_child_runs(run, args, candidates, basis):
-    """LiveChildRuns for the search's candidates (None with --max-tuning-runs N, or candidates
-    not known ahead), stopped when the block ends."""
+    """LiveChildRuns for the search's candidates, if known ahead and all logged; else None."""
     if args.max_tuning_runs != "all" or candidates is None:
         yield None
         return
@@ -2082,8 +2074,7 @@ def live_child_runs(run, args, candidates, basis):
 
 
 class LiveChildRuns:
-    """The child runs made while the search runs: {candidate index: (run ID, its tags, its
-    metrics)}."""
+    """The child runs made while the search runs: {candidate: (run ID, its tags, its metrics)}."""
 
     def __init__(self, parent, candidates, basis):
         self.parent, self.candidates, self.basis = parent, candidates, basis
@@ -2116,12 +2107,9 @@ class LiveChildRuns:
 
     def make(self, candidate, began, results, reused_from):
         metrics, params = cv_metrics(results), self.candidates[candidate]
-        scores = (
-            f"mean CV {SCORE_NAME} {metrics['mean_test_score']:.3f} "
-            f"(+/- {2 * metrics['std_test_score']:.3f}); its rank"
-            if metrics
-            else "its scores"
-        )
+        scores = "its scores"
+        if metrics:
+            scores = f"mean CV {SCORE_NAME} {mean_and_spread(metrics)}; its rank"
         tags = self.common | {
             MLFLOW_RUN_NAME: child_run_name(self.varied, params),
             MLFLOW_RUN_NOTE: f"Its folds are fitted: {scores} when the search ends.",
@@ -2152,17 +2140,15 @@ class LiveChildRuns:
         return dict(self.runs)
 
     def stop(self):
-        """No more child runs: the search has ended, or failed (a create under way may finish,
-        unless the store is too slow to answer in SERVER_CHECK_TIMEOUT)."""
+        """No more child runs (one under way may finish, if the store answers in time)."""
         self.stopped.set()
         self.queue.put(None)
         self.writer.join(SERVER_CHECK_TIMEOUT)
 
 
 def cv_metrics(results):
-    """A candidate's CV metrics from each fold's (test score, fit and score seconds), as
-    cv_results_ has them (its split scores, and the means and spreads autologging logs); {} if a
-    fold's are unknown."""
+    """A candidate's CV metrics as cv_results_ has them, from each fold's (test score, fit and
+    score seconds); {} if a fold's are unknown."""
     if None in results.values():
         return {}
     scores, *times = (np.array(values) for values in zip(*(results[k] for k in sorted(results))))
@@ -2191,8 +2177,7 @@ def end_running_children(client, run, status, end_time=None):
 # instead of fitting it, the search ranks, chooses and refits as ever, and cv_results_ is that
 # of a search never stopped. tests/test_mlflow_internals.py fails if an upgrade moves it.
 def scores_basis(record, search):
-    """What every candidate's CV scores depend on but its hyperparameters, as text: the data,
-    its split, the CV, the seed, the search's pipeline, the script, Python and the packages."""
+    """What every candidate's CV scores depend on but its hyperparameters, as text."""
     configuration = record["configuration"]
     return json.dumps({
         "data": (record["data"] or {}).get("sha256") or configuration["data"],
@@ -2210,8 +2195,7 @@ def fingerprint(basis, params):
 
 
 def saved_scores(client, original, search, basis):
-    """{candidate index: (child run ID, each fold's results)} of every candidate that the run
-    in `original` scored with the same fingerprint as this search's."""
+    """{candidate: (child run ID, each fold's results)} that `original` scored, fingerprints equal."""
     candidates, run_id = candidate_params(search), original["run"].info.run_id
     if candidates is None:
         raise BadInput(f"--resume {run_id}: successive halving chooses its candidates as it goes, "
@@ -2232,8 +2216,7 @@ def saved_scores(client, original, search, basis):
 
 @contextlib.contextmanager
 def scores_reused(reused, live):
-    """Around a search's fit: the candidates in `reused` are not fitted, their saved results
-    stand; each gets its child run at once, saying whose scores it has."""
+    """Around a search's fit: the candidates in `reused` not fitted, their saved results stand."""
     search_module = sklearn.model_selection._search
     fit_and_score = search_module._fit_and_score
     saved = {candidate: folds for candidate, (_, folds) in reused.items()}
@@ -3057,8 +3040,7 @@ def print_report(report):
     print(f"\nChild runs, best first ({len(report['child_runs'])}):")
     print(f"  {'rank':>4}  {'CV score (mean +/- 2 std)':<26} hyperparameters")
     for child in report["child_runs"]:
-        score = f"{child['mean_test_score']:.3f} (+/- {2 * child['std_test_score']:.3f})"
-        print(f"  {child['rank']:>4}  {score:<26} {child['name']}")
+        print(f"  {child['rank']:>4}  {mean_and_spread(child):<26} {child['name']}")
     if report["best_vs_runner_up"]:
         print(f"  best vs {runner_up_line(report['best_vs_runner_up'], report['params']['cv'])}")
     print("\nHeld-out test metrics (the search never saw these rows):")
