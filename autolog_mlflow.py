@@ -2736,9 +2736,8 @@ def dataset_digests(run):
 
 # --- Reproduce a past run (--reproduce RUN_ID): its record in, a verdict out ---
 def experiment_to_reproduce(args):
-    """The options of a past run's experiment (--reproduce or --resume), from its record, and
-    that run with its record: bad input unless this script logged it, or, to resume it, unless
-    it stopped before the end and its experiment is unchanged."""
+    """A past run's options (--reproduce, --resume) from its record, and that run with its record:
+    bad input unless this script logged it, or, to resume it, it stopped and nothing changed."""
     uri, run_id = args.tracking_uri, args.reproduce or args.resume
     option = "--reproduce" if args.reproduce else "--resume"
     check_store(uri)
@@ -2790,25 +2789,17 @@ def experiment_to_reproduce(args):
             raise BadInput(f"{Path(__file__).name} has changed since run {run_id} (its estimator, "
                            "pipeline or code): a resumed search needs the script that ran it; "
                            "run it anew without --resume")  # fmt: skip
-        run = stopped_run(client, run)
+        if run.info.status == "RUNNING":  # its process may have died: closed as a sweep would
+            close_dead_runs(client, run.info.experiment_id)
+            run = client.get_run(run.info.run_id)
+        if run.info.status == "FINISHED":
+            raise BadInput(f"run {run.info.run_id} FINISHED: nothing to resume (--reproduce "
+                           f"{run.info.run_id} runs it again)")  # fmt: skip
+        if run.info.status == "RUNNING":
+            raise BadInput(f"run {run.info.run_id} is still running; resume it once it has stopped")
     options = vars(args) | recorded | {"data": data, "experiment_name": experiment}
     options.pop("given")  # checked: not to be recorded
     return argparse.Namespace(**options), {"run": run, "record": record}
-
-
-def stopped_run(client, run):
-    """The run to resume, if it stopped before its end: a run whose process died is closed
-    first, as the sweep would; one that finished, or still runs, is bad input."""
-    if run.info.status == "RUNNING":
-        close_dead_runs(client, run.info.experiment_id)
-        run = client.get_run(run.info.run_id)
-    run_id, status = run.info.run_id, run.info.status
-    if status == "FINISHED":
-        raise BadInput(f"run {run_id} FINISHED: nothing to resume (--reproduce {run_id} runs it "
-                       "again)")  # fmt: skip
-    if status == "RUNNING":
-        raise BadInput(f"run {run_id} is still running; resume it once it has stopped")
-    return run
 
 
 def log_reproduction(client, original, run_id, record, X_test):
