@@ -1937,8 +1937,7 @@ def every_search_logged_as_one():
 # value becomes text once, and each child's name (`max_depth=5 n_estimators=100`) and
 # description (`rank 1 of 9: mean CV accuracy 0.960 (+/- 0.041)`) are queued as tags, which
 # MLflow's client sends in the create call: a child costs less (benchmarks/README.md).
-# Autologging binds the function when
-# mlflow.sklearn.autolog() is called: it is replaced around that call.
+# Autologging binds the function when mlflow.sklearn.autolog() is called: replaced around that.
 # tests/test_mlflow_internals.py checks that the children hold what MLflow's own function
 # records, and fails if an upgrade moves what is replaced here.
 @contextlib.contextmanager
