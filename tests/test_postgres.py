@@ -4,12 +4,14 @@
 REST API; the database is then read directly."""
 
 import json
+import signal
 
 import psycopg
 import pytest
-from conftest import QUICK, run_eight_at_once, run_script
+from conftest import QUICK, run_at_once, run_script, start_script
 from mlflow import MlflowClient
 from team_server import team_server as started_team_server
+from test_resume import CANDIDATES, SEARCH, once_two_are_scored
 
 pytestmark = pytest.mark.slow
 
@@ -50,10 +52,10 @@ def test_one_run_is_complete_and_stored_in_postgresql(tmp_path, team_server):
     assert status_in_database(team_server, run_id) == "FINISHED"
 
 
-def test_eight_runs_at_once_all_complete(tmp_path, team_server):
-    reports = run_eight_at_once(tmp_path, "--tracking-uri", team_server.url)
+def test_four_runs_at_once_all_complete(tmp_path, team_server):
+    reports = run_at_once(tmp_path, 4, "--tracking-uri", team_server.url)
     run_ids = {report["run_id"] for report in reports}
-    assert len(run_ids) == 8
+    assert len(run_ids) == 4
     assert all(complete(team_server, run_id, candidates=1) for run_id in run_ids)
 
 
@@ -75,3 +77,17 @@ def test_registration_into_it_makes_a_champion(tmp_path, team_server):
     assert (registration["version"], registration["aliases"]) == (1, ["champion"])
     champion = MlflowClient(team_server.url).get_model_version_by_alias("team-model", "champion")
     assert champion.run_id == json.loads(result.stdout)["run_id"]
+
+
+def test_a_search_stopped_on_it_resumes_through_it(tmp_path, team_server):
+    process = start_script(tmp_path, *SEARCH, "--tracking-uri", team_server.url)
+    stopped = once_two_are_scored(process, team_server.url)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    assert process.returncode == 130
+    result = run_script(tmp_path, "--json", "--resume", stopped, "--tracking-uri", team_server.url)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert 2 <= report["resumed"]["reused"] < CANDIDATES
+    assert complete(team_server, report["run_id"], candidates=CANDIDATES)
+    assert status_in_database(team_server, stopped) == "KILLED"

@@ -158,8 +158,15 @@ def test_a_search_whose_server_was_killed_resumes_through_the_server_restarted(
     with mlflow_server(store, server_dir, "server") as server:
         resumed = finished_run(tmp_path, "--resume", stopped, "--tracking-uri", server.url)
         assert MlflowClient(server.url).get_run(stopped).info.status == "FAILED"  # it had died
+        X = pd.read_csv(SMALL_TABLE[1]).drop(columns=SMALL_TABLE[3])
+        with mlflow_tracking(server.url):
+            predicted = mlflow.pyfunc.load_model(resumed.report["logged_models"][0]["uri"])
+            assert np.array_equal(predicted.predict(X), predictions(uninterrupted))
     report = resumed.report
-    assert 2 <= report["resumed"]["reused"] < CANDIDATES
+    reused = report["resumed"]["reused"]
+    assert 2 <= reused < CANDIDATES
+    *_, fits = re.findall(r"search: (\d+)/(\d+) fits", resumed.result.stderr)
+    assert fits == (str((CANDIDATES - reused) * FOLDS + 1),) * 2
     now, then = same_results(report, uninterrupted)
     assert now == then
 
