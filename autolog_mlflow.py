@@ -243,8 +243,7 @@ def main(argv=None):
 
     try:
         if STOPPED_DURING_IMPORTS:
-            stop = STOPPED_DURING_IMPORTS[0]
-            raise KeyboardInterrupt() if stop == signal.SIGINT else Terminated(stop)
+            raise stop_error(STOPPED_DURING_IMPORTS[0])
         if args.close_dead_runs:  # the sweep alone: no data, no run
             return sweep_only(args)
         # The experiment to run: the options given, or a past run's record (--reproduce, --resume).
@@ -309,7 +308,7 @@ def run_experiment(experiment, client, mlflow_warnings, where):
     candidates = candidate_params(search)  # None: chosen as it goes (halving)
     basis = scores_basis(experiment.record, search)  # what the candidates' scores depend on
     resumed = args.resume and experiment.original["run"].info.run_id
-    reused = saved_scores(client, experiment.original, search, basis) if resumed else {}
+    reused = saved_scores(client, experiment.original, search, candidates, basis) if resumed else {}
     with (
         # Who runs it (see "Runs that died") in the write that creates it: never a run without.
         run_ending_right(
@@ -398,6 +397,11 @@ def log_what_autologging_cannot(experiment, search, y_pred, profile, client):
 
 def raise_terminated(signum, frame):
     raise Terminated(signum)
+
+
+def stop_error(signum):
+    """What a stop raises: KeyboardInterrupt for Ctrl-C, Terminated for SIGTERM and SIGHUP."""
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
 
 def raise_dropped_stop_again(unraisable):
@@ -901,7 +905,7 @@ def stops_deferred():
         for stop, handler in previous.items():
             signal.signal(stop, handler)
     if stops:  # the first one, now
-        raise KeyboardInterrupt() if stops[0] == signal.SIGINT else Terminated(stops[0])
+        raise stop_error(stops[0])
 
 
 # Why a store refuses to create an experiment when the user can put it right: the remedy.
@@ -2194,9 +2198,9 @@ def fingerprint(basis, params):
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def saved_scores(client, original, search, basis):
+def saved_scores(client, original, search, candidates, basis):
     """{candidate: (child run ID, each fold's results)} that `original` scored, fingerprints equal."""
-    candidates, run_id = candidate_params(search), original["run"].info.run_id
+    run_id = original["run"].info.run_id
     if candidates is None:
         raise BadInput(f"--resume {run_id}: successive halving chooses its candidates as it goes, "
                        "so none can be reused; run it anew without --resume")  # fmt: skip

@@ -301,13 +301,14 @@ def parent_runs(tracking_uri):
     return client.search_runs(experiments, filter_string="tags.mlflow.parentRunId IS NULL")
 
 
-def child_runs_once_made(client, run_id, timeout=300):
-    """The child runs of a run still searching, as soon as it has one."""
+def child_runs_once_made(client, run_id, timeout=300, until=bool):
+    """The child runs of a run still searching, as soon as it has one (or as soon as
+    `until(children)`)."""
     run = client.get_run(run_id)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         children = autolog_mlflow.find_child_runs(client, run)
-        if children:
+        if until(children):
             return children
         time.sleep(0.05)
     raise AssertionError(f"run {run_id} made no child run in {timeout} s")

@@ -2,7 +2,6 @@
 
 import itertools
 import json
-import time
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
@@ -164,10 +163,10 @@ def test_candidates_appear_in_the_store_while_the_search_runs(tmp_path):
     assert line.startswith("run "), line + process.stderr.read()
     run_id = line.split()[1].rstrip(":")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    seen = child_runs_once_made(client, run_id)
-    while process.poll() is None and not any(child.data.metrics for child in seen):
-        time.sleep(0.05)  # a child run is made, then given its scores
-        seen = autolog_mlflow.find_child_runs(client, client.get_run(run_id))
+    seen = child_runs_once_made(  # a child run is made, then given its scores
+        client, run_id, until=lambda children: (
+            process.poll() is not None or any(child.data.metrics for child in children))
+    )  # fmt: skip
     searching = client.get_run(run_id)
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr

@@ -10,13 +10,20 @@ import json
 import re
 import shutil
 import signal
-import time
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SCRIPT, SMALL_TABLE, finished_run, parent_runs, run_script, start_script
+from conftest import (
+    SCRIPT,
+    SMALL_TABLE,
+    child_runs_once_made,
+    finished_run,
+    parent_runs,
+    run_script,
+    start_script,
+)
 from mlflow import MlflowClient
 from mlflow_ui import mlflow_server
 
@@ -46,12 +53,9 @@ def once_two_are_scored(process, tracking_uri):
     assert line.startswith("run "), line + process.stderr.read()
     run_id = line.split()[1].rstrip(":")
     client = MlflowClient(tracking_uri)  # once the store is made: a client makes a new one
-    scored = []
-    while len(scored) < 2:
-        assert process.poll() is None, "the search ended before it was stopped"
-        children = autolog_mlflow.find_child_runs(client, client.get_run(run_id))
-        scored = [child for child in children if autolog_mlflow.FOLDS_TAG in child.data.tags]
-        time.sleep(0.02)
+    child_runs_once_made(client, run_id, until=lambda children: process.poll() is not None or (
+        sum(autolog_mlflow.FOLDS_TAG in child.data.tags for child in children) >= 2))  # fmt: skip
+    assert process.poll() is None, "the search ended before it was stopped"
     return run_id
 
 
@@ -77,11 +81,18 @@ def mlflow_tracking(uri):
         mlflow.set_tracking_uri(previous)
 
 
-def predictions(made):
+def predictions(made, tracking_uri=None):
+    """The run's model's predictions on the whole table; its store: the run's, or `tracking_uri`."""
     X = pd.read_csv(SMALL_TABLE[1]).drop(columns=SMALL_TABLE[3])
     uri = made.report["logged_models"][0]["uri"]
-    with mlflow_tracking(made.tracking_uri):
+    with mlflow_tracking(tracking_uri or made.tracking_uri):
         return mlflow.pyfunc.load_model(uri).predict(X)
+
+
+def assert_only_the_others_were_fitted(resumed, reused):
+    """The resumed run's progress counted the folds of the candidates not reused, and the refit."""
+    *_, fits = re.findall(r"search: (\d+)/(\d+) fits", resumed.result.stderr)
+    assert fits == (str((CANDIDATES - reused) * FOLDS + 1),) * 2
 
 
 @pytest.mark.slow
@@ -96,9 +107,7 @@ def test_a_stopped_search_resumed_reuses_its_scores_and_ends_as_if_never_stopped
     reused = report["resumed"]["reused"]
     assert report["resumed"] == {"run_id": stopped, "reused": reused, "fitted": CANDIDATES - reused}
     assert 2 <= reused < CANDIDATES
-    # Only the others were fitted: their folds, and the refit of the best.
-    *_, fits = re.findall(r"search: (\d+)/(\d+) fits", resumed.result.stderr)
-    assert fits == (str((CANDIDATES - reused) * FOLDS + 1),) * 2
+    assert_only_the_others_were_fitted(resumed, reused)
     assert f"(resuming run {stopped}: {reused} reused)" in resumed.result.stderr
 
     # The same results as a search never stopped.
@@ -158,15 +167,11 @@ def test_a_search_whose_server_was_killed_resumes_through_the_server_restarted(
     with mlflow_server(store, server_dir, "server") as server:
         resumed = finished_run(tmp_path, "--resume", stopped, "--tracking-uri", server.url)
         assert MlflowClient(server.url).get_run(stopped).info.status == "FAILED"  # it had died
-        X = pd.read_csv(SMALL_TABLE[1]).drop(columns=SMALL_TABLE[3])
-        with mlflow_tracking(server.url):
-            predicted = mlflow.pyfunc.load_model(resumed.report["logged_models"][0]["uri"])
-            assert np.array_equal(predicted.predict(X), predictions(uninterrupted))
+        assert np.array_equal(predictions(resumed, server.url), predictions(uninterrupted))
     report = resumed.report
     reused = report["resumed"]["reused"]
     assert 2 <= reused < CANDIDATES
-    *_, fits = re.findall(r"search: (\d+)/(\d+) fits", resumed.result.stderr)
-    assert fits == (str((CANDIDATES - reused) * FOLDS + 1),) * 2
+    assert_only_the_others_were_fitted(resumed, reused)
     now, then = same_results(report, uninterrupted)
     assert now == then
 
