@@ -33,8 +33,9 @@ SMALL_SEARCH = ["--param-grid", SMALL_GRID, "--cv", "3", "--n-jobs", "1"]
 SMALL_TABLE = ["--data", str(ROOT / "tests" / "small_table.csv"), "--target", "target"]
 QUICK = [*SMALL_TABLE, *SMALL_SEARCH]
 # One candidate, 2 folds: for runs at once, which contend for the store, not for the search.
-TINY = [*SMALL_TABLE, "--param-grid", '{"n_estimators": [10], "max_depth": [3]}', "--cv", "2",
-        "--n-jobs", "1"]  # fmt: skip
+TINY_SEARCH = ["--param-grid", '{"n_estimators": [10], "max_depth": [3]}', "--cv", "2",
+               "--n-jobs", "1"]  # fmt: skip
+TINY = [*SMALL_TABLE, *TINY_SEARCH]
 
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the script and the UI helpers
 from mlflow_ui import mlflow_server
@@ -44,12 +45,14 @@ import autolog_mlflow
 # The files that take longest run first. pytest-xdist hands each worker whole files in the order
 # they are collected (`--no-loadscope-reorder` in pyproject.toml; by default it starts with the
 # files that have the most tests, which are quick), so a long file left for the end would run
-# alone on one core while the other idles. Test seconds summed per file on 2026-11-30 (see
+# alone on one core while the other idles. Test seconds summed per file on 2026-12-06 (see
 # tests/README.md, "Durations"); a file not listed runs after these.
-LONGEST_FIRST = ["test_faults.py", "test_reproduce.py", "test_experiment.py", "test_dead_runs.py",
-                 "test_scaling_out.py", "test_registry.py", "test_postgres.py",
-                 "test_platforms.py", "test_adapting.py", "test_auth.py", "test_tables.py",
-                 "test_ui.py", "test_correctness.py", "test_mlflow_internals.py"]  # fmt: skip
+LONGEST_FIRST = ["test_faults.py", "test_resume.py", "test_reproduce.py", "test_dead_runs.py",
+                 "test_adapting.py", "test_experiment.py", "test_scaling_out.py",
+                 "test_postgres.py", "test_ui.py", "test_fold_cache.py", "test_auth.py",
+                 "test_registry.py", "test_mlflow_internals.py", "test_promises.py",
+                 "test_completeness.py", "test_tables.py", "test_platforms.py",
+                 "test_correctness.py"]  # fmt: skip
 
 
 def pytest_collection_modifyitems(items):

@@ -2,14 +2,12 @@
 runs end to end, registry and --reproduce included, for another classifier and a regressor."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
-from conftest import ROOT, SMALL_TABLE, penguins, raw_rows, run_script, script_env
+from conftest import ROOT, SMALL_TABLE, penguins, raw_rows, run_script
 from mlflow import MlflowClient
 
 ESTIMATOR_LINE = "ESTIMATOR = ensemble.RandomForestClassifier()"
@@ -125,18 +123,21 @@ def reloaded_elsewhere_and_reproduced(script, report, rows):
                                        script.parent / "rows.csv")  # fmt: skip
 
 
+PREDICT = """import json, sys, mlflow, pandas
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[2])
+print(json.dumps(model.predict(pandas.read_csv(sys.argv[3])).tolist()))
+"""
+
+
 def predicted_in_a_fresh_python(folder, model_uri, rows_csv):
-    """The model's predictions on a CSV's rows, in a new Python started in an empty `folder`:
-    no module of the script's folder to import there."""
+    """The model's predictions on a CSV's rows, in a new process that never ran the script,
+    started in an empty `folder` (its path's first entry): no module of the script's folder to
+    import there. Forked by the prestarted Python, as the script's runs are."""
     folder.mkdir()
-    code = ("import json, sys, mlflow, pandas; mlflow.set_tracking_uri(sys.argv[1]); "
-            "model = mlflow.pyfunc.load_model(sys.argv[2]); "
-            "print(json.dumps(model.predict(pandas.read_csv(sys.argv[3])).tolist()))")  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-c", code, f"sqlite:///{folder.parent / 'mlflow.db'}", model_uri,
-         str(rows_csv)],
-        cwd=folder, env=script_env(), capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    (folder / "predict.py").write_text(PREDICT)
+    result = run_script(folder, f"sqlite:///{folder.parent / 'mlflow.db'}", model_uri,
+                        str(rows_csv), script=folder / "predict.py")  # fmt: skip
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 

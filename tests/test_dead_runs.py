@@ -17,7 +17,6 @@ import pytest
 from conftest import (
     QUICK,
     SCRIPT,
-    SMALL_TABLE,
     child_runs_once_made,
     parent_runs,
     run_at_once,
@@ -31,9 +30,6 @@ from postgres import postgres_server
 import autolog_mlflow
 from autolog_mlflow import CRASHED_TAG, HEARTBEAT_TAG, HOST_TAG, PID_TAG
 
-# Long enough (~20 s of search here) to be still running while another run starts and sweeps.
-SLOW = [*SMALL_TABLE, "--param-grid", '{"n_estimators": [300, 400], "max_depth": [null, 3]}',
-        "--cv", "5", "--n-jobs", "1"]  # fmt: skip
 FAST_BEAT = 1  # seconds: the heartbeat of the script's copies in these tests
 # The copies' sweeps judge a run dead after this many of its periods: far from one beat, so that
 # a loaded machine that delays a beat by a few seconds never gets a live run closed.
@@ -48,6 +44,23 @@ def start_run(workdir, *args, script=SCRIPT):
         if line.startswith("run "):
             return process, line.split()[1].rstrip(":")
     raise AssertionError(f"the script created no run: {process.wait()}")
+
+
+def swept_while_held(live, workdir, *args, script=SCRIPT):
+    """The report of a run of the script (`args`) that sweeps while the `live` one is held
+    (SIGSTOP, its process alive, its heartbeat silent), so that the sweep finds it mid-run
+    however short its search; `live` goes on once the sweep is done (the new run exists)."""
+    os.killpg(live.pid, signal.SIGSTOP)
+    try:
+        sweeper = start_script(workdir, "--json", *args, script=script)
+        for line in sweeper.stderr:
+            if line.startswith("run "):
+                break
+    finally:
+        os.killpg(live.pid, signal.SIGCONT)
+    out, err = sweeper.communicate(timeout=600)
+    assert sweeper.returncode == 0, err
+    return json.loads(out)
 
 
 def kill_hard(process):
@@ -125,15 +138,13 @@ def test_run_killed_mid_search_is_ended_failed_by_the_next_run_with_the_evidence
 
 @pytest.mark.slow
 def test_live_run_of_another_process_on_this_machine_is_left_running_and_finishes(tmp_path):
-    live, live_id = start_run(tmp_path, *SLOW)
-    report = json_report(run_script(tmp_path, "--json", *QUICK))
+    live, live_id = start_run(tmp_path, *QUICK)
+    report = swept_while_held(live, tmp_path, *QUICK)
     _, err = live.communicate(timeout=600)
     assert live.returncode == 0, err
     client = sqlite_client(tmp_path)
     live_run = client.get_run(live_id)
-    assert live_run.info.end_time > client.get_run(report["run_id"]).info.start_time, (
-        "the live run ended before the new run swept: give it a slower grid"
-    )
+    assert live_run.info.end_time > client.get_run(report["run_id"]).info.start_time
     assert report["closed_dead_runs"] == []
     assert live_run.info.status == "FINISHED" and CRASHED_TAG not in live_run.data.tags
 
@@ -144,14 +155,14 @@ def test_run_of_another_machine_is_closed_once_its_heartbeat_is_stale_not_while_
     client = sqlite_client(tmp_path)
     dead_id, pid = killed_run(tmp_path, script=script)
     client.set_tag(dead_id, HOST_TAG, "another-machine")  # its process: out of this machine's sight
-    stale_after = PATIENT * FAST_BEAT
-    time.sleep(max(0, autolog_mlflow.last_beat(client.get_run(dead_id).data.tags) + stale_after
-                   + 1 - time.time()))  # fmt: skip
+    # Its last beat as it would read once stale: the test sets the time rather than waiting.
+    stale = time.gmtime(time.time() - PATIENT * FAST_BEAT - 5)
+    client.set_tag(dead_id, HEARTBEAT_TAG, time.strftime(autolog_mlflow.BEAT_FORMAT, stale))
     # A new run closes the stale one; then, as if on another machine, it lives on and beats
     # while a third run sweeps.
-    live, live_id = start_run(tmp_path, "--json", *SLOW, script=script)
+    live, live_id = start_run(tmp_path, "--json", *QUICK, script=script)
     client.set_tag(live_id, HOST_TAG, "another-machine")
-    report = json_report(run_script(tmp_path, "--json", *QUICK, script=script))
+    report = swept_while_held(live, tmp_path, *QUICK, script=script)
     out, err = live.communicate(timeout=600)
     assert live.returncode == 0, err
 
@@ -168,9 +179,7 @@ def test_run_of_another_machine_is_closed_once_its_heartbeat_is_stale_not_while_
     ]
     assert dead.info.status == "FAILED" and dead.data.tags[CRASHED_TAG] == evidence
     live_run = client.get_run(live_id)
-    assert live_run.info.end_time > client.get_run(report["run_id"]).info.start_time, (
-        "the live run ended before the third run swept: give it a slower grid"
-    )
+    assert live_run.info.end_time > client.get_run(report["run_id"]).info.start_time
     assert report["closed_dead_runs"] == []
     assert live_run.info.status == "FINISHED" and CRASHED_TAG not in live_run.data.tags
     # It kept beating: its last heartbeat is later than its first, given at its start.
@@ -230,15 +239,14 @@ def test_a_live_run_closed_as_dead_by_a_sweep_runs_again_and_ends_truthfully(tmp
         text = script.read_text()
         assert text.count("time.gmtime())") == 1
         script.write_text(text.replace("time.gmtime())", "time.gmtime(time.time() - 180))"))
-    live, live_id = start_run(tmp_path, "--json", *SLOW, script=script)
+    live, live_id = start_run(tmp_path, "--json", *QUICK, script=script)
     client = sqlite_client(tmp_path)
     client.set_tag(live_id, HOST_TAG, "another-machine")  # out of this machine's sight
+    os.killpg(live.pid, signal.SIGSTOP)  # mid-run while the sweep runs, however short its search
     if looks_dead == "suspended":
-        os.killpg(live.pid, signal.SIGSTOP)
         time.sleep(autolog_mlflow.STALE_HEARTBEATS * FAST_BEAT + 2)
     swept = json_report(run_script(tmp_path, "--close-dead-runs", "--json"))
-    if looks_dead == "suspended":
-        os.killpg(live.pid, signal.SIGCONT)
+    os.killpg(live.pid, signal.SIGCONT)
     out, err = live.communicate(timeout=600)
 
     assert [closed["run_id"] for closed in swept["closed_dead_runs"]] == [live_id]

@@ -13,8 +13,8 @@ from conftest import (
     QUICK,
     ROOT,
     SMALL_GRID,
-    SMALL_SEARCH,
     TINY,
+    TINY_SEARCH,
     child_runs_once_made,
     finished_run,
     parent_runs,
@@ -389,7 +389,7 @@ def test_semicolon_separated_csv_with_decimal_commas_is_read_as_numbers(tmp_path
     frame = pd.DataFrame(X, columns=["a", "b", "c", "d"]).assign(label=y)
     frame.to_csv(tmp_path / "semicolons.csv", sep=";", decimal=",", index=False)
 
-    run = finished_run(tmp_path, "--data", "semicolons.csv", "--target", "label", *SMALL_SEARCH)
+    run = finished_run(tmp_path, "--data", "semicolons.csv", "--target", "label", *TINY_SEARCH)
 
     (train,) = [item for item in run.run.inputs.dataset_inputs for tag in item.tags
                 if tag.key == "mlflow.data.context" and tag.value == "train"]  # fmt: skip

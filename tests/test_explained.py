@@ -75,10 +75,14 @@ def test_importance_lists_every_raw_column_of_the_table(table_run, tmp_path):
 
 
 def fitted_search(grid, rows=200):
-    """A small search over the script's own pipeline, on the penguins table."""
+    """A small search over the script's own pipeline, its table fitted once per fold as the
+    script's, on the penguins table."""
     table = penguins(rows).dropna(subset=["species"])
     X, y = table.drop(columns="species"), table["species"]
-    return GridSearchCV(autolog_mlflow.table_pipeline(0), grid, cv=2).fit(X, y), X, y
+    with autolog_mlflow.fold_cache() as folds:
+        search = GridSearchCV(autolog_mlflow.table_pipeline(0, folds), grid, cv=2).fit(X, y)
+    search.best_estimator_.memory = None
+    return search, X, y
 
 
 def test_shuffling_encoded_columns_scores_like_shuffling_the_raw_column():

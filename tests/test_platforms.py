@@ -5,12 +5,13 @@ be imported, the way they cannot on Windows (its worker processes too: a sitecus
 PYTHONPATH blocks them at start-up).
 """
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import QUICK, SCRIPT, TINY, parent_runs, script_env
+from conftest import SCRIPT, TINY, parent_runs, script_env
 
 import autolog_mlflow
 
@@ -53,25 +54,16 @@ def test_the_posix_only_modules_cannot_be_imported_there(tmp_path, windows_like_
 
 
 @pytest.mark.slow
-def test_run_with_parallel_worker_processes_finishes_without_posix_only_modules(
+def test_four_first_runs_at_once_one_with_worker_processes_without_posix_only_modules(
     tmp_path, windows_like_env
 ):
-    process = start(tmp_path, windows_like_env, *QUICK, "--n-jobs", "-1")
-    _, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err
-    (run,) = parent_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert run.info.status == "FINISHED"
-
-
-@pytest.mark.slow
-def test_four_first_runs_at_once_on_a_fresh_store_without_posix_only_modules(
-    tmp_path, windows_like_env
-):
-    processes = [start(tmp_path, windows_like_env, *TINY) for _ in range(4)]
-    results = [(process.wait(timeout=600), process.stderr.read()) for process in processes]
-    assert [code for code, _ in results] == [0] * 4, results
+    in_workers = start(tmp_path, windows_like_env, *TINY, "--n-jobs", "-1")
+    processes = [in_workers, *(start(tmp_path, windows_like_env, *TINY) for _ in range(3))]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    assert [process.returncode for process in processes] == [0] * 4, outputs
     runs = parent_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert sorted(run.info.status for run in runs) == ["FINISHED"] * 4
+    assert json.loads(outputs[0][0])["params"]["n_jobs"] == "-1"
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,8 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import QUICK, ROOT, SMALL_TABLE, TINY, finished_run, run_script
+from conftest import QUICK, ROOT, SMALL_TABLE, TINY, TINY_SEARCH, finished_run, run_script
 
-TINY_SEARCH = TINY[len(SMALL_TABLE) :]  # 1 candidate, 2 folds
 TABLE = pd.read_csv(SMALL_TABLE[1])  # 569 rows, 5 numeric columns and `target`
 
 pytestmark = pytest.mark.slow  # each needs a search of its own

@@ -70,21 +70,30 @@ def test_search_on_a_dask_cluster_is_complete_and_identical_to_a_local_run(
 
 @pytest.mark.slow
 def test_unreachable_dask_scheduler_fails_in_one_line_within_its_connect_timeout(tmp_path):
-    # Side by side with a run that stops at the same point, the store just created (an invalid
-    # --register-model name): on a loaded machine, starting up alone can take over 10 s.
+    # A copy of the script with a shorter timeout, as a user edits its configuration: the test
+    # waits it out. Side by side with a run that stops at the same point, the store just
+    # created (an invalid --register-model name): on a loaded machine, starting up alone can
+    # take over 10 s.
+    timeout, line = 3, f"DASK_CONNECT_TIMEOUT = {autolog_mlflow.DASK_CONNECT_TIMEOUT}  #"
+    assert SCRIPT.read_text().count(line) == 1
+    script = tmp_path / SCRIPT.name
+    script.write_text(SCRIPT.read_text().replace(line, f"DASK_CONNECT_TIMEOUT = {timeout}  #"))
     (tmp_path / "baseline").mkdir()
     start = time.monotonic()
-    assert run_script(tmp_path / "baseline", *QUICK, "--register-model", "a/b").returncode == 2
+    baseline_run = run_script(
+        tmp_path / "baseline", *QUICK, "--register-model", "a/b", script=script
+    )
+    assert baseline_run.returncode == 2
     baseline = time.monotonic() - start
     address = f"tcp://127.0.0.1:{free_port()}"
     start = time.monotonic()
-    result = run_script(tmp_path, *QUICK, "--dask-scheduler", address)
-    assert time.monotonic() - start - baseline < autolog_mlflow.DASK_CONNECT_TIMEOUT + 5
+    result = run_script(tmp_path, *QUICK, "--dask-scheduler", address, script=script)
+    assert time.monotonic() - start - baseline < timeout + 5
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         (
             f"autolog_mlflow.py: error: cannot reach the Dask scheduler {address}: "
-            f"Timed out trying to connect to {address} after {autolog_mlflow.DASK_CONNECT_TIMEOUT} s"
+            f"Timed out trying to connect to {address} after {timeout} s"
         )
     ]
     assert not (tmp_path / "mlruns").exists() or not any((tmp_path / "mlruns").rglob("meta*"))
