@@ -1818,6 +1818,18 @@ def print_closed_runs(closed):
         print(f"  {run['run_id']} ({run['run_name']}), now {run['status']}: {run['evidence']}")
 
 
+# --- A function of MLflow or scikit-learn replaced within a block (the workarounds below) ---
+@contextlib.contextmanager
+def replaced(owner, name, replacement):
+    """Within the block, `owner`'s attribute `name` is `replacement`; after it, the original."""
+    original = getattr(owner, name)
+    setattr(owner, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
 # --- Dataset logging in proportion to the data (works around MLflow 3.17.2 internals) ---
 # Autologging builds a dataset for the same frame up to three times (before the fit, after it,
 # and at every predict call on the test split), each build visiting every value in Python: to
@@ -1829,9 +1841,8 @@ def print_closed_runs(closed):
 @contextlib.contextmanager
 def datasets_built_once():
     """Within the block, autologging builds one dataset per frame; yields the builder."""
-    types = mlflow.types.utils
-    originals = types._infer_required, types._infer_pandas_column, mlflow.sklearn.from_pandas
-    infer_required, infer_pandas_column, from_pandas = originals
+    types, from_pandas = mlflow.types.utils, mlflow.sklearn.from_pandas
+    infer_required, infer_pandas_column = types._infer_required, types._infer_pandas_column
     built = {}  # digest -> dataset: the store keeps one record per name and digest anyway
 
     def dataset_of(df, source=None, name=None):  # as autologging calls it: a frame, a source
@@ -1840,13 +1851,14 @@ def datasets_built_once():
             built[digest] = from_pandas(df, source=source, digest=digest, name=name)
         return built[digest]
 
-    types._infer_required = lambda column: has_no_gaps(column, infer_required)
-    types._infer_pandas_column = lambda column: column_type(column, infer_pandas_column)
-    mlflow.sklearn.from_pandas = dataset_of
-    try:
+    with (
+        replaced(types, "_infer_required", lambda column: has_no_gaps(column, infer_required)),
+        replaced(
+            types, "_infer_pandas_column", lambda column: column_type(column, infer_pandas_column)
+        ),
+        replaced(mlflow.sklearn, "from_pandas", dataset_of),
+    ):
         yield dataset_of
-    finally:
-        types._infer_required, types._infer_pandas_column, mlflow.sklearn.from_pandas = originals
 
 
 def column_type(column, infer_pandas_column):
@@ -1896,22 +1908,16 @@ def all_str_values(column):
 # already safe from changes made through pandas (scikit-learn makes none), costs nothing, and
 # lowers the run's peak memory on a large table (benchmarks/README.md). Checked by
 # tests/test_mlflow_internals.py, which fails if an upgrade copies another way.
-@contextlib.contextmanager
 def training_table_shared():
     """Within the block, autologging's copies of a fit's pandas X and y share their data."""
-    utils = mlflow.sklearn.utils
-    deepcopy = utils.deepcopy
+    deepcopy = mlflow.sklearn.utils.deepcopy
 
     def copied(value, memo=None):
         if isinstance(value, pd.DataFrame | pd.Series):
             return value.copy(deep=False)
         return deepcopy(value, memo)
 
-    utils.deepcopy = copied
-    try:
-        yield
-    finally:
-        utils.deepcopy = deepcopy
+    return replaced(mlflow.sklearn.utils, "deepcopy", copied)
 
 
 # --- Every scikit-learn search logged as one (works around MLflow 3.17.2 internals) ---
@@ -1921,16 +1927,13 @@ def training_table_shared():
 # scikit-learn recommends for expensive grids, would get none of them. Autologging binds the
 # function when mlflow.sklearn.autolog() is called: it is replaced around that call by one that
 # takes every BaseSearchCV. tests/test_mlflow_internals.py fails if an upgrade moves it.
-@contextlib.contextmanager
 def every_search_logged_as_one():
     """Around mlflow.sklearn.autolog(): any BaseSearchCV is a parameter search to autologging."""
-    utils = mlflow.sklearn.utils
-    is_search = utils._is_parameter_search_estimator
-    utils._is_parameter_search_estimator = lambda estimator: isinstance(estimator, BaseSearchCV)
-    try:
-        yield
-    finally:
-        utils._is_parameter_search_estimator = is_search
+    return replaced(
+        mlflow.sklearn.utils,
+        "_is_parameter_search_estimator",
+        lambda estimator: isinstance(estimator, BaseSearchCV),
+    )
 
 
 # --- Child runs named as they are made (works around MLflow 3.17.2 internals) ---
@@ -1945,7 +1948,6 @@ def every_search_logged_as_one():
 # Autologging binds the function when mlflow.sklearn.autolog() is called: replaced around that.
 # tests/test_mlflow_internals.py checks that the children hold what MLflow's own function
 # records, and fails if an upgrade moves what is replaced here.
-@contextlib.contextmanager
 def child_runs_named_at_creation():
     """Around mlflow.sklearn.autolog(): each child run named and described in its create call."""
     utils = mlflow.sklearn.utils
@@ -1977,11 +1979,7 @@ def child_runs_named_at_creation():
                 tags[CHOSEN_TAG] = "true"  # successive halving's is not always of rank 1
             queued.set_tags(run_id, tags)  # sent with the create call, or in the batch
 
-    utils._create_child_runs_for_parameter_search = child_runs_named
-    try:
-        yield
-    finally:
-        utils._create_child_runs_for_parameter_search = create_child_runs
+    return replaced(utils, "_create_child_runs_for_parameter_search", child_runs_named)
 
 
 class ChildRunsQueued:
@@ -2235,11 +2233,8 @@ def scores_reused(reused, live):
 
     for candidate, (child, folds) in reused.items() if live else ():
         live.candidate_done(candidate, round(time.time() * 1000), dict(enumerate(folds)), child)
-    try:
-        search_module._fit_and_score = fit_or_reuse if reused else fit_and_score
+    with replaced(search_module, "_fit_and_score", fit_or_reuse if reused else fit_and_score):
         yield
-    finally:
-        search_module._fit_and_score = fit_and_score
 
 
 # --- What each run records, so that it can be run again (read back by --reproduce) ---
