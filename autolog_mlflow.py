@@ -621,70 +621,66 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0],
         formatter_class=DefaultsAsTyped,
     )
-    parser.add_argument(
+    add = parser.add_argument
+    add(
         "--tracking-uri",
         default=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI,
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else %(default)s)",
     )
-    parser.add_argument("--experiment-name", default=EXPERIMENT_NAME, help="MLflow experiment")
-    parser.add_argument("--run-name", default=RUN_NAME,
-                        help="name of the parent run (default: DATA -> TARGET)")  # fmt: skip
-    parser.add_argument(
+    add("--experiment-name", default=EXPERIMENT_NAME, help="MLflow experiment")
+    add("--run-name", default=RUN_NAME, help="name of the parent run (default: DATA -> TARGET)")
+    add(
         "--data",
         help="CSV file (separated by commas, semicolons, tabs or pipes) to use instead of "
         "scikit-learn's breast-cancer data set",
     )
-    parser.add_argument("--target", help="the CSV column to predict (required with --data)")
-    parser.add_argument(
-        "--test-size", type=float, default=TEST_SIZE, help="held-out share, between 0 and 1"
-    )
-    parser.add_argument(
+    add("--target", help="the CSV column to predict (required with --data)")
+    add("--test-size", type=float, default=TEST_SIZE, help="held-out share, between 0 and 1")
+    add(
         "--param-grid",
         type=parse_param_grid,
         default=PARAM_GRID,
         help=f"JSON object of {type(ESTIMATOR).__name__} hyperparameters to lists of values",
     )
-    parser.add_argument("--cv", type=int, default=CV_FOLDS, help="cross-validation folds")
-    parser.add_argument(
-        "--n-jobs", type=parse_n_jobs, default=N_JOBS, help="parallel fits; -1 = all cores"
-    )
-    parser.add_argument(
+    add("--cv", type=int, default=CV_FOLDS, help="cross-validation folds")
+    add("--n-jobs", type=parse_n_jobs, default=N_JOBS, help="parallel fits; -1 = all cores")
+    add(
         "--seed",
         type=parse_seed,
         default=SEED,
         help=f"seed for the split and forests, 0-{MAX_SEED}",
     )
-    parser.add_argument(
+    add(
         "--max-tuning-runs",
         type=parse_max_tuning_runs,
         default=MAX_TUNING_RUNS,
         help="child runs to log: the best N candidates, or 'all'",
     )
-    parser.add_argument(
+    add(
         "--dask-scheduler",
         help="run the search's fits on this Dask scheduler (tcp://HOST:PORT), or 'local' for a "
         "LocalCluster on 127.0.0.1 (needs requirements-dask.txt)",
     )
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
-    parser.add_argument(
+    add("--json", action="store_true", help="print the report as one JSON document")
+    add(
         "--register-model",
         metavar="NAME",
         help="register the best model as a new version of NAME in the model registry; it "
         f"becomes NAME@champion if it beats the champion's held-out {HELD_OUT_SCORE}",
     )
-    parser.add_argument(
+    add(
         "--reproduce",
         metavar="RUN_ID",
         help="run that past run's experiment again, from its record, and compare the results "
         f"(exit {EXIT_DIFFERENT} if they differ)",
     )
-    parser.add_argument(
+    add(
         "--resume",
         metavar="RUN_ID",
         help="go on with that stopped run's search (KILLED, FAILED, or died): a new run that "
         "reuses every candidate it scored and fits the others",
     )
-    parser.add_argument(
+    add(
         "--close-dead-runs",
         action="store_true",
         help="only end FAILED the experiment's runs whose process died (killed, out of memory, "
