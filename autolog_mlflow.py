@@ -938,14 +938,13 @@ def prepare_tracking(args):
     """Check the store and open the experiment, so that bad input never leaves a run behind."""
     uri = args.tracking_uri
     user = check_store(uri)
-    if sqlite_path(uri):
-        require_writable(sqlite_path(uri).parent, "tracking store")
+    if path := sqlite_path(uri):
+        require_writable(path.parent, "tracking store")
     mlflow.set_tracking_uri(uri)
     # Concurrent first runs on a fresh SQLite file race in MLflow's schema migrations (and in
     # creating the experiment): a lock lets one process at a time. filelock locks with fcntl on
     # POSIX and msvcrt on Windows, on a file beside the database: locking the database file
     # itself would clash with SQLite's own locks on Windows, where locks are mandatory.
-    path = sqlite_path(uri)
     with FileLock(f"{path}.lock") if path else contextlib.nullcontext(), stops_deferred():
         client = MlflowClient()  # its first call creates or migrates the store's tables
         try:
@@ -2736,10 +2735,8 @@ def experiment_to_reproduce(args):
     uri, run_id = args.tracking_uri, args.reproduce or args.resume
     option = "--reproduce" if args.reproduce else "--resume"
     check_store(uri)
-    if sqlite_path(uri) and not sqlite_path(uri).is_file():
-        raise BadInput(
-            f"no tracking store at {sqlite_path(uri)}; give run {run_id}'s --tracking-uri"
-        )
+    if (path := sqlite_path(uri)) and not path.is_file():
+        raise BadInput(f"no tracking store at {path}; give run {run_id}'s --tracking-uri")
     client = MlflowClient(uri)
     try:
         run = client.get_run(run_id)
