@@ -2237,6 +2237,8 @@ def record_of(args):
     """The effective configuration, the command line, the code, the data file, the packages."""
     uri = args.tracking_uri
     script = Path(__file__).resolve()
+    metadata = (d.metadata for d in distributions())  # each parsed once (`.version` parses again)
+    packages = {re.sub(r"[-_.]+", "-", meta["Name"]).lower(): meta["Version"] for meta in metadata}
     return {
         "configuration": vars(args)
         | {"tracking_uri": redact(uri, uri), "param_grid": space_as_json(args.param_grid)},
@@ -2247,7 +2249,7 @@ def record_of(args):
         "environment": {
             "python": sys.version.split()[0],
             "platform": platform.platform(),
-            "packages": installed_distributions(),
+            "packages": dict(sorted(packages.items())),  # every installed one, by normalised name
             # As the run had them: the script's (MLFLOW_SETTINGS) or the user's own.
             "mlflow_settings": {name: os.environ.get(name) for name in MLFLOW_SETTINGS},
         },
@@ -2316,13 +2318,6 @@ def git_state(script):
     except (OSError, subprocess.CalledProcessError):  # no git, or not a repository
         return None
     return {"commit": commit, "dirty": bool(diff), "diff": diff}
-
-
-def installed_distributions():
-    """Every installed distribution and its version, by normalised name."""
-    metadata = (d.metadata for d in distributions())  # each parsed once (`.version` parses again)
-    found = {re.sub(r"[-_.]+", "-", meta["Name"]).lower(): meta["Version"] for meta in metadata}
-    return dict(sorted(found.items()))
 
 
 def log_record(record):
