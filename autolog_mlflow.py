@@ -313,7 +313,6 @@ def run_experiment(experiment, client, mlflow_warnings, where):
         # Who runs it (see "Runs that died") in the write that creates it: never a run without.
         run_ending_right(
             lambda: mlflow.start_run(
-                # After the data and the target by default, e.g. penguins.csv -> species.
                 run_name=args.run_name or f"{data_name(args)} -> {target_name(args)}",
                 tags=who_runs_it() | ({RESUMES_TAG: resumed} if resumed else {}),
             )
@@ -1092,9 +1091,9 @@ class FoldCache:
     the scored rows (TablePipeline._iter). The results are those of fitting again: same CV
     scores, same model.
 
-    It has joblib.Memory's interface, which the pipeline asks for, not its implementation:
-    joblib hashes and loads in pure Python, a quarter of a search of 80 candidates, where C's
-    pickle takes milliseconds (benchmarks/README.md). A write that fails (a full disk, a Dask worker on a machine
+    It has joblib.Memory's interface, which the pipeline asks for, not its implementation: joblib
+    hashes and loads in pure Python, a quarter of a search of 80 candidates, where C's pickle takes
+    milliseconds (benchmarks/README.md). A write that fails (a full disk, a Dask worker on a machine
     without the folder) only loses the reuse.
     """
 
@@ -1274,9 +1273,8 @@ def treatment(column, vectorizer):
 
 @contextlib.contextmanager
 def data_profile(X_train, y_train, seed):
-    """skrub's TableReport of the training table, made in a thread while the search fits
-    (its fits run in other processes); yields a function that returns the HTML and what it
-    covers."""
+    """skrub's TableReport of the training table, made in a thread while the search fits (its fits
+    run in other processes); yields a function that returns the HTML and what it covers."""
     table = X_train.assign(**{str(y_train.name or "target"): y_train})
     sampled = len(table) > PROFILE_ROWS
     if sampled:
@@ -2049,14 +2047,13 @@ def mean_and_spread(metrics):
 
 
 # --- Child runs as candidates finish ---
-# So that the MLflow UI lists a long search's candidates while it runs. scikit-learn 1.9's
-# callbacks tell this process when each CV fit ends, and with what score (SearchProgress,
-# cv_fit_result): when a candidate's last fold ends, its child run is made, named, RUNNING, with
-# its CV scores (each fold's, their mean and spread, the fit times); when the search ends,
-# autologging fills it in (its params, rank, dataset) and ends it, instead of making it
-# (ChildRunsQueued.create_run). With --max-tuning-runs N, the top N are known only at the end:
-# they are made then. A run that fails ends its children as itself; one that dies, the sweep
-# ends them with it.
+# So that the MLflow UI lists a long search's candidates while it runs. scikit-learn 1.9's callbacks
+# tell this process when each CV fit ends, and with what score (SearchProgress, cv_fit_result): when
+# a candidate's last fold ends, its child run is made, named, RUNNING, with its CV scores (each
+# fold's, their mean and spread, the fit times); when the search ends, autologging fills it in (its
+# params, rank, dataset) and ends it, instead of making it (ChildRunsQueued.create_run). With
+# --max-tuning-runs N, the top N are known only at the end: they are made then. A run that fails
+# ends its children as itself; one that dies, the sweep ends them with it.
 @contextlib.contextmanager
 def live_child_runs(run, args, candidates, basis):
     """LiveChildRuns for the search's candidates, if known ahead and all logged; else None."""
@@ -2921,10 +2918,9 @@ def decide_champion(client, name, tags):
     """(promote?, why): the champion alias goes to the first version, and to one that beats the
     champion's held-out score on the same test data (a tie keeps the champion).
 
-    Whether there is a champion is read from the aliases, not guessed from an error (MLflow
-    answers a missing alias with INVALID_PARAMETER_VALUE, which means other things too): a
-    lookup that fails fails the registration, instead of promoting a version that may not
-    deserve it."""
+    Whether there is a champion is read from the aliases, not guessed from an error (MLflow answers
+    a missing alias with INVALID_PARAMETER_VALUE, which means other things too): a lookup that fails
+    fails the registration, instead of promoting a version that may not deserve it."""
     champion_version = client.get_registered_model(name).aliases.get("champion")
     if champion_version is None:
         return True, "no champion yet: this version is the champion"
