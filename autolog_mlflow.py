@@ -2054,17 +2054,11 @@ def mean_and_spread(metrics):
 # params, rank, dataset) and ends it, instead of making it (ChildRunsQueued.create_run). With
 # --max-tuning-runs N, the top N are known only at the end: they are made then. A run that fails
 # ends its children as itself; one that dies, the sweep ends them with it.
-@contextlib.contextmanager
 def live_child_runs(run, args, candidates, basis):
     """LiveChildRuns for the search's candidates, if known ahead and all logged; else None."""
     if args.max_tuning_runs != "all" or candidates is None:
-        yield None
-        return
-    live = LiveChildRuns(run, candidates, basis)
-    try:
-        yield live
-    finally:
-        live.stop()
+        return contextlib.nullcontext()
+    return contextlib.closing(LiveChildRuns(run, candidates, basis))
 
 
 class LiveChildRuns:
@@ -2133,7 +2127,7 @@ class LiveChildRuns:
         self.writer.join()
         return dict(self.runs)
 
-    def stop(self):
+    def close(self):
         """No more child runs (one under way may finish, if the store answers in time)."""
         self.stopped.set()
         self.queue.put(None)
