@@ -313,7 +313,6 @@ def run_experiment(experiment, client, mlflow_warnings, where):
         # Who runs it (see "Runs that died") in the write that creates it: never a run without.
         run_ending_right(
             lambda: mlflow.start_run(
-                # After the data and the target by default, e.g. penguins.csv -> species.
                 run_name=args.run_name or f"{data_name(args)} -> {target_name(args)}",
                 tags=who_runs_it() | ({RESUMES_TAG: resumed} if resumed else {}),
             )
@@ -621,70 +620,66 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0],
         formatter_class=DefaultsAsTyped,
     )
-    parser.add_argument(
+    add = parser.add_argument
+    add(
         "--tracking-uri",
         default=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI,
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else %(default)s)",
     )
-    parser.add_argument("--experiment-name", default=EXPERIMENT_NAME, help="MLflow experiment")
-    parser.add_argument("--run-name", default=RUN_NAME,
-                        help="name of the parent run (default: DATA -> TARGET)")  # fmt: skip
-    parser.add_argument(
+    add("--experiment-name", default=EXPERIMENT_NAME, help="MLflow experiment")
+    add("--run-name", default=RUN_NAME, help="name of the parent run (default: DATA -> TARGET)")
+    add(
         "--data",
         help="CSV file (separated by commas, semicolons, tabs or pipes) to use instead of "
         "scikit-learn's breast-cancer data set",
     )
-    parser.add_argument("--target", help="the CSV column to predict (required with --data)")
-    parser.add_argument(
-        "--test-size", type=float, default=TEST_SIZE, help="held-out share, between 0 and 1"
-    )
-    parser.add_argument(
+    add("--target", help="the CSV column to predict (required with --data)")
+    add("--test-size", type=float, default=TEST_SIZE, help="held-out share, between 0 and 1")
+    add(
         "--param-grid",
         type=parse_param_grid,
         default=PARAM_GRID,
         help=f"JSON object of {type(ESTIMATOR).__name__} hyperparameters to lists of values",
     )
-    parser.add_argument("--cv", type=int, default=CV_FOLDS, help="cross-validation folds")
-    parser.add_argument(
-        "--n-jobs", type=parse_n_jobs, default=N_JOBS, help="parallel fits; -1 = all cores"
-    )
-    parser.add_argument(
+    add("--cv", type=int, default=CV_FOLDS, help="cross-validation folds")
+    add("--n-jobs", type=parse_n_jobs, default=N_JOBS, help="parallel fits; -1 = all cores")
+    add(
         "--seed",
         type=parse_seed,
         default=SEED,
         help=f"seed for the split and forests, 0-{MAX_SEED}",
     )
-    parser.add_argument(
+    add(
         "--max-tuning-runs",
         type=parse_max_tuning_runs,
         default=MAX_TUNING_RUNS,
         help="child runs to log: the best N candidates, or 'all'",
     )
-    parser.add_argument(
+    add(
         "--dask-scheduler",
         help="run the search's fits on this Dask scheduler (tcp://HOST:PORT), or 'local' for a "
         "LocalCluster on 127.0.0.1 (needs requirements-dask.txt)",
     )
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
-    parser.add_argument(
+    add("--json", action="store_true", help="print the report as one JSON document")
+    add(
         "--register-model",
         metavar="NAME",
         help="register the best model as a new version of NAME in the model registry; it "
         f"becomes NAME@champion if it beats the champion's held-out {HELD_OUT_SCORE}",
     )
-    parser.add_argument(
+    add(
         "--reproduce",
         metavar="RUN_ID",
         help="run that past run's experiment again, from its record, and compare the results "
         f"(exit {EXIT_DIFFERENT} if they differ)",
     )
-    parser.add_argument(
+    add(
         "--resume",
         metavar="RUN_ID",
         help="go on with that stopped run's search (KILLED, FAILED, or died): a new run that "
         "reuses every candidate it scored and fits the others",
     )
-    parser.add_argument(
+    add(
         "--close-dead-runs",
         action="store_true",
         help="only end FAILED the experiment's runs whose process died (killed, out of memory, "
@@ -942,14 +937,13 @@ def prepare_tracking(args):
     """Check the store and open the experiment, so that bad input never leaves a run behind."""
     uri = args.tracking_uri
     user = check_store(uri)
-    if sqlite_path(uri):
-        require_writable(sqlite_path(uri).parent, "tracking store")
+    if path := sqlite_path(uri):
+        require_writable(path.parent, "tracking store")
     mlflow.set_tracking_uri(uri)
     # Concurrent first runs on a fresh SQLite file race in MLflow's schema migrations (and in
     # creating the experiment): a lock lets one process at a time. filelock locks with fcntl on
     # POSIX and msvcrt on Windows, on a file beside the database: locking the database file
     # itself would clash with SQLite's own locks on Windows, where locks are mandatory.
-    path = sqlite_path(uri)
     with FileLock(f"{path}.lock") if path else contextlib.nullcontext(), stops_deferred():
         client = MlflowClient()  # its first call creates or migrates the store's tables
         try:
@@ -1097,9 +1091,9 @@ class FoldCache:
     the scored rows (TablePipeline._iter). The results are those of fitting again: same CV
     scores, same model.
 
-    It has joblib.Memory's interface, which the pipeline asks for, not its implementation:
-    joblib hashes and loads in pure Python, a quarter of a search of 80 candidates, where C's
-    pickle takes milliseconds (benchmarks/README.md). A write that fails (a full disk, a Dask worker on a machine
+    It has joblib.Memory's interface, which the pipeline asks for, not its implementation: joblib
+    hashes and loads in pure Python, a quarter of a search of 80 candidates, where C's pickle takes
+    milliseconds (benchmarks/README.md). A write that fails (a full disk, a Dask worker on a machine
     without the folder) only loses the reuse.
     """
 
@@ -1279,9 +1273,8 @@ def treatment(column, vectorizer):
 
 @contextlib.contextmanager
 def data_profile(X_train, y_train, seed):
-    """skrub's TableReport of the training table, made in a thread while the search fits
-    (its fits run in other processes); yields a function that returns the HTML and what it
-    covers."""
+    """skrub's TableReport of the training table, made in a thread while the search fits (its fits
+    run in other processes); yields a function that returns the HTML and what it covers."""
     table = X_train.assign(**{str(y_train.name or "target"): y_train})
     sampled = len(table) > PROFILE_ROWS
     if sampled:
@@ -1818,6 +1811,18 @@ def print_closed_runs(closed):
         print(f"  {run['run_id']} ({run['run_name']}), now {run['status']}: {run['evidence']}")
 
 
+# --- A function of MLflow or scikit-learn replaced within a block (the workarounds below) ---
+@contextlib.contextmanager
+def replaced(owner, name, replacement):
+    """Within the block, `owner`'s attribute `name` is `replacement`; after it, the original."""
+    original = getattr(owner, name)
+    setattr(owner, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
 # --- Dataset logging in proportion to the data (works around MLflow 3.17.2 internals) ---
 # Autologging builds a dataset for the same frame up to three times (before the fit, after it,
 # and at every predict call on the test split), each build visiting every value in Python: to
@@ -1829,9 +1834,8 @@ def print_closed_runs(closed):
 @contextlib.contextmanager
 def datasets_built_once():
     """Within the block, autologging builds one dataset per frame; yields the builder."""
-    types = mlflow.types.utils
-    originals = types._infer_required, types._infer_pandas_column, mlflow.sklearn.from_pandas
-    infer_required, infer_pandas_column, from_pandas = originals
+    types, from_pandas = mlflow.types.utils, mlflow.sklearn.from_pandas
+    infer_required, infer_pandas_column = types._infer_required, types._infer_pandas_column
     built = {}  # digest -> dataset: the store keeps one record per name and digest anyway
 
     def dataset_of(df, source=None, name=None):  # as autologging calls it: a frame, a source
@@ -1840,13 +1844,14 @@ def datasets_built_once():
             built[digest] = from_pandas(df, source=source, digest=digest, name=name)
         return built[digest]
 
-    types._infer_required = lambda column: has_no_gaps(column, infer_required)
-    types._infer_pandas_column = lambda column: column_type(column, infer_pandas_column)
-    mlflow.sklearn.from_pandas = dataset_of
-    try:
+    with (
+        replaced(types, "_infer_required", lambda column: has_no_gaps(column, infer_required)),
+        replaced(
+            types, "_infer_pandas_column", lambda column: column_type(column, infer_pandas_column)
+        ),
+        replaced(mlflow.sklearn, "from_pandas", dataset_of),
+    ):
         yield dataset_of
-    finally:
-        types._infer_required, types._infer_pandas_column, mlflow.sklearn.from_pandas = originals
 
 
 def column_type(column, infer_pandas_column):
@@ -1896,22 +1901,16 @@ def all_str_values(column):
 # already safe from changes made through pandas (scikit-learn makes none), costs nothing, and
 # lowers the run's peak memory on a large table (benchmarks/README.md). Checked by
 # tests/test_mlflow_internals.py, which fails if an upgrade copies another way.
-@contextlib.contextmanager
 def training_table_shared():
     """Within the block, autologging's copies of a fit's pandas X and y share their data."""
-    utils = mlflow.sklearn.utils
-    deepcopy = utils.deepcopy
+    deepcopy = mlflow.sklearn.utils.deepcopy
 
     def copied(value, memo=None):
         if isinstance(value, pd.DataFrame | pd.Series):
             return value.copy(deep=False)
         return deepcopy(value, memo)
 
-    utils.deepcopy = copied
-    try:
-        yield
-    finally:
-        utils.deepcopy = deepcopy
+    return replaced(mlflow.sklearn.utils, "deepcopy", copied)
 
 
 # --- Every scikit-learn search logged as one (works around MLflow 3.17.2 internals) ---
@@ -1921,16 +1920,13 @@ def training_table_shared():
 # scikit-learn recommends for expensive grids, would get none of them. Autologging binds the
 # function when mlflow.sklearn.autolog() is called: it is replaced around that call by one that
 # takes every BaseSearchCV. tests/test_mlflow_internals.py fails if an upgrade moves it.
-@contextlib.contextmanager
 def every_search_logged_as_one():
     """Around mlflow.sklearn.autolog(): any BaseSearchCV is a parameter search to autologging."""
-    utils = mlflow.sklearn.utils
-    is_search = utils._is_parameter_search_estimator
-    utils._is_parameter_search_estimator = lambda estimator: isinstance(estimator, BaseSearchCV)
-    try:
-        yield
-    finally:
-        utils._is_parameter_search_estimator = is_search
+    return replaced(
+        mlflow.sklearn.utils,
+        "_is_parameter_search_estimator",
+        lambda estimator: isinstance(estimator, BaseSearchCV),
+    )
 
 
 # --- Child runs named as they are made (works around MLflow 3.17.2 internals) ---
@@ -1945,7 +1941,6 @@ def every_search_logged_as_one():
 # Autologging binds the function when mlflow.sklearn.autolog() is called: replaced around that.
 # tests/test_mlflow_internals.py checks that the children hold what MLflow's own function
 # records, and fails if an upgrade moves what is replaced here.
-@contextlib.contextmanager
 def child_runs_named_at_creation():
     """Around mlflow.sklearn.autolog(): each child run named and described in its create call."""
     utils = mlflow.sklearn.utils
@@ -1977,11 +1972,7 @@ def child_runs_named_at_creation():
                 tags[CHOSEN_TAG] = "true"  # successive halving's is not always of rank 1
             queued.set_tags(run_id, tags)  # sent with the create call, or in the batch
 
-    utils._create_child_runs_for_parameter_search = child_runs_named
-    try:
-        yield
-    finally:
-        utils._create_child_runs_for_parameter_search = create_child_runs
+    return replaced(utils, "_create_child_runs_for_parameter_search", child_runs_named)
 
 
 class ChildRunsQueued:
@@ -2056,25 +2047,18 @@ def mean_and_spread(metrics):
 
 
 # --- Child runs as candidates finish ---
-# So that the MLflow UI lists a long search's candidates while it runs. scikit-learn 1.9's
-# callbacks tell this process when each CV fit ends, and with what score (SearchProgress,
-# cv_fit_result): when a candidate's last fold ends, its child run is made, named, RUNNING, with
-# its CV scores (each fold's, their mean and spread, the fit times); when the search ends,
-# autologging fills it in (its params, rank, dataset) and ends it, instead of making it
-# (ChildRunsQueued.create_run). With --max-tuning-runs N, the top N are known only at the end:
-# they are made then. A run that fails ends its children as itself; one that dies, the sweep
-# ends them with it.
-@contextlib.contextmanager
+# So that the MLflow UI lists a long search's candidates while it runs. scikit-learn 1.9's callbacks
+# tell this process when each CV fit ends, and with what score (SearchProgress, cv_fit_result): when
+# a candidate's last fold ends, its child run is made, named, RUNNING, with its CV scores (each
+# fold's, their mean and spread, the fit times); when the search ends, autologging fills it in (its
+# params, rank, dataset) and ends it, instead of making it (ChildRunsQueued.create_run). With
+# --max-tuning-runs N, the top N are known only at the end: they are made then. A run that fails
+# ends its children as itself; one that dies, the sweep ends them with it.
 def live_child_runs(run, args, candidates, basis):
     """LiveChildRuns for the search's candidates, if known ahead and all logged; else None."""
     if args.max_tuning_runs != "all" or candidates is None:
-        yield None
-        return
-    live = LiveChildRuns(run, candidates, basis)
-    try:
-        yield live
-    finally:
-        live.stop()
+        return contextlib.nullcontext()
+    return contextlib.closing(LiveChildRuns(run, candidates, basis))
 
 
 class LiveChildRuns:
@@ -2143,7 +2127,7 @@ class LiveChildRuns:
         self.writer.join()
         return dict(self.runs)
 
-    def stop(self):
+    def close(self):
         """No more child runs (one under way may finish, if the store answers in time)."""
         self.stopped.set()
         self.queue.put(None)
@@ -2235,11 +2219,8 @@ def scores_reused(reused, live):
 
     for candidate, (child, folds) in reused.items() if live else ():
         live.candidate_done(candidate, round(time.time() * 1000), dict(enumerate(folds)), child)
-    try:
-        search_module._fit_and_score = fit_or_reuse if reused else fit_and_score
+    with replaced(search_module, "_fit_and_score", fit_or_reuse if reused else fit_and_score):
         yield
-    finally:
-        search_module._fit_and_score = fit_and_score
 
 
 # --- What each run records, so that it can be run again (read back by --reproduce) ---
@@ -2247,6 +2228,8 @@ def record_of(args):
     """The effective configuration, the command line, the code, the data file, the packages."""
     uri = args.tracking_uri
     script = Path(__file__).resolve()
+    metadata = (d.metadata for d in distributions())  # each parsed once (`.version` parses again)
+    packages = {re.sub(r"[-_.]+", "-", meta["Name"]).lower(): meta["Version"] for meta in metadata}
     return {
         "configuration": vars(args)
         | {"tracking_uri": redact(uri, uri), "param_grid": space_as_json(args.param_grid)},
@@ -2257,7 +2240,7 @@ def record_of(args):
         "environment": {
             "python": sys.version.split()[0],
             "platform": platform.platform(),
-            "packages": installed_distributions(),
+            "packages": dict(sorted(packages.items())),  # every installed one, by normalised name
             # As the run had them: the script's (MLFLOW_SETTINGS) or the user's own.
             "mlflow_settings": {name: os.environ.get(name) for name in MLFLOW_SETTINGS},
         },
@@ -2326,13 +2309,6 @@ def git_state(script):
     except (OSError, subprocess.CalledProcessError):  # no git, or not a repository
         return None
     return {"commit": commit, "dirty": bool(diff), "diff": diff}
-
-
-def installed_distributions():
-    """Every installed distribution and its version, by normalised name."""
-    metadata = (d.metadata for d in distributions())  # each parsed once (`.version` parses again)
-    found = {re.sub(r"[-_.]+", "-", meta["Name"]).lower(): meta["Version"] for meta in metadata}
-    return dict(sorted(found.items()))
 
 
 def log_record(record):
@@ -2745,10 +2721,8 @@ def experiment_to_reproduce(args):
     uri, run_id = args.tracking_uri, args.reproduce or args.resume
     option = "--reproduce" if args.reproduce else "--resume"
     check_store(uri)
-    if sqlite_path(uri) and not sqlite_path(uri).is_file():
-        raise BadInput(
-            f"no tracking store at {sqlite_path(uri)}; give run {run_id}'s --tracking-uri"
-        )
+    if (path := sqlite_path(uri)) and not path.is_file():
+        raise BadInput(f"no tracking store at {path}; give run {run_id}'s --tracking-uri")
     client = MlflowClient(uri)
     try:
         run = client.get_run(run_id)
@@ -2938,10 +2912,9 @@ def decide_champion(client, name, tags):
     """(promote?, why): the champion alias goes to the first version, and to one that beats the
     champion's held-out score on the same test data (a tie keeps the champion).
 
-    Whether there is a champion is read from the aliases, not guessed from an error (MLflow
-    answers a missing alias with INVALID_PARAMETER_VALUE, which means other things too): a
-    lookup that fails fails the registration, instead of promoting a version that may not
-    deserve it."""
+    Whether there is a champion is read from the aliases, not guessed from an error (MLflow answers
+    a missing alias with INVALID_PARAMETER_VALUE, which means other things too): a lookup that fails
+    fails the registration, instead of promoting a version that may not deserve it."""
     champion_version = client.get_registered_model(name).aliases.get("champion")
     if champion_version is None:
         return True, "no champion yet: this version is the champion"
