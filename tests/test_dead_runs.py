@@ -46,23 +46,6 @@ def start_run(workdir, *args, script=SCRIPT):
     raise AssertionError(f"the script created no run: {process.wait()}")
 
 
-def swept_while_held(live, workdir, *args, script=SCRIPT):
-    """The report of a run of the script (`args`) that sweeps while the `live` one is held
-    (SIGSTOP, its process alive, its heartbeat silent), so that the sweep finds it mid-run
-    however short its search; `live` goes on once the sweep is done (the new run exists)."""
-    os.killpg(live.pid, signal.SIGSTOP)
-    try:
-        sweeper = start_script(workdir, "--json", *args, script=script)
-        for line in sweeper.stderr:
-            if line.startswith("run "):
-                break
-    finally:
-        os.killpg(live.pid, signal.SIGCONT)
-    out, err = sweeper.communicate(timeout=600)
-    assert sweeper.returncode == 0, err
-    return json.loads(out)
-
-
 def kill_hard(process):
     """SIGKILL, as the out-of-memory killer sends it: no handler, no cleanup."""
     os.killpg(process.pid, signal.SIGKILL)
@@ -79,17 +62,51 @@ def killed_run(workdir, *args, script=SCRIPT, with_children=False):
     return run_id, process.pid
 
 
-def copy_with_heartbeat(folder, seconds, stale=autolog_mlflow.STALE_HEARTBEATS):
-    """A copy of the script with HEARTBEAT_SECONDS (and STALE_HEARTBEATS) edited, as a user
-    edits the configuration."""
+# A forest that waits to fit while its working folder holds a file named `held` (held_mid_run).
+HELD_FOREST = """class HeldForest(ensemble.RandomForestClassifier):
+    def fit(self, X, y, sample_weight=None):
+        while os.path.exists("held"):
+            time.sleep(0.05)
+        return super().fit(X, y, sample_weight=sample_weight)
+
+
+ESTIMATOR = HeldForest()"""
+
+
+def copy_of_the_script(folder, beat=autolog_mlflow.HEARTBEAT_SECONDS,
+                       stale=autolog_mlflow.STALE_HEARTBEATS):  # fmt: skip
+    """A copy of the script with HEARTBEAT_SECONDS and STALE_HEARTBEATS edited, as a user edits
+    the configuration, and a forest that waits while a test holds the run (held_mid_run)."""
     script = folder / SCRIPT.name
     text = SCRIPT.read_text()
-    for name, value in [("HEARTBEAT_SECONDS", seconds), ("STALE_HEARTBEATS", stale)]:
-        line = f"{name} = {getattr(autolog_mlflow, name)}  #"
-        assert line in text
-        text = text.replace(line, f"{name} = {value}  #")
+    edits = [(f"{name} = {getattr(autolog_mlflow, name)}  #", f"{name} = {value}  #")
+             for name, value in [("HEARTBEAT_SECONDS", beat), ("STALE_HEARTBEATS", stale)]]  # fmt: skip
+    for line, edited in [*edits, ("ESTIMATOR = ensemble.RandomForestClassifier()", HELD_FOREST)]:
+        assert text.count(line) == 1, line
+        text = text.replace(line, edited)
     script.write_text(text)
     return script
+
+
+@contextlib.contextmanager
+def held_mid_run(workdir, *args, script):
+    """The copy of the script started in `workdir`, held mid-run while the block runs (its
+    search waits, its process alive and beating), then let go: yields (process, run ID)."""
+    held = workdir / "held"
+    held.touch()
+    try:
+        yield start_run(workdir, *args, script=script)
+    finally:
+        held.unlink()
+
+
+def swept_by_another_run(workdir, *args, script):
+    """The report of a run of the script, in a folder of its own (nothing holds it there), on
+    the store of `workdir`."""
+    folder = workdir / "sweeper"
+    folder.mkdir(exist_ok=True)
+    store = f"sqlite:///{workdir / 'mlflow.db'}"
+    return json_report(run_script(folder, "--json", "--tracking-uri", store, *args, script=script))
 
 
 def sqlite_client(workdir):
@@ -138,8 +155,9 @@ def test_run_killed_mid_search_is_ended_failed_by_the_next_run_with_the_evidence
 
 @pytest.mark.slow
 def test_live_run_of_another_process_on_this_machine_is_left_running_and_finishes(tmp_path):
-    live, live_id = start_run(tmp_path, *QUICK)
-    report = swept_while_held(live, tmp_path, *QUICK)
+    script = copy_of_the_script(tmp_path)  # every run here is the copy
+    with held_mid_run(tmp_path, *QUICK, script=script) as (live, live_id):
+        report = swept_by_another_run(tmp_path, *QUICK, script=script)
     _, err = live.communicate(timeout=600)
     assert live.returncode == 0, err
     client = sqlite_client(tmp_path)
@@ -151,7 +169,7 @@ def test_live_run_of_another_process_on_this_machine_is_left_running_and_finishe
 
 @pytest.mark.slow
 def test_run_of_another_machine_is_closed_once_its_heartbeat_is_stale_not_while_fresh(tmp_path):
-    script = copy_with_heartbeat(tmp_path, FAST_BEAT, PATIENT)  # every run here is the copy
+    script = copy_of_the_script(tmp_path, FAST_BEAT, PATIENT)  # every run here is the copy
     client = sqlite_client(tmp_path)
     dead_id, pid = killed_run(tmp_path, script=script)
     client.set_tag(dead_id, HOST_TAG, "another-machine")  # its process: out of this machine's sight
@@ -160,9 +178,9 @@ def test_run_of_another_machine_is_closed_once_its_heartbeat_is_stale_not_while_
     client.set_tag(dead_id, HEARTBEAT_TAG, time.strftime(autolog_mlflow.BEAT_FORMAT, stale))
     # A new run closes the stale one; then, as if on another machine, it lives on and beats
     # while a third run sweeps.
-    live, live_id = start_run(tmp_path, "--json", *QUICK, script=script)
-    client.set_tag(live_id, HOST_TAG, "another-machine")
-    report = swept_while_held(live, tmp_path, *QUICK, script=script)
+    with held_mid_run(tmp_path, "--json", *QUICK, script=script) as (live, live_id):
+        client.set_tag(live_id, HOST_TAG, "another-machine")
+        report = swept_by_another_run(tmp_path, *QUICK, script=script)
     out, err = live.communicate(timeout=600)
     assert live.returncode == 0, err
 
@@ -234,19 +252,26 @@ def test_a_live_run_closed_as_dead_by_a_sweep_runs_again_and_ends_truthfully(tmp
     lags, or a process suspended (SIGSTOP, a laptop asleep) for over 4 periods, looks dead and is
     closed. Its next beat (or its end) makes it RUNNING again; it ends FINISHED, with neither the
     `crashed` tag nor the "Died" description, the sweep's evidence kept as `revived`."""
-    script = copy_with_heartbeat(tmp_path, FAST_BEAT)
+    script = copy_of_the_script(tmp_path, FAST_BEAT)
     if looks_dead == "clock 3 minutes behind":
         text = script.read_text()
         assert text.count("time.gmtime())") == 1
         script.write_text(text.replace("time.gmtime())", "time.gmtime(time.time() - 180))"))
-    live, live_id = start_run(tmp_path, "--json", *QUICK, script=script)
     client = sqlite_client(tmp_path)
-    client.set_tag(live_id, HOST_TAG, "another-machine")  # out of this machine's sight
-    os.killpg(live.pid, signal.SIGSTOP)  # mid-run while the sweep runs, however short its search
-    if looks_dead == "suspended":
-        time.sleep(autolog_mlflow.STALE_HEARTBEATS * FAST_BEAT + 2)
-    swept = json_report(run_script(tmp_path, "--close-dead-runs", "--json"))
-    os.killpg(live.pid, signal.SIGCONT)
+    with held_mid_run(tmp_path, "--json", *QUICK, script=script) as (live, live_id):
+        client.set_tag(live_id, HOST_TAG, "another-machine")  # out of this machine's sight
+        if looks_dead == "suspended":
+            # Between two beats, when none of its threads is in the store: stopped inside a
+            # read or a write, it would lock the SQLite file for every other process.
+            beat = client.get_run(live_id).data.tags[HEARTBEAT_TAG]
+            while client.get_run(live_id).data.tags[HEARTBEAT_TAG] == beat:
+                time.sleep(0.02)
+            time.sleep(0.3 * FAST_BEAT)
+            os.killpg(live.pid, signal.SIGSTOP)
+            time.sleep(autolog_mlflow.STALE_HEARTBEATS * FAST_BEAT + 2)
+        swept = json_report(run_script(tmp_path, "--close-dead-runs", "--json"))
+        if looks_dead == "suspended":
+            os.killpg(live.pid, signal.SIGCONT)
     out, err = live.communicate(timeout=600)
 
     assert [closed["run_id"] for closed in swept["closed_dead_runs"]] == [live_id]
