@@ -360,7 +360,7 @@ def run_experiment(experiment, client, mlflow_warnings, where):
     report["status"] = finished.info.status
     report["duration_seconds"] = (finished.info.end_time - finished.info.start_time) / 1000
     report["browse"] = browse_hints(args.tracking_uri, report)
-    report["closed_dead_runs"] = closed_dead_runs
+    report["closed_dead_runs"] = (experiment.original or {}).get("closed", []) + closed_dead_runs
     return report
 
 
@@ -2756,6 +2756,7 @@ def experiment_to_reproduce(args):
             f"{Path(data).name} changed since run {run_id}: sha256 "
             f"{recorded_data['sha256']} then, {now} now"
         )
+    closed = []  # --resume of a RUNNING run whose process died: it, and any other, closed first
     if args.resume:
         for name in args.given:  # each option given as the record has it, or refused
             now = space_as_json(args.param_grid) if name == "param_grid" else getattr(args, name)
@@ -2768,7 +2769,7 @@ def experiment_to_reproduce(args):
                            "pipeline or code): a resumed search needs the script that ran it; "
                            "run it anew without --resume")  # fmt: skip
         if run.info.status == "RUNNING":  # its process may have died: closed as a sweep would
-            close_dead_runs(client, run.info.experiment_id)
+            closed = close_dead_runs(client, run.info.experiment_id)
             run = client.get_run(run.info.run_id)
         if run.info.status == "FINISHED":
             raise BadInput(f"run {run.info.run_id} FINISHED: nothing to resume (--reproduce "
@@ -2777,7 +2778,7 @@ def experiment_to_reproduce(args):
             raise BadInput(f"run {run.info.run_id} is still running; resume it once it has stopped")
     options = vars(args) | recorded | {"data": data, "experiment_name": experiment}
     options.pop("given")  # checked: not to be recorded
-    return argparse.Namespace(**options), {"run": run, "record": record}
+    return argparse.Namespace(**options), {"run": run, "record": record, "closed": closed}
 
 
 def log_reproduction(client, original, run_id, record, X_test):

@@ -185,6 +185,8 @@ def test_a_search_whose_server_was_killed_fails_fast_keeps_its_work_and_resumes_
         resumed = finished_run(tmp_path, "--resume", stopped, "--tracking-uri", server.url)
         assert MlflowClient(server.url).get_run(stopped).info.status == "FAILED"  # it had died
         assert np.array_equal(predictions(resumed, server.url), predictions(uninterrupted))
+    (closed,) = resumed.report["closed_dead_runs"]  # and the report says so
+    assert closed["run_id"] == stopped and closed["status"] == "FAILED"
     report = resumed.report
     reused = report["resumed"]["reused"]
     assert 2 <= reused < CANDIDATES
