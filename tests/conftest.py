@@ -47,11 +47,11 @@ import autolog_mlflow
 # files that have the most tests, which are quick), so a long file left for the end would run
 # alone on one core while the other idles. Test seconds summed per file on 2026-12-06 (see
 # tests/README.md, "Durations"); a file not listed runs after these.
-LONGEST_FIRST = ["test_faults.py", "test_resume.py", "test_reproduce.py", "test_dead_runs.py",
-                 "test_adapting.py", "test_experiment.py", "test_scaling_out.py",
-                 "test_postgres.py", "test_ui.py", "test_fold_cache.py", "test_auth.py",
-                 "test_registry.py", "test_mlflow_internals.py", "test_promises.py",
-                 "test_completeness.py", "test_tables.py", "test_platforms.py",
+LONGEST_FIRST = ["test_faults.py", "test_resume.py", "test_adapting.py", "test_reproduce.py",
+                 "test_dead_runs.py", "test_scaling_out.py", "test_postgres.py",
+                 "test_experiment.py", "test_fold_cache.py", "test_ui.py", "test_tables.py",
+                 "test_registry.py", "test_auth.py", "test_mlflow_internals.py",
+                 "test_platforms.py", "test_completeness.py", "test_promises.py",
                  "test_correctness.py"]  # fmt: skip
 
 

@@ -132,8 +132,8 @@ print(json.dumps(model.predict(pandas.read_csv(sys.argv[3])).tolist()))
 
 def predicted_in_a_fresh_python(folder, model_uri, rows_csv):
     """The model's predictions on a CSV's rows, in a new process that never ran the script,
-    started in an empty `folder` (its path's first entry): no module of the script's folder to
-    import there. Forked by the prestarted Python, as the script's runs are."""
+    started in a new `folder` (its path's first entry) that holds only its code: no module of
+    the script's folder to import there. Forked by the prestarted Python, as the runs are."""
     folder.mkdir()
     (folder / "predict.py").write_text(PREDICT)
     result = run_script(folder, f"sqlite:///{folder.parent / 'mlflow.db'}", model_uri,

@@ -28,7 +28,7 @@ from mlflow_ui import mlflow_server
 from postgres import postgres_server
 
 import autolog_mlflow
-from autolog_mlflow import CRASHED_TAG, HEARTBEAT_TAG, HOST_TAG, PID_TAG
+from autolog_mlflow import CRASHED_TAG, FOLDS_TAG, HEARTBEAT_TAG, HOST_TAG, PID_TAG
 
 FAST_BEAT = 1  # seconds: the heartbeat of the script's copies in these tests
 # The copies' sweeps judge a run dead after this many of its periods: far from one beat, so that
@@ -62,11 +62,14 @@ def killed_run(workdir, *args, script=SCRIPT, with_children=False):
     return run_id, process.pid
 
 
-# A forest that waits to fit while its working folder holds a file named `held` (held_mid_run).
+# A forest that, while its working folder holds a file named `held`, fits QUICK's first candidate
+# (10 trees) and waits before the next, saying so with a file named `waiting` (held_mid_run).
 HELD_FOREST = """class HeldForest(ensemble.RandomForestClassifier):
     def fit(self, X, y, sample_weight=None):
-        while os.path.exists("held"):
-            time.sleep(0.05)
+        if self.n_estimators != 10 and os.path.exists("held"):
+            Path("waiting").touch()
+            while os.path.exists("held"):
+                time.sleep(0.05)
         return super().fit(X, y, sample_weight=sample_weight)
 
 
@@ -90,12 +93,19 @@ def copy_of_the_script(folder, beat=autolog_mlflow.HEARTBEAT_SECONDS,
 
 @contextlib.contextmanager
 def held_mid_run(workdir, *args, script):
-    """The copy of the script started in `workdir`, held mid-run while the block runs (its
-    search waits, its process alive and beating), then let go: yields (process, run ID)."""
-    held = workdir / "held"
+    """The copy of the script started in `workdir` on QUICK, held mid-search while the block runs
+    (its first candidate's child run made and scored, the next waiting to fit, its process alive
+    and beating), then let go: yields (process, run ID)."""
+    held, waiting = workdir / "held", workdir / "waiting"
     held.touch()
     try:
-        yield start_run(workdir, *args, script=script)
+        process, run_id = start_run(workdir, *args, *QUICK, script=script)
+        client = sqlite_client(workdir)
+        child_runs_once_made(client, run_id, until=lambda children: waiting.exists() and any(
+            FOLDS_TAG in child.data.tags and child.data.metrics for child in children))  # fmt: skip
+        while "cv" not in client.get_run(run_id).data.params:  # autologging's, sent in a thread
+            time.sleep(0.02)
+        yield process, run_id
     finally:
         held.unlink()
 
@@ -156,7 +166,7 @@ def test_run_killed_mid_search_is_ended_failed_by_the_next_run_with_the_evidence
 @pytest.mark.slow
 def test_live_run_of_another_process_on_this_machine_is_left_running_and_finishes(tmp_path):
     script = copy_of_the_script(tmp_path)  # every run here is the copy
-    with held_mid_run(tmp_path, *QUICK, script=script) as (live, live_id):
+    with held_mid_run(tmp_path, script=script) as (live, live_id):
         report = swept_by_another_run(tmp_path, *QUICK, script=script)
     _, err = live.communicate(timeout=600)
     assert live.returncode == 0, err
@@ -165,6 +175,7 @@ def test_live_run_of_another_process_on_this_machine_is_left_running_and_finishe
     assert live_run.info.end_time > client.get_run(report["run_id"]).info.start_time
     assert report["closed_dead_runs"] == []
     assert live_run.info.status == "FINISHED" and CRASHED_TAG not in live_run.data.tags
+    assert "autolog_mlflow.revived" not in live_run.data.tags  # never closed, so never revived
 
 
 @pytest.mark.slow
@@ -178,7 +189,7 @@ def test_run_of_another_machine_is_closed_once_its_heartbeat_is_stale_not_while_
     client.set_tag(dead_id, HEARTBEAT_TAG, time.strftime(autolog_mlflow.BEAT_FORMAT, stale))
     # A new run closes the stale one; then, as if on another machine, it lives on and beats
     # while a third run sweeps.
-    with held_mid_run(tmp_path, "--json", *QUICK, script=script) as (live, live_id):
+    with held_mid_run(tmp_path, "--json", script=script) as (live, live_id):
         client.set_tag(live_id, HOST_TAG, "another-machine")
         report = swept_by_another_run(tmp_path, *QUICK, script=script)
     out, err = live.communicate(timeout=600)
@@ -200,6 +211,7 @@ def test_run_of_another_machine_is_closed_once_its_heartbeat_is_stale_not_while_
     assert live_run.info.end_time > client.get_run(report["run_id"]).info.start_time
     assert report["closed_dead_runs"] == []
     assert live_run.info.status == "FINISHED" and CRASHED_TAG not in live_run.data.tags
+    assert "autolog_mlflow.revived" not in live_run.data.tags
     # It kept beating: its last heartbeat is later than its first, given at its start.
     assert autolog_mlflow.last_beat(live_run.data.tags) > live_run.info.start_time // 1000 + 1
 
@@ -258,20 +270,24 @@ def test_a_live_run_closed_as_dead_by_a_sweep_runs_again_and_ends_truthfully(tmp
         assert text.count("time.gmtime())") == 1
         script.write_text(text.replace("time.gmtime())", "time.gmtime(time.time() - 180))"))
     client = sqlite_client(tmp_path)
-    with held_mid_run(tmp_path, "--json", *QUICK, script=script) as (live, live_id):
+    with held_mid_run(tmp_path, "--json", script=script) as (live, live_id):
         client.set_tag(live_id, HOST_TAG, "another-machine")  # out of this machine's sight
-        if looks_dead == "suspended":
-            # Between two beats, when none of its threads is in the store: stopped inside a
-            # read or a write, it would lock the SQLite file for every other process.
+        suspended = looks_dead == "suspended"
+        if suspended:
+            # Between two beats, its search held and all it logged in the store: stopped inside
+            # a read or a write, it would lock the SQLite file for every other process.
             beat = client.get_run(live_id).data.tags[HEARTBEAT_TAG]
             while client.get_run(live_id).data.tags[HEARTBEAT_TAG] == beat:
                 time.sleep(0.02)
             time.sleep(0.3 * FAST_BEAT)
             os.killpg(live.pid, signal.SIGSTOP)
-            time.sleep(autolog_mlflow.STALE_HEARTBEATS * FAST_BEAT + 2)
-        swept = json_report(run_script(tmp_path, "--close-dead-runs", "--json"))
-        if looks_dead == "suspended":
-            os.killpg(live.pid, signal.SIGCONT)
+        try:
+            if suspended:
+                time.sleep(autolog_mlflow.STALE_HEARTBEATS * FAST_BEAT + 2)
+            swept = json_report(run_script(tmp_path, "--close-dead-runs", "--json"))
+        finally:
+            if suspended:
+                os.killpg(live.pid, signal.SIGCONT)
     out, err = live.communicate(timeout=600)
 
     assert [closed["run_id"] for closed in swept["closed_dead_runs"]] == [live_id]

@@ -169,10 +169,6 @@ def test_a_search_whose_server_was_killed_fails_fast_keeps_its_work_and_resumes_
         _, stderr = process.communicate(timeout=300)
         seconds = time.monotonic() - killed_at
     assert process.returncode == 1
-    # Beyond a whole run of the same search, a few failed requests, each tried 3 times in 3 s
-    # (MLFLOW_SETTINGS); with MLflow's own retries (7 tries, backoff up to 120 s) one alone
-    # would wait about 4 minutes.
-    assert seconds - uninterrupted.report["duration_seconds"] < 30
     assert "Traceback" not in stderr
     error = stderr.strip().splitlines()[-1]
     assert "lost the tracking server" in error and stopped in error
@@ -191,6 +187,10 @@ def test_a_search_whose_server_was_killed_fails_fast_keeps_its_work_and_resumes_
     reused = report["resumed"]["reused"]
     assert 2 <= reused < CANDIDATES
     assert_only_the_others_were_fitted(resumed, reused)
+    # After the loss, the candidates left and a few failed requests, each tried 3 times in 3 s
+    # (MLFLOW_SETTINGS), against the resumed run, which fits those candidates and logs: with
+    # MLflow's own retries (7 tries, backoff up to 120 s) one failed request alone waits ~4 min.
+    assert seconds - report["duration_seconds"] < 30
     now, then = same_results(report, uninterrupted)
     assert now == then
 
