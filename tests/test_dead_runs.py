@@ -53,12 +53,15 @@ def kill_hard(process):
 
 
 def killed_run(workdir, *args, script=SCRIPT, with_children=False):
-    """A run of the script killed mid-search (`with_children`: once it has made a child run);
-    (its run ID, the PID that ran it)."""
-    process, run_id = start_run(workdir, *QUICK, *args, script=script)
+    """A run of the script (on QUICK) killed mid-search, as soon as it exists or (`with_children`)
+    held once its first candidate's child run is made (held_mid_run, a copy of the script, so
+    that a quick search cannot end first); (its run ID, the PID that ran it)."""
     if with_children:
-        child_runs_once_made(sqlite_client(workdir), run_id)
-    kill_hard(process)
+        with held_mid_run(workdir, *args, script=copy_of_the_script(workdir)) as (process, run_id):
+            kill_hard(process)
+    else:
+        process, run_id = start_run(workdir, *QUICK, *args, script=script)
+        kill_hard(process)
     return run_id, process.pid
 
 
