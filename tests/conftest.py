@@ -233,6 +233,17 @@ class ReadToEnd(threading.Thread):
                 self.text = self.stream.read()
 
 
+def edited_script(folder, edits):
+    """A copy of the script in `folder`, each (text, replacement) of `edits` made once: as a user
+    edits the configuration or the experiment. The text must be in the script exactly once."""
+    text = SCRIPT.read_text()
+    for old, replacement in edits:
+        assert text.count(old) == 1, f"not once in the script: {old}"
+        text = text.replace(old, replacement)
+    (folder / SCRIPT.name).write_text(text)
+    return folder / SCRIPT.name
+
+
 @pytest.fixture(scope="session")
 def script_help(tmp_path_factory):
     """What `--help` prints (run once for every test that reads it)."""

@@ -18,6 +18,7 @@ from conftest import (
     QUICK,
     SCRIPT,
     child_runs_once_made,
+    edited_script,
     parent_runs,
     run_at_once,
     run_script,
@@ -83,15 +84,10 @@ def copy_of_the_script(folder, beat=autolog_mlflow.HEARTBEAT_SECONDS,
                        stale=autolog_mlflow.STALE_HEARTBEATS):  # fmt: skip
     """A copy of the script with HEARTBEAT_SECONDS and STALE_HEARTBEATS edited, as a user edits
     the configuration, and a forest that waits while a test holds the run (held_mid_run)."""
-    script = folder / SCRIPT.name
-    text = SCRIPT.read_text()
     edits = [(f"{name} = {getattr(autolog_mlflow, name)}  #", f"{name} = {value}  #")
              for name, value in [("HEARTBEAT_SECONDS", beat), ("STALE_HEARTBEATS", stale)]]  # fmt: skip
-    for line, edited in [*edits, ("ESTIMATOR = ensemble.RandomForestClassifier()", HELD_FOREST)]:
-        assert text.count(line) == 1, line
-        text = text.replace(line, edited)
-    script.write_text(text)
-    return script
+    held = ("ESTIMATOR = ensemble.RandomForestClassifier()", HELD_FOREST)
+    return edited_script(folder, [*edits, held])
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import QUICK, ROOT, SMALL_TABLE, TINY, TINY_SEARCH, finished_run, run_script
+from conftest import QUICK, SMALL_TABLE, TINY, TINY_SEARCH, edited_script, finished_run, run_script
 
 TABLE = pd.read_csv(SMALL_TABLE[1])  # 569 rows, 5 numeric columns and `target`
 
@@ -36,13 +36,9 @@ def test_max_tuning_runs_logs_the_best_n_candidates_as_child_runs(tmp_path):
 
 def test_the_profile_and_the_importance_sample_rows_above_their_thresholds(tmp_path):
     """The thresholds are 50,000 and 2,000 rows: a copy of the script with smaller ones."""
-    script = (ROOT / "autolog_mlflow.py").read_text()
-    for line, smaller in [("PROFILE_ROWS = 50_000", "PROFILE_ROWS = 100"),
-                          ("IMPORTANCE_ROWS = 2_000", "IMPORTANCE_ROWS = 50")]:  # fmt: skip
-        assert script.count(line) == 1, line
-        script = script.replace(line, smaller)
-    (tmp_path / "autolog_mlflow.py").write_text(script)
-    result = run_script(tmp_path, "--json", *TINY, script=tmp_path / "autolog_mlflow.py")
+    script = edited_script(tmp_path, [("PROFILE_ROWS = 50_000", "PROFILE_ROWS = 100"),
+                                      ("IMPORTANCE_ROWS = 2_000", "IMPORTANCE_ROWS = 50")])  # fmt: skip
+    result = run_script(tmp_path, "--json", *TINY, script=script)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["data"]["profile"]["covers"] == "a sample of 100 of the 426 training rows"

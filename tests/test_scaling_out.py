@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from conftest import ROOT, SCRIPT, SMALL_GRID, SMALL_TABLE, finished_run, run_script, script_env
+from conftest import (
+    ROOT,
+    SCRIPT,
+    SMALL_GRID,
+    SMALL_TABLE,
+    edited_script,
+    finished_run,
+    run_script,
+    script_env,
+)
 from distributed import Client, LocalCluster
 from mlflow import MlflowClient
 from mlflow_ui import free_port
@@ -75,9 +84,7 @@ def test_unreachable_dask_scheduler_fails_in_one_line_within_its_connect_timeout
     # created (an invalid --register-model name): on a loaded machine, starting up alone can
     # take over 10 s.
     timeout, line = 3, f"DASK_CONNECT_TIMEOUT = {autolog_mlflow.DASK_CONNECT_TIMEOUT}  #"
-    assert SCRIPT.read_text().count(line) == 1
-    script = tmp_path / SCRIPT.name
-    script.write_text(SCRIPT.read_text().replace(line, f"DASK_CONNECT_TIMEOUT = {timeout}  #"))
+    script = edited_script(tmp_path, [(line, f"DASK_CONNECT_TIMEOUT = {timeout}  #")])
     (tmp_path / "baseline").mkdir()
     start = time.monotonic()
     baseline_run = run_script(
@@ -203,15 +210,11 @@ def test_mlflow_run_runs_the_edited_experiment_and_logs_into_the_run_it_created(
     project.mkdir()
     for name in ["MLproject", "conda.yml"]:
         (project / name).write_text((ROOT / name).read_text())
-    script = (ROOT / "autolog_mlflow.py").read_text()
-    for line, edited in [
+    edited_script(project, [
         ("ESTIMATOR = ensemble.RandomForestClassifier()", "ESTIMATOR = ensemble.ExtraTreesClassifier()"),
         ('PARAM_GRID = {"n_estimators": [50, 100, 200], "max_depth": [None, 5, 10]}',
          'PARAM_GRID = {"n_estimators": [10, 20], "max_depth": [None, 3]}'),
-    ]:  # fmt: skip
-        assert script.count(line) == 1, line
-        script = script.replace(line, edited)
-    (project / "autolog_mlflow.py").write_text(script)
+    ])  # fmt: skip
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = script_env() | {
         "MLFLOW_TRACKING_URI": tracking_uri,
