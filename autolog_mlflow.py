@@ -73,7 +73,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 import urllib.error
 import urllib.request
 import warnings
@@ -95,6 +94,7 @@ import rich.progress
 import scipy.stats
 import sklearn.model_selection._search  # --resume replaces a function of it: see scores_reused
 import skrub
+import sqlalchemy
 from filelock import FileLock
 from matplotlib.figure import Figure  # imported by skrub and autologging anyway
 from matplotlib.patches import Rectangle
@@ -227,14 +227,10 @@ def main(argv=None):
     # log_loss call uses; MLflow hints that integer predictions cannot hold missing values.
     warnings.filterwarnings("ignore", message=".*`y_pred` was renamed", category=FutureWarning)
     warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-    # A stop landing in a store read makes SQLAlchemy log (not raise) that it could not close the
-    # cursor, with a traceback; the stop itself ends the run, and is reported in one line.
-    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
-    for stop in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(stop, raise_terminated)
     # Ctrl-C stops the run even where the script was started with SIGINT ignored (some job
     # runners, a shell's background jobs), which Python would otherwise leave ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, raise_stop)
     sys.unraisablehook = raise_dropped_stop_again
 
     def fail(message, code):
@@ -394,8 +390,20 @@ def log_what_autologging_cannot(experiment, search, y_pred, profile, client):
     }
 
 
-def raise_terminated(signum, frame):
-    raise Terminated(signum)
+def raise_stop(signum, frame):
+    """Raise the stop where the main thread is, unless it is inside SQLAlchemy: there it comes
+    again 10 ms later, until the store call is done. A read cut short by KeyboardInterrupt keeps
+    its cursor open, and SQLite's read lock with it (SQLAlchemy 2.1 closes cursors on errors,
+    not on stops), so the run could not be ended KILLED: "database is locked"."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(SQLALCHEMY_CODE):
+            threading.Timer(0.01, _thread.interrupt_main, [signum]).start()
+            return
+        frame = frame.f_back
+    raise stop_error(signum)
+
+
+SQLALCHEMY_CODE = os.path.dirname(sqlalchemy.__file__)
 
 
 def stop_error(signum):
@@ -1573,16 +1581,10 @@ def run_ending_right(start_run):
         if run is None:  # it failed to start: nothing to end
             raise
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
-        # A second stop during this cleanup cuts the cleanup short, never the run's end.
-        with contextlib.suppress(KeyboardInterrupt):
-            # A Ctrl-C in the middle of a SQLite read leaves the read's cursor open (SQLAlchemy
-            # 2.1 closes it on errors, not on KeyboardInterrupt), held by the traceback's frames
-            # or a reference cycle, and the read lock with it: ending the run would wait 20 s.
-            traceback.clear_frames(e.__traceback__)
-            gc.collect()
-            with contextlib.suppress(Exception):  # the run's own end matters more
-                end_running_children(MlflowClient(), run, status)
-                revived_if_closed(MlflowClient(), run.info.run_id)
+        # The run's own end matters more: an error here, or a second stop, cuts this short.
+        with contextlib.suppress(Exception, KeyboardInterrupt):
+            end_running_children(MlflowClient(), run, status)
+            revived_if_closed(MlflowClient(), run.info.run_id)
         for attempt in range(3):  # a stop during the end itself: the end again
             try:
                 mlflow.end_run(status)

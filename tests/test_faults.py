@@ -338,7 +338,7 @@ def test_ctrl_c_stops_a_run_started_with_sigint_ignored(tmp_path):
 
 def test_a_stop_dropped_in_a_garbage_collector_callback_is_raised_again(monkeypatch):
     monkeypatch.setattr(sys, "unraisablehook", autolog_mlflow.raise_dropped_stop_again)
-    sigterm = signal.signal(signal.SIGTERM, autolog_mlflow.raise_terminated)
+    sigterm = signal.signal(signal.SIGTERM, autolog_mlflow.raise_stop)
 
     def callback(_):  # as SIGTERM would land in one: Python drops what it raises
         raise autolog_mlflow.Terminated()
@@ -359,13 +359,17 @@ def test_a_stop_dropped_in_a_garbage_collector_callback_is_raised_again(monkeypa
     assert reference() is None
 
 
-def test_a_stop_in_the_middle_of_a_store_read_still_ends_the_run_killed(tmp_path):
-    def stop_after_the_first_read(conn, cursor, statement, *_):  # as a Ctrl-C would land
-        if statement.lstrip().startswith("SELECT"):
-            sqlalchemy.event.remove(sqlalchemy.engine.Engine, "after_cursor_execute",
-                                    stop_after_the_first_read)  # fmt: skip
-            raise KeyboardInterrupt
+def test_a_stop_in_the_middle_of_a_store_read_waits_for_it_and_ends_the_run_killed(tmp_path):
+    """A read cut short by a stop kept its cursor open, and SQLite's read lock with it: the run
+    could not be ended KILLED ("database is locked"). The stop now waits for the store call."""
 
+    stops = [signal.SIGINT]
+
+    def stop_after_a_read(conn, cursor, statement, *_):
+        if statement.lstrip().startswith("SELECT") and stops:
+            signal.raise_signal(stops.pop())  # Ctrl-C, the read's rows still to be fetched
+
+    previous = signal.signal(signal.SIGINT, autolog_mlflow.raise_stop)
     tracking_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
@@ -374,12 +378,19 @@ def test_a_stop_in_the_middle_of_a_store_read_still_ends_the_run_killed(tmp_path
             autolog_mlflow.run_ending_right(lambda: mlflow.start_run(run_name="stopped")) as run,
         ):
             sqlalchemy.event.listen(sqlalchemy.engine.Engine, "after_cursor_execute",
-                                    stop_after_the_first_read)  # fmt: skip
-            MlflowClient().get_run(run.info.run_id)
+                                    stop_after_a_read)  # fmt: skip
+            read = MlflowClient().get_run(run.info.run_id)
+            waiting_since = time.monotonic()
+            while time.monotonic() - waiting_since < 5:  # the stop lands in here, or never
+                pass
     finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "after_cursor_execute",
+                                stop_after_a_read)  # fmt: skip
         mlflow.set_tracking_uri(tracking_uri)
+        signal.signal(signal.SIGINT, previous)
     assert stopped.value.__notes__ == [f"run {run.info.run_id} ended KILLED"]
     assert run_status(tmp_path, run.info.run_id) == "KILLED"
+    assert read.info.run_id == run.info.run_id  # the read was done
 
 
 @pytest.mark.slow
