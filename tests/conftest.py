@@ -6,8 +6,10 @@ import io
 import json
 import os
 import select
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -67,12 +69,13 @@ def script_env():
             if not key.startswith("MLFLOW_") and key != "PYTEST_CURRENT_TEST"}  # fmt: skip
 
 
-def run_script(workdir, *args, timeout=600, script=SCRIPT, env=None, new_python=False):
+def run_script(workdir, *args, timeout=600, script=SCRIPT, env=None, new_python=False,
+               fresh_store=False):  # fmt: skip
     """Run the script (or a copy) in `workdir`, so its default store lands there, and wait for
     it; `env` adds to its environment. A process of its own (`start_script`)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = start_script(workdir, *args, script=script, env=env, stdout=out, stderr=err,
-                               new_python=new_python)  # fmt: skip
+                               new_python=new_python, fresh_store=fresh_store)  # fmt: skip
         try:
             process.wait(timeout)
         finally:
@@ -90,7 +93,7 @@ def text_of(file):
 
 
 def start_script(workdir, *args, script=SCRIPT, env=None, stdout=PIPE, stderr=PIPE,
-                 new_session=False, new_python=False):  # fmt: skip
+                 new_session=False, new_python=False, fresh_store=False):  # fmt: skip
     """Start `python SCRIPT ARGS...` in `workdir`, `env` added to its environment, and return it
     as subprocess.Popen would (`pid`, `stdout`/`stderr` as text when PIPE, `wait`,
     `communicate`, `send_signal`...).
@@ -101,7 +104,14 @@ def start_script(workdir, *args, script=SCRIPT, env=None, stdout=PIPE, stderr=PI
     sets more than MLflow's settings read at call time (HOME, PYTHON*, TERM...: imports may
     read them). The rest of the environment is this process's, as the prestarted one's was,
     with what imports here added since (scikit-learn's KMP_* variables: a new Python's imports
-    set them too)."""
+    set them too).
+
+    A run on the default store of a folder that has none finds there the empty store a first
+    run would have made (`empty_store_in`), unless `fresh_store`: for the tests of a first
+    run, which make it."""
+    uri_given = "--tracking-uri" in args or "MLFLOW_TRACKING_URI" in (env or {})
+    if not (fresh_store or uri_given or (Path(workdir) / "mlflow.db").exists()):
+        empty_store_in(Path(workdir))
     import_time = [
         key
         for key in env or {}
@@ -120,6 +130,26 @@ def start_script(workdir, *args, script=SCRIPT, env=None, stdout=PIPE, stderr=PI
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
         )  # fmt: skip
     return PrestartedProcess(argv, workdir, env, stdout, stderr, new_session)
+
+
+def empty_store_in(folder):
+    """The store a first run in `folder` makes, before it logs anything: MLflow's tables and
+    its Default experiment, whose artifacts would go to `folder`/mlruns/0. A new store's ~50
+    migrations take ~1 s of CPU; run once per worker and copied, not again for each of the
+    ~100 tests whose subject is not the first run."""
+    if "empty" not in _stores:
+        made = Path(tempfile.mkdtemp(prefix="empty-store-")) / "mlflow.db"
+        MlflowClient(f"sqlite:///{made}").search_experiments()  # makes the tables
+        _stores["empty"] = made
+    store = folder / "mlflow.db"
+    shutil.copyfile(_stores["empty"], store)
+    with contextlib.closing(sqlite3.connect(store)) as db, db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                   (str(folder.resolve() / "mlruns" / "0"),))  # fmt: skip
+    return store
+
+
+_stores = {}  # this process's empty store, made once
 
 
 MLFLOW_AT_IMPORT = ("MLFLOW_LOGGING", "MLFLOW_CONFIGURE_LOGGING")  # read by `import mlflow`
@@ -301,7 +331,8 @@ def run_eight_at_once(workdir, *args):
 def run_at_once(workdir, count, *args):
     """`count` processes of the script at once, each a TINY search; their JSON reports, once all
     have succeeded."""
-    processes = [start_script(workdir, "--json", *TINY, *args) for _ in range(count)]
+    processes = [start_script(workdir, "--json", *TINY, *args, fresh_store=True)
+                 for _ in range(count)]  # fmt: skip
     outputs = [process.communicate(timeout=600) for process in processes]
     for process, (_, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr
@@ -328,9 +359,10 @@ def child_runs_once_made(client, run_id, timeout=300, until=bool):
     raise AssertionError(f"run {run_id} made no child run in {timeout} s")
 
 
-def finished_run(workdir, *args, script=SCRIPT, new_python=False, env=None):
+def finished_run(workdir, *args, script=SCRIPT, new_python=False, env=None, fresh_store=False):
     """A successful run of the script (or a copy) in `workdir`; `env` added to its environment."""
-    result = run_script(workdir, "--json", *args, script=script, new_python=new_python, env=env)
+    result = run_script(workdir, "--json", *args, script=script, new_python=new_python, env=env,
+                        fresh_store=fresh_store)  # fmt: skip
     assert result.returncode == 0, result.stderr
     return ScriptRun(workdir, result)
 
@@ -365,7 +397,7 @@ def made_once(tmp_path_factory, name, make):
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory):
     """The script with all its defaults, on a fresh SQLite store in an empty folder."""
-    return finished_run(tmp_path_factory.mktemp("default"))
+    return finished_run(tmp_path_factory.mktemp("default"), fresh_store=True)
 
 
 @pytest.fixture(scope="session")
@@ -377,7 +409,8 @@ def quick_runs(tmp_path_factory):
     tests are: the two are compared (test_experiment.py, test_reproduce.py)."""
 
     def make():
-        first = finished_run(tmp_path_factory.mktemp("quick"), *SMALL_SEARCH, new_python=True)
+        first = finished_run(tmp_path_factory.mktemp("quick"), *SMALL_SEARCH, new_python=True,
+                             fresh_store=True)  # fmt: skip
         return first, finished_run(first.workdir, *SMALL_SEARCH, "--n-jobs", "-1")
 
     return made_once(tmp_path_factory, "quick_runs", make)

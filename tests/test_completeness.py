@@ -6,7 +6,7 @@ import re
 import sqlite3
 
 import pytest
-from conftest import QUICK, ROOT, TINY, parent_runs, run_script
+from conftest import QUICK, ROOT, TINY, empty_store_in, parent_runs, run_script
 from mlflow import MlflowClient
 
 # A line of the script, and what the run misses without it.
@@ -57,8 +57,7 @@ DROPPED = {
 @pytest.mark.slow  # the copies above keep the promise in the quick tier
 @pytest.mark.parametrize("trigger, missing", DROPPED.values(), ids=DROPPED.keys())
 def test_a_run_whose_store_drops_a_record_ends_failed_naming_it(tmp_path, trigger, missing):
-    store = tmp_path / "mlflow.db"
-    MlflowClient(f"sqlite:///{store}").search_experiments()  # the store's tables
+    store = empty_store_in(tmp_path)
     with sqlite3.connect(store) as db:
         db.execute(f"CREATE TRIGGER drop_one {trigger}")
     result = run_script(tmp_path, *QUICK)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import QUICK, SCRIPT, finished_run, parent_runs, run_script
+from conftest import QUICK, SCRIPT, empty_store_in, finished_run, parent_runs, run_script
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -20,8 +20,7 @@ import autolog_mlflow
 
 def store_with_trigger(folder, table, condition, refusal):
     """A fresh SQLite store whose `table` refuses the rows matching `condition`."""
-    store = folder / "mlflow.db"
-    MlflowClient(f"sqlite:///{store}").search_experiments()  # creates the store's tables
+    store = empty_store_in(folder)
     with sqlite3.connect(store) as db:
         db.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON {table} WHEN {condition} "
                    f"BEGIN SELECT RAISE(ABORT, '{refusal}'); END")  # fmt: skip
@@ -126,7 +125,7 @@ def test_mlflow_warning_reaches_stderr_as_mlflow_prints_it_and_fails_the_run(tmp
 def test_successful_run_shows_only_its_progress_on_stderr_and_json_on_stdout(tmp_path):
     """A fresh store: MLflow's creation of its tables and the cloudpickle warning are not news.
     A new Python: all it writes to its stderr counts, its imports' warnings too."""
-    run = finished_run(tmp_path, *QUICK, new_python=True)
+    run = finished_run(tmp_path, *QUICK, new_python=True, fresh_store=True)
     assert run.report["status"] == "FINISHED"  # stdout parses as one JSON document
     for line in run.result.stderr.splitlines():
         assert line.startswith(("run ", "search: ", "logging the best model")), run.result.stderr

@@ -330,8 +330,8 @@ def test_child_runs_left_running_under_an_ended_run_are_closed_as_it_ended(tmp_p
 
 
 @pytest.mark.parametrize("option", [["--register-model", "m"], ["--resume", "0" * 32]])
-def test_close_dead_runs_starts_no_run_so_it_refuses_run_options(tmp_path, script_main, option):
-    result = script_main("--close-dead-runs", *option)
+def test_close_dead_runs_starts_no_run_so_it_refuses_run_options(tmp_path, option):
+    result = run_script(tmp_path, "--close-dead-runs", *option, fresh_store=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         (

@@ -233,7 +233,7 @@ def stopped_at(workdir, sig, line, seconds, again=None):
     during the cleanup); return (exit code, stderr)."""
     # From launch: a new Python, its imports included; once a line is printed, the prestarted
     # one's fork (the same process from then on, less the imports' CPU).
-    process = start_script(workdir, *QUICK, new_python=line is None)
+    process = start_script(workdir, *QUICK, new_python=line is None, fresh_store=True)
     lines, seen = [], threading.Event()
 
     def read():
@@ -301,7 +301,7 @@ def test_ctrl_c_during_the_first_runs_store_creation_leaves_a_store_that_works(t
     """MLflow creates a new store's tables in dozens of statements: a Ctrl-C among them broke
     the store for good ("table secrets already exists", "table _alembic_tmp_runs already
     exists"...). It now takes effect once they are done: no run, a store that works."""
-    process = start_script(tmp_path, *TINY)
+    process = start_script(tmp_path, *TINY, fresh_store=True)
     store = tmp_path / "mlflow.db"
     deadline = time.monotonic() + 60
     while not store.exists() and time.monotonic() < deadline:

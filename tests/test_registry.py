@@ -14,7 +14,7 @@ import urllib.request
 import mlflow
 import numpy as np
 import pytest
-from conftest import SMALL_TABLE, parent_runs, run_script, script_env
+from conftest import SMALL_TABLE, empty_store_in, parent_runs, run_script, script_env
 from mlflow import MlflowClient
 from mlflow_ui import free_port
 
@@ -168,8 +168,7 @@ def test_invalid_model_name_is_rejected_before_any_run(tmp_path, script_main):
 
 @pytest.mark.slow
 def test_registry_failure_after_the_run_keeps_it_finished_and_says_how_to_retry(tmp_path):
-    store = tmp_path / "mlflow.db"
-    MlflowClient(f"sqlite:///{store}").search_experiments()  # creates the store's tables
+    store = empty_store_in(tmp_path)
     with sqlite3.connect(store) as db:  # a registry that refuses every new version
         db.execute("CREATE TRIGGER refuse BEFORE INSERT ON model_versions "
                    "BEGIN SELECT RAISE(ABORT, 'registry refuses new versions'); END")  # fmt: skip
