@@ -59,6 +59,7 @@ import contextlib
 import csv
 import gc
 import hashlib
+import importlib.util
 import inspect
 import itertools
 import json
@@ -94,7 +95,6 @@ import rich.progress
 import scipy.stats
 import sklearn.model_selection._search  # --resume replaces a function of it: see scores_reused
 import skrub
-import sqlalchemy
 from filelock import FileLock
 from matplotlib.figure import Figure  # imported by skrub and autologging anyway
 from matplotlib.patches import Rectangle
@@ -392,18 +392,33 @@ def log_what_autologging_cannot(experiment, search, y_pred, profile, client):
 
 def raise_stop(signum, frame):
     """Raise the stop where the main thread is, unless it is inside SQLAlchemy: there it comes
-    again 10 ms later, until the store call is done. A read cut short by KeyboardInterrupt keeps
-    its cursor open, and SQLite's read lock with it (SQLAlchemy 2.1 closes cursors on errors,
-    not on stops), so the run could not be ended KILLED: "database is locked"."""
-    while frame is not None:
-        if frame.f_code.co_filename.startswith(SQLALCHEMY_CODE):
-            threading.Timer(0.01, _thread.interrupt_main, [signum]).start()
-            return
-        frame = frame.f_back
-    raise stop_error(signum)
+    again 10 ms later, until the store call is done (or 2 s have passed: a server's database
+    waiting on a lock). A read cut short by KeyboardInterrupt keeps its cursor open, and
+    SQLite's read lock with it (SQLAlchemy 2.1 closes cursors on errors, not on stops), so the
+    run could not be ended KILLED: "database is locked". Stops while one waits are that one."""
+    first, since = WAITING_STOP.get("stop", (signum, time.monotonic()))
+    inside = frame
+    while inside is not None and not inside.f_code.co_filename.startswith(SQLALCHEMY_CODE):
+        inside = inside.f_back
+    if inside is not None and time.monotonic() - since < 2:
+        WAITING_STOP["stop"] = (first, since)
+        if not WAITING_STOP.get("sent again"):
+            WAITING_STOP["sent again"] = True
+            threading.Timer(0.01, send_stop_again, [first]).start()
+        return
+    WAITING_STOP.clear()
+    raise stop_error(first)
 
 
-SQLALCHEMY_CODE = os.path.dirname(sqlalchemy.__file__)
+def send_stop_again(signum):
+    if WAITING_STOP.pop("sent again", False):  # still waiting
+        _thread.interrupt_main(signum)
+
+
+WAITING_STOP = {}  # a stop waiting for a store call to end: its signal and since when
+SQLALCHEMY_CODE = os.path.join(
+    importlib.util.find_spec("sqlalchemy").submodule_search_locations[0], ""
+)
 
 
 def stop_error(signum):
@@ -412,7 +427,7 @@ def stop_error(signum):
 
 
 def raise_dropped_stop_again(unraisable):
-    """Ctrl-C or SIGTERM landing in a callback of the garbage collector (SQLAlchemy has some) is
+    """Ctrl-C or SIGTERM landing in a callback of the garbage collector (a weakref's, a __del__) is
     dropped by Python ("Exception ignored in ...") and the run would go on: raise it again."""
     if isinstance(unraisable.exc_value, KeyboardInterrupt):
         stopped_by = getattr(unraisable.exc_value, "signum", signal.SIGINT)

@@ -2,6 +2,7 @@
 
 import atexit
 import contextlib
+import functools
 import io
 import json
 import os
@@ -106,11 +107,13 @@ def start_script(workdir, *args, script=SCRIPT, env=None, stdout=PIPE, stderr=PI
     with what imports here added since (scikit-learn's KMP_* variables: a new Python's imports
     set them too).
 
-    A run on the default store of a folder that has none finds there the empty store a first
-    run would have made (`empty_store_in`), unless `fresh_store`: for the tests of a first
-    run, which make it."""
-    uri_given = "--tracking-uri" in args or "MLFLOW_TRACKING_URI" in (env or {})
-    if not (fresh_store or uri_given or (Path(workdir) / "mlflow.db").exists()):
+    The script (or a copy) run on the default store of a folder that has none finds there the
+    empty store a first run would have made (`empty_store_in`), unless `fresh_store`: for the
+    tests of a first run, which make it."""
+    uri_given = any(arg.startswith("--tracking-uri") for arg in args)
+    uri_given |= "MLFLOW_TRACKING_URI" in (env or {})
+    default_store = Path(script).name == SCRIPT.name and not uri_given
+    if default_store and not (fresh_store or (Path(workdir) / "mlflow.db").exists()):
         empty_store_in(Path(workdir))
     import_time = [
         key
@@ -137,19 +140,22 @@ def empty_store_in(folder):
     its Default experiment, whose artifacts would go to `folder`/mlruns/0. A new store's ~50
     migrations take ~1 s of CPU; run once per worker and copied, not again for each of the
     ~100 tests whose subject is not the first run."""
-    if "empty" not in _stores:
-        made = Path(tempfile.mkdtemp(prefix="empty-store-")) / "mlflow.db"
-        MlflowClient(f"sqlite:///{made}").search_experiments()  # makes the tables
-        _stores["empty"] = made
     store = folder / "mlflow.db"
-    shutil.copyfile(_stores["empty"], store)
+    shutil.copyfile(empty_store(), store)
     with contextlib.closing(sqlite3.connect(store)) as db, db:
         db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
                    (str(folder.resolve() / "mlruns" / "0"),))  # fmt: skip
     return store
 
 
-_stores = {}  # this process's empty store, made once
+@functools.cache
+def empty_store():
+    """This process's empty store, made once, in a folder removed at its exit."""
+    folder = tempfile.TemporaryDirectory(prefix="empty-store-")
+    atexit.register(folder.cleanup)
+    made = Path(folder.name) / "mlflow.db"
+    MlflowClient(f"sqlite:///{made}").search_experiments()  # makes the tables
+    return made
 
 
 MLFLOW_AT_IMPORT = ("MLFLOW_LOGGING", "MLFLOW_CONFIGURE_LOGGING")  # read by `import mlflow`
@@ -329,8 +335,8 @@ def run_eight_at_once(workdir, *args):
 
 
 def run_at_once(workdir, count, *args):
-    """`count` processes of the script at once, each a TINY search; their JSON reports, once all
-    have succeeded."""
+    """`count` processes of the script at once, each a TINY search, on a store they make if it
+    is theirs to make (a fresh folder's); their JSON reports, once all have succeeded."""
     processes = [start_script(workdir, "--json", *TINY, *args, fresh_store=True)
                  for _ in range(count)]  # fmt: skip
     outputs = [process.communicate(timeout=600) for process in processes]

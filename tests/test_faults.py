@@ -363,7 +363,7 @@ def test_a_stop_in_the_middle_of_a_store_read_waits_for_it_and_ends_the_run_kill
     """A read cut short by a stop kept its cursor open, and SQLite's read lock with it: the run
     could not be ended KILLED ("database is locked"). The stop now waits for the store call."""
 
-    stops = [signal.SIGINT]
+    stops = []
 
     def stop_after_a_read(conn, cursor, statement, *_):
         if statement.lstrip().startswith("SELECT") and stops:
@@ -372,13 +372,13 @@ def test_a_stop_in_the_middle_of_a_store_read_waits_for_it_and_ends_the_run_kill
     previous = signal.signal(signal.SIGINT, autolog_mlflow.raise_stop)
     tracking_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "after_cursor_execute", stop_after_a_read)
     try:
         with (
             pytest.raises(KeyboardInterrupt) as stopped,
             autolog_mlflow.run_ending_right(lambda: mlflow.start_run(run_name="stopped")) as run,
         ):
-            sqlalchemy.event.listen(sqlalchemy.engine.Engine, "after_cursor_execute",
-                                    stop_after_a_read)  # fmt: skip
+            stops.append(signal.SIGINT)  # at the next read: the run's
             read = MlflowClient().get_run(run.info.run_id)
             waiting_since = time.monotonic()
             while time.monotonic() - waiting_since < 5:  # the stop lands in here, or never
