@@ -91,10 +91,20 @@ def predictions(made, tracking_uri=None):
         return mlflow.pyfunc.load_model(uri).predict(X)
 
 
-def assert_only_the_others_were_fitted(resumed, reused):
-    """The resumed run's progress counted the folds of the candidates not reused, and the refit."""
+def only_the_others_fitted(resumed, stopped):
+    """How many candidates the run resuming `stopped` reused, once its report, its progress (the
+    folds of the candidates not reused, and the refit) and its first line agree on it."""
+    reused = resumed.report["resumed"]["reused"]
+    assert resumed.report["resumed"] == {
+        "run_id": stopped,
+        "reused": reused,
+        "fitted": CANDIDATES - reused,
+    }
+    assert 2 <= reused < CANDIDATES
     *_, fits = re.findall(r"search: (\d+)/(\d+) fits", resumed.result.stderr)
     assert fits == (str((CANDIDATES - reused) * FOLDS + 1),) * 2
+    assert f"(resuming run {stopped}: {reused} reused)" in resumed.result.stderr
+    return reused
 
 
 @pytest.mark.slow
@@ -106,11 +116,7 @@ def test_a_stopped_search_resumed_reuses_its_scores_and_ends_as_if_never_stopped
     # The fits may run elsewhere than before: here in worker processes.
     resumed = finished_run(tmp_path, "--resume", stopped, "--n-jobs", "2")
     report = resumed.report
-    reused = report["resumed"]["reused"]
-    assert report["resumed"] == {"run_id": stopped, "reused": reused, "fitted": CANDIDATES - reused}
-    assert 2 <= reused < CANDIDATES
-    assert_only_the_others_were_fitted(resumed, reused)
-    assert f"(resuming run {stopped}: {reused} reused)" in resumed.result.stderr
+    reused = only_the_others_fitted(resumed, stopped)
 
     # The same results as a search never stopped.
     assert cv_results(resumed) == cv_results(uninterrupted)
@@ -185,14 +191,12 @@ def test_a_search_whose_server_was_killed_fails_fast_keeps_its_work_and_resumes_
         client = MlflowClient(server.url)
         assert client.get_run(stopped).info.status == "FAILED"  # it had died
         assert np.array_equal(predictions(resumed, server.url), predictions(uninterrupted))
-        reused = resumed.report["resumed"]["reused"]
+        reused = only_the_others_fitted(resumed, stopped)
         assert_each_names_the_other(client, stopped, client.get_run(resumed.report["run_id"]),
                                     reused)  # fmt: skip
     (closed,) = resumed.report["closed_dead_runs"]  # and the report says so
     assert closed["run_id"] == stopped and closed["status"] == "FAILED"
     report = resumed.report
-    assert 2 <= reused < CANDIDATES
-    assert_only_the_others_were_fitted(resumed, reused)
     # After the loss, the candidates left and a few failed requests, each tried 3 times in 3 s
     # (MLFLOW_SETTINGS), against the resumed run, which fits those candidates and logs: with
     # MLflow's own retries (7 tries, backoff up to 120 s) one failed request alone waits ~4 min.
@@ -216,7 +220,7 @@ def test_a_randomized_search_resumed_samples_the_same_candidates_and_reuses_them
     resumed = finished_run(tmp_path, "--resume", stopped, script=randomized)
     (tmp_path / "full").mkdir()
     full = finished_run(tmp_path / "full", *search, script=randomized)
-    assert 2 <= resumed.report["resumed"]["reused"] < CANDIDATES
+    only_the_others_fitted(resumed, stopped)
     now, then = same_results(resumed.report, full)
     assert now == then
     assert cv_results(resumed) == cv_results(full)
