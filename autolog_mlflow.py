@@ -47,8 +47,10 @@ import signal
 # stops the run): noted here and taken by main() as any other stop, not a traceback from deep in
 # an import, nor a stop lost where it came inherited as ignored (see main()).
 STOPPED_DURING_IMPORTS = []
+# The stops taken (here and in main()): Windows has no SIGHUP.
+STOPS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
 if __name__ == "__main__":
-    for _stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for _stop in STOPS:
         signal.signal(_stop, lambda signum, frame: STOPPED_DURING_IMPORTS.append(signum))
 
 import _thread  # interrupt_main: a signal for the main thread, on every platform
@@ -229,7 +231,7 @@ def main(argv=None):
     warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
     # Ctrl-C stops the run even where the script was started with SIGINT ignored (some job
     # runners, a shell's background jobs), which Python would otherwise leave ignored.
-    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for stop in STOPS:
         signal.signal(stop, raise_stop)
     sys.unraisablehook = raise_dropped_stop_again
 
@@ -916,7 +918,7 @@ def stops_deferred():
     """
     stops = []
     previous = {stop: signal.signal(stop, lambda signum, frame: stops.append(signum))
-                for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}  # fmt: skip
+                for stop in STOPS}  # fmt: skip
     try:
         yield
     finally:
@@ -3093,7 +3095,7 @@ if __name__ == "__main__":
     exit_code = main()
     # The run has ended and said so: a stop now (a second Ctrl-C as threads wind down at exit)
     # exits at once with that code, not with a traceback from the interpreter's shutdown.
-    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for stop in STOPS:
         signal.signal(stop, lambda signum, frame: os._exit(exit_code))
     # The shutdown waits for every non-daemon thread, and a thread pool's worker that a stop cut
     # off as it was being started is never told to stop (MLflow 3.17.2's autologging client

@@ -1,8 +1,8 @@
 """Windows and macOS: nothing POSIX-only on the script's path, and Windows-style store URIs.
 
 Windows cannot be run here, so the script runs in Pythons where the POSIX-only modules cannot
-be imported, the way they cannot on Windows (its worker processes too: a sitecustomize on
-PYTHONPATH blocks them at start-up).
+be imported and the signal module has no SIGHUP, as on Windows (its worker processes too: a
+sitecustomize on PYTHONPATH makes them so at start-up).
 """
 
 import json
@@ -27,6 +27,10 @@ class NoPosixOnlyModules:  # as on Windows
 sys.meta_path.insert(0, NoPosixOnlyModules())
 for name in {POSIX_ONLY!r}:
     sys.modules.pop(name, None)
+
+import signal
+
+del signal.SIGHUP  # Windows' signal module has none
 """
 
 
@@ -51,6 +55,13 @@ def test_the_posix_only_modules_cannot_be_imported_there(tmp_path, windows_like_
                             env=windows_like_env, capture_output=True, text=True,
                             check=False)  # fmt: skip
     assert result.returncode == 1 and f"No module named '{module}'" in result.stderr
+
+
+def test_there_is_no_sighup_there(tmp_path, windows_like_env):
+    result = subprocess.run([sys.executable, "-c", "import signal; signal.SIGHUP"], cwd=tmp_path,
+                            env=windows_like_env, capture_output=True, text=True,
+                            check=False)  # fmt: skip
+    assert result.returncode == 1 and "has no attribute 'SIGHUP'" in result.stderr
 
 
 @pytest.mark.slow
